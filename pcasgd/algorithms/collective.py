@@ -1,0 +1,69 @@
+"""Collective modes: ssgd (allreduce of gradients) and odsgd (one-step-delay SGD).
+
+The engine does the allreduce (in the simulator: a mean over agents; under MPI: Horovod or
+MPI allreduce) and decides when a reduction completes; these classes hold the arithmetic.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pcasgd.algorithms.config import AlgorithmConfig
+from pcasgd.algorithms.prediction import update_mean_square
+from pcasgd.algorithms.sgd import momentum_velocity
+from pcasgd.errors import ConfigError
+
+
+class GlobalSGD:
+    """Replicated weights moved by the mean gradient: ssgd, and odsgd's global optimizer."""
+
+    def __init__(self, config: AlgorithmConfig, params: Tensor) -> None:
+        if config.family != "collective":
+            raise ConfigError(f"mode {config.mode!r} is not a collective mode")
+        self.config = config
+        self.params = params.detach().clone()
+        self.velocity = torch.zeros_like(self.params)
+
+    def apply(self, mean_grad: Tensor) -> None:
+        self.velocity = momentum_velocity(self.velocity, mean_grad, self.config.lr, self.config.effective_momentum)
+        self.params = self.params + self.velocity
+
+
+class OneStepDelayAgent:
+    """One odsgd agent: global weights ``W`` (identical everywhere) and local weights ``W~``.
+
+    Per iteration the engine computes ``g`` at :attr:`local_params`, starts an allreduce, calls
+    :meth:`complete` for every reduction that has finished by now, then :meth:`local_step`.
+    """
+
+    def __init__(self, config: AlgorithmConfig, params: Tensor) -> None:
+        self.config = config
+        self.global_opt = GlobalSGD(config, params)
+        self.local_params = params.detach().clone()
+        self._base = self.global_opt.params  # the W that local_params were derived from
+        self._mean_square: Tensor | None = None
+
+    @property
+    def global_params(self) -> Tensor:
+        return self.global_opt.params
+
+    def complete(self, mean_grad: Tensor) -> None:
+        """A reduction finished: ``W <- GlobalOpt(W, mean g)``."""
+        self.global_opt.apply(mean_grad)
+
+    def sync_local(self) -> None:
+        """Warm-up (plain SSGD): local weights follow the global ones."""
+        self.local_params = self.global_opt.params.clone()
+        self._base = self.global_opt.params
+
+    def local_step(self, grad: Tensor) -> None:
+        """``W~ <- W - alpha_l * g_hat`` from the last completed ``W``."""
+        config = self.config
+        direction = grad
+        if config.odsgd_local_opt == "dc":
+            self._mean_square = update_mean_square(self._mean_square, grad, config.odsgd_dc_decay)
+            scale = config.odsgd_dc_lambda / torch.sqrt(self._mean_square + config.eps)
+            direction = grad + scale * grad * grad * (self.global_opt.params - self._base)
+        self.local_params = self.global_opt.params - config.effective_local_lr * direction
+        self._base = self.global_opt.params

@@ -1,0 +1,122 @@
+"""Every training mode's options in one validated record (see docs/algorithms.md)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from pcasgd.errors import ConfigError
+
+DECENTRALIZED_MODES = ("dsgd", "asgd", "pcasgd", "pcasgd-pv", "predict", "clip")
+SERVER_MODES = ("ps-asgd", "dcasgd-c", "dcasgd-a", "sasgd")
+COLLECTIVE_MODES = ("ssgd", "odsgd")
+MODES = DECENTRALIZED_MODES + SERVER_MODES + COLLECTIVE_MODES
+
+#: Modes whose arithmetic assumes every agent moves in lock-step (delays cost time, not staleness).
+SYNCHRONOUS_MODES = ("dsgd", "ssgd")
+
+#: Hessian-approximation factor lambda when the user gives none (sources in ALGORITHMS.md).
+DEFAULT_LAMBDA = {"dcasgd-c": 0.04, "dcasgd-a": 2.0, "pcasgd": 1.0, "pcasgd-pv": 1.0, "predict": 1.0}
+
+#: Momentum when the user gives none. The asynchronous server modes use the papers' plain rule:
+#: staleness already acts as momentum there, and mu = 0.9 diverged on digits (docs/algorithms.md).
+DEFAULT_MOMENTUM = {"ps-asgd": 0.0, "dcasgd-c": 0.0, "dcasgd-a": 0.0}
+
+CHOICES = {
+    "predictor": ("draft", "taylor"),
+    "clip_weights": ("rescale", "uniform"),
+    "pv_scope": ("model", "tensor"),
+    "sasgd_lr": ("inverse", "average", "constant"),
+    "odsgd_local_opt": ("sgd", "dc"),
+}
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    """Options of every mode; each mode reads the ones it needs.
+
+    Defaults marked [choice] in ALGORITHMS.md are provisional until the accuracy benchmarks
+    (docs/RESULTS.md) decide them.
+    """
+
+    mode: str = "pcasgd"
+    lr: float = 0.05
+    momentum: float | None = None  # None: DEFAULT_MOMENTUM of the mode, else 0.9
+    # pcasgd family
+    theta: float = 0.5  # [choice] tradeoff between predict (1) and clip (0)
+    predictor: str = "draft"
+    clip_weights: str = "rescale"  # [choice]
+    lam: float | None = None  # None: the mode's DEFAULT_LAMBDA
+    lam_adaptive: bool = False
+    ms_decay: float = 0.95
+    eps: float = 1e-7
+    tau_fresh: int = 0  # [choice]
+    pv_warmup_epochs: float = 5.0
+    pv_scope: str = "model"  # [choice]
+    history: int = 16  # own-parameter snapshots kept for the draft predictor
+    # parameter server
+    sasgd_n: int = 1
+    sasgd_lr: str = "inverse"
+    # odsgd
+    odsgd_local_lr: float | None = None  # None: same as lr
+    odsgd_warmup: int = 200
+    odsgd_local_opt: str = "sgd"
+    odsgd_overlap: bool = True  # False: each allreduce completes before the local step (blocking)
+    odsgd_dc_lambda: float = 2.0
+    odsgd_dc_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}; accepted: {', '.join(MODES)}")
+        for name, accepted in CHOICES.items():
+            if getattr(self, name) not in accepted:
+                raise ConfigError(f"{name} must be one of {', '.join(accepted)}, got {getattr(self, name)!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.momentum is not None and not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.theta <= 1:
+            raise ConfigError(f"theta must be in [0, 1], got {self.theta}")
+        if self.lam is not None and self.lam < 0:
+            raise ConfigError(f"lambda must be >= 0, got {self.lam}")
+        if not 0 <= self.ms_decay < 1:
+            raise ConfigError(f"ms_decay must be in [0, 1), got {self.ms_decay}")
+        if self.tau_fresh < 0 or self.history < 1 or self.sasgd_n < 1 or self.odsgd_warmup < 0:
+            raise ConfigError("tau_fresh, odsgd_warmup must be >= 0; history, sasgd_n must be >= 1")
+        if self.odsgd_local_lr is not None and self.odsgd_local_lr < 0:
+            raise ConfigError(f"odsgd_local_lr must be >= 0, got {self.odsgd_local_lr}")
+        if self.pv_warmup_epochs < 0:
+            raise ConfigError(f"pv_warmup_epochs must be >= 0, got {self.pv_warmup_epochs}")
+
+    @property
+    def effective_lambda(self) -> float:
+        return DEFAULT_LAMBDA.get(self.mode, 0.0) if self.lam is None else self.lam
+
+    @property
+    def effective_momentum(self) -> float:
+        return DEFAULT_MOMENTUM.get(self.mode, 0.9) if self.momentum is None else self.momentum
+
+    @property
+    def effective_theta(self) -> float:
+        """theta as the mode fixes it: predict-only 1, clip-only 0, else the option."""
+        return {"predict": 1.0, "clip": 0.0}.get(self.mode, self.theta)
+
+    @property
+    def effective_local_lr(self) -> float:
+        return self.lr if self.odsgd_local_lr is None else self.odsgd_local_lr
+
+    @property
+    def family(self) -> str:
+        if self.mode in DECENTRALIZED_MODES:
+            return "decentralized"
+        return "server" if self.mode in SERVER_MODES else "collective"
+
+    @property
+    def synchronous(self) -> bool:
+        return self.mode in SYNCHRONOUS_MODES
+
+    def with_changes(self, **changes: Any) -> AlgorithmConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,202 @@
+"""Decentralized consensus modes: dsgd, asgd, pcasgd, pcasgd-pv, predict, clip.
+
+One :class:`ConsensusAgent` per agent. The engine (simulator or MPI runtime) hands it the
+agent's gradient and the neighbour snapshots it read; the agent applies ALGORITHMS.md's update.
+``dsgd`` and ``asgd`` share the plain mix: the difference is only whether the engine waits for
+fresh snapshots (dsgd) or passes whatever it has (asgd).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pcasgd.algorithms.config import AlgorithmConfig
+from pcasgd.algorithms.prediction import adaptive_lambda, predict_draft, predict_taylor, update_mean_square
+from pcasgd.algorithms.sgd import momentum_velocity
+from pcasgd.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What an agent publishes: its parameters, the gradient computed at them, and its iteration."""
+
+    params: Tensor
+    grad: Tensor
+    stamp: int
+
+
+@dataclass(frozen=True)
+class NeighbourRead:
+    """One neighbour's snapshot as read by an agent, with its mixing weight and staleness."""
+
+    source: int
+    weight: float
+    snapshot: Snapshot
+    staleness: int
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one update did, for metrics: staleness per read, delayed count, pv choice."""
+
+    staleness: tuple[int, ...]
+    delayed: int
+    decision: str  # "mix" (dsgd/asgd/warm-up), "blend" (fixed theta), "predict" or "clip" (pv)
+    predict_share: float  # fraction of the model (pv) or theta (fixed) that took the predict path
+
+
+def cosine(a: Tensor, b: Tensor) -> float:
+    """Cosine similarity; 0 when either vector is zero."""
+    norm = float(torch.linalg.vector_norm(a) * torch.linalg.vector_norm(b))
+    return float(torch.dot(a, b)) / norm if norm > 0 else 0.0
+
+
+class ConsensusAgent:
+    """State and update rule of one decentralized agent.
+
+    ``segments`` are the offsets of the model's tensors in the flat vector (for the per-tensor
+    pv decision); without them the whole model is one segment.
+    """
+
+    def __init__(self, config: AlgorithmConfig, params: Tensor, segments: Sequence[int] | None = None) -> None:
+        if config.family != "decentralized":
+            raise ConfigError(f"mode {config.mode!r} is not a decentralized mode")
+        self.config = config
+        self.params = params.detach().clone()
+        self.velocity = torch.zeros_like(self.params)
+        self.iteration = 0
+        self.segments = list(segments) if segments is not None else [0, self.params.numel()]
+        if self.segments[0] != 0 or self.segments[-1] != self.params.numel():
+            raise ConfigError("segments must start at 0 and end at the parameter count")
+        self._history: deque[tuple[int, Tensor]] = deque(maxlen=config.history + 1)
+        self._mean_square: dict[int, Tensor] = {}
+        self._last_stamp: dict[int, int] = {}
+        self.decisions: Counter[str] = Counter()
+
+    # -- the update -----------------------------------------------------------------------------
+
+    def step(self, grad: Tensor, reads: Sequence[NeighbourRead], self_weight: float, epoch: float = 0.0) -> StepReport:
+        """Apply one iteration: momentum, then the mode's mix of self and neighbour snapshots."""
+        config = self.config
+        own = self.params
+        self._history.append((self.iteration, own.clone()))
+        self.velocity = momentum_velocity(self.velocity, grad, config.lr, config.effective_momentum)
+        self._track_mean_squares(reads)
+        delayed = [r for r in reads if r.staleness > config.tau_fresh]
+        fresh = [r for r in reads if r.staleness <= config.tau_fresh]
+        stale_mix = self_weight * own + sum((r.weight * r.snapshot.params for r in reads), torch.zeros_like(own))
+
+        mode = config.mode
+        warming_up = mode == "pcasgd-pv" and epoch < config.pv_warmup_epochs
+        if mode in ("dsgd", "asgd") or warming_up:
+            mixed, decision, share = stale_mix, "mix", 0.0
+        else:
+            predicted = self._predict_mix(own, self_weight, fresh, delayed)
+            clipped = self._clip_mix(own, self_weight, fresh)
+            if mode == "pcasgd-pv":
+                mixed, share = self._choose(predicted, clipped, stale_mix, grad)
+                decision = "predict" if share >= 0.5 else "clip"
+            else:
+                theta = config.effective_theta
+                mixed, decision, share = theta * predicted + (1.0 - theta) * clipped, "blend", theta
+        self.decisions[decision] += 1
+        self.params = mixed + self.velocity
+        self.iteration += 1
+        return StepReport(tuple(r.staleness for r in reads), len(delayed), decision, share)
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    def _track_mean_squares(self, reads: Sequence[NeighbourRead]) -> None:
+        """Adaptive lambda: fold each newly seen neighbour gradient into its MeanSquare once."""
+        if not self.config.lam_adaptive:
+            return
+        for read in reads:
+            if self._last_stamp.get(read.source) != read.snapshot.stamp:
+                self._last_stamp[read.source] = read.snapshot.stamp
+                self._mean_square[read.source] = update_mean_square(
+                    self._mean_square.get(read.source), read.snapshot.grad, self.config.ms_decay
+                )
+
+    def _lambda_for(self, source: int) -> float | Tensor:
+        config = self.config
+        if config.lam_adaptive:
+            return adaptive_lambda(config.effective_lambda, self._mean_square[source], config.eps)
+        return config.effective_lambda
+
+    def _own_params_at(self, iteration: int) -> Tensor:
+        """This agent's parameters at ``iteration``, or the oldest kept if that is too far back."""
+        for stamp, params in reversed(self._history):
+            if stamp <= iteration:
+                return params
+        return self._history[0][1]
+
+    def _predicted(self, read: NeighbourRead, own: Tensor) -> Tensor:
+        snapshot, lam = read.snapshot, self._lambda_for(read.source)
+        if self.config.predictor == "draft":
+            then = self._own_params_at(self.iteration - read.staleness)
+            return predict_draft(snapshot.params, snapshot.grad, own, then, self.config.lr, lam)
+        return predict_taylor(snapshot.params, snapshot.grad, own, read.staleness, self.config.lr, lam)
+
+    def _predict_mix(
+        self, own: Tensor, self_weight: float, fresh: Sequence[NeighbourRead], delayed: Sequence[NeighbourRead]
+    ) -> Tensor:
+        mixed = self_weight * own
+        for read in fresh:
+            mixed = mixed + read.weight * read.snapshot.params
+        for read in delayed:
+            mixed = mixed + read.weight * self._predicted(read, own)
+        return mixed
+
+    def _clip_mix(self, own: Tensor, self_weight: float, fresh: Sequence[NeighbourRead]) -> Tensor:
+        if self.config.clip_weights == "uniform":
+            share = 1.0 / (1 + len(fresh))
+            weights = [share] * (1 + len(fresh))
+        else:
+            total = self_weight + sum(read.weight for read in fresh)
+            weights = [self_weight / total] + [read.weight / total for read in fresh]
+        mixed = weights[0] * own
+        for weight, read in zip(weights[1:], fresh, strict=True):
+            mixed = mixed + weight * read.snapshot.params
+        return mixed
+
+    def _choose(self, predicted: Tensor, clipped: Tensor, stale_mix: Tensor, grad: Tensor) -> tuple[Tensor, float]:
+        """pcasgd-pv: per segment, predict when cos(x^P - x_bar, g) > cos(x^C - x_bar, g)."""
+        segments = self.segments if self.config.pv_scope == "tensor" else [0, predicted.numel()]
+        chosen = clipped.clone()
+        predicted_elements = 0
+        for start, end in itertools.pairwise(segments):
+            part = slice(start, end)
+            score_predict = cosine(predicted[part] - stale_mix[part], grad[part])
+            score_clip = cosine(clipped[part] - stale_mix[part], grad[part])
+            if score_predict > score_clip:
+                chosen[part] = predicted[part]
+                predicted_elements += end - start
+        return chosen, predicted_elements / predicted.numel()
+
+    # -- state for checkpoints ------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "params": self.params.clone(),
+            "velocity": self.velocity.clone(),
+            "iteration": self.iteration,
+            "history": [(stamp, params.clone()) for stamp, params in self._history],
+            "mean_square": {k: v.clone() for k, v in self._mean_square.items()},
+            "last_stamp": dict(self._last_stamp),
+            "decisions": dict(self.decisions),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.params = state["params"].clone()
+        self.velocity = state["velocity"].clone()
+        self.iteration = int(state["iteration"])
+        self._history = deque(((s, p.clone()) for s, p in state["history"]), maxlen=self.config.history + 1)
+        self._mean_square = {int(k): v.clone() for k, v in state["mean_square"].items()}
+        self._last_stamp = {int(k): int(v) for k, v in state["last_stamp"].items()}
+        self.decisions = Counter(state["decisions"])

@@ -1,0 +1,1 @@
+"""The training application: datasets, models, the training run, metrics files, the CLI's work."""

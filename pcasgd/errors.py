@@ -1,0 +1,25 @@
+"""Error types raised at pcasgd's boundaries.
+
+Every user mistake (bad topology, bad delay spec, bad option) raises a subclass of
+:class:`PcasgdError`, so the CLI can print one clear line instead of a traceback.
+"""
+
+
+class PcasgdError(Exception):
+    """Base class of every error pcasgd raises on purpose."""
+
+
+class TopologyError(PcasgdError, ValueError):
+    """A graph or mixing matrix that cannot be used for consensus."""
+
+
+class DelaySpecError(PcasgdError, ValueError):
+    """A delay or straggler spec string that does not parse or does not fit the run."""
+
+
+class ConfigError(PcasgdError, ValueError):
+    """An algorithm or run option out of range, or options that contradict each other."""
+
+
+class DivergenceError(PcasgdError, FloatingPointError):
+    """NaN or Inf appeared in an agent's parameters."""

@@ -1,0 +1,54 @@
+"""The deterministic in-process simulator: N agents (and a server) in one process.
+
+It is the engine behind ``--backend sim`` and the reference the MPI runtime is checked
+against. Each family's step order is documented in its module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from pcasgd.algorithms.config import AlgorithmConfig
+from pcasgd.delays import DelayModel
+from pcasgd.errors import ConfigError
+from pcasgd.sim.collective import simulate_collective
+from pcasgd.sim.common import EpochHook, EpochStats, EpochView, GradientOracle, SimResult
+from pcasgd.sim.decentralized import simulate_decentralized
+from pcasgd.sim.parameter_server import simulate_parameter_server
+from pcasgd.topology import Schedule
+
+__all__ = ["EpochHook", "EpochStats", "EpochView", "GradientOracle", "SimResult", "simulate"]
+
+
+def simulate(
+    config: AlgorithmConfig,
+    agents: int,
+    delays: DelayModel,
+    oracle: GradientOracle,
+    initial_params: Tensor,
+    iterations_per_epoch: int,
+    epochs: int,
+    hook: EpochHook | None = None,
+    topology: Schedule | None = None,
+    segments: Sequence[int] | None = None,
+    ps_start: str = "staggered",
+) -> SimResult:
+    """Run ``config.mode`` with ``agents`` agents (workers, for parameter-server modes)."""
+    if iterations_per_epoch < 1 or epochs < 1:
+        raise ConfigError("iterations per epoch and epochs must be >= 1")
+    family = config.family
+    if family == "decentralized":
+        if topology is None:
+            raise ConfigError(f"mode {config.mode!r} needs a topology")
+        if topology.size != agents:
+            raise ConfigError(f"topology has {topology.size} agents, the run has {agents}")
+        return simulate_decentralized(
+            config, topology, delays, oracle, initial_params, iterations_per_epoch, epochs, hook, segments
+        )
+    if family == "server":
+        return simulate_parameter_server(
+            config, agents, delays, oracle, initial_params, iterations_per_epoch, epochs, hook, ps_start
+        )
+    return simulate_collective(config, agents, delays, oracle, initial_params, iterations_per_epoch, epochs, hook)

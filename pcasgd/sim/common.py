@@ -1,0 +1,124 @@
+"""What every simulator engine shares: the gradient oracle, simulated time, per-epoch statistics.
+
+Simulated time: an agent of slowdown factor ``f`` spends ``f`` time units per iteration; one
+epoch is ``iterations_per_epoch`` units (an unslowed agent's pass over its shard). The run
+lasts ``epochs`` epochs of simulated time, so a straggler does fewer iterations, as it would
+under a wall-clock budget. The epoch hook fires when simulated time crosses each epoch boundary.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from torch import Tensor
+
+
+class GradientOracle(Protocol):
+    """Returns ``(gradient, loss)`` of agent ``agent``'s next mini-batch at ``params``."""
+
+    def __call__(self, agent: int, params: Tensor) -> tuple[Tensor, float]: ...
+
+
+@dataclass
+class EpochStats:
+    """Counters of one epoch (reset at each boundary)."""
+
+    staleness: Counter[int] = field(default_factory=Counter)
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    predict_share_sum: float = 0.0
+    predict_share_count: int = 0
+
+    def add_loss(self, loss: float) -> None:
+        self.loss_sum += loss
+        self.loss_count += 1
+
+    def add_predict_share(self, share: float) -> None:
+        self.predict_share_sum += share
+        self.predict_share_count += 1
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / self.loss_count if self.loss_count else float("nan")
+
+    @property
+    def staleness_mean(self) -> float:
+        total = sum(self.staleness.values())
+        return sum(k * v for k, v in self.staleness.items()) / total if total else 0.0
+
+    @property
+    def staleness_max(self) -> int:
+        return max(self.staleness, default=0)
+
+    @property
+    def predict_fraction(self) -> float | None:
+        if not self.predict_share_count:
+            return None
+        return self.predict_share_sum / self.predict_share_count
+
+
+@dataclass(frozen=True)
+class EpochView:
+    """What the epoch hook sees at a boundary."""
+
+    epoch: int
+    agent_params: list[Tensor]
+    reference_params: Tensor  # the model to evaluate: mean of agents, server, or global weights
+    iterations: list[int]  # iterations done so far, per agent
+    stats: EpochStats
+    sim_time: float
+
+
+EpochHook = Callable[[EpochView], None]
+
+
+@dataclass(frozen=True)
+class SimResult:
+    agent_params: list[Tensor]
+    reference_params: Tensor
+    iterations: list[int]
+    staleness: Counter[int]  # over the whole run
+    decisions: Counter[str]
+    sim_time: float
+
+
+class EpochClock:
+    """Fires the hook for every epoch boundary that simulated time has reached."""
+
+    def __init__(self, iterations_per_epoch: int, epochs: int, hook: EpochHook | None) -> None:
+        self.iterations_per_epoch = iterations_per_epoch
+        self.epochs = epochs
+        self.hook = hook
+        self.next_epoch = 1
+        self.stats = EpochStats()
+        self.total_staleness: Counter[int] = Counter()
+
+    @property
+    def budget(self) -> float:
+        return float(self.epochs * self.iterations_per_epoch)
+
+    def epoch_at(self, time: float) -> float:
+        return time / self.iterations_per_epoch
+
+    def record_staleness(self, values: tuple[int, ...] | list[int]) -> None:
+        self.stats.staleness.update(values)
+        self.total_staleness.update(values)
+
+    def advance(self, time: float, view: Callable[[], tuple[list[Tensor], Tensor, list[int]]]) -> None:
+        """Fire the hook for boundaries at or before ``time`` (call before processing ``time``)."""
+        while self.next_epoch <= self.epochs and self.next_epoch * self.iterations_per_epoch <= time:
+            self._fire(view, self.next_epoch * self.iterations_per_epoch)
+
+    def finish(self, view: Callable[[], tuple[list[Tensor], Tensor, list[int]]]) -> None:
+        while self.next_epoch <= self.epochs:
+            self._fire(view, self.next_epoch * self.iterations_per_epoch)
+
+    def _fire(self, view: Callable[[], tuple[list[Tensor], Tensor, list[int]]], time: float) -> None:
+        if self.hook is not None:
+            agent_params, reference, iterations = view()
+            self.hook(EpochView(self.next_epoch, agent_params, reference, iterations, self.stats, time))
+        self.stats = EpochStats()
+        self.next_epoch += 1
