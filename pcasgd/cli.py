@@ -17,7 +17,6 @@ from pcasgd.app.progress import EpochProgress
 from pcasgd.app.train import BACKENDS, RunConfig, run_training
 from pcasgd.delays import ACCEPTED_FORMS
 from pcasgd.errors import PcasgdError
-from pcasgd.sim.parameter_server import STARTS
 from pcasgd.topology import TOPOLOGY_FORMS, WEIGHT_SCHEMES
 
 
@@ -95,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_number(int, 1), default=run.epochs)
     train.add_argument("--batch-size", type=_number(int, 1), default=run.batch_size, help="per agent")
     train.add_argument("--seed", type=_number(int, 0), default=run.seed)
-    train.add_argument("--ps-start", choices=STARTS, default=run.ps_start, help="parameter-server workers' start times")
+    train.add_argument(
+        "--ps-wait", action="store_true", help="parameter-server workers wait for the update their gradient joins"
+    )
     train.add_argument("--out", type=Path, default=None, help="run directory (default: runs/MODE-seedS)")
     train.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     defaults = {f.name: f.default for f in fields(AlgorithmConfig)}
@@ -120,7 +121,7 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
-        ps_start=args.ps_start,
+        ps_wait=args.ps_wait,
     )
 
 

@@ -47,7 +47,7 @@ class RunConfig:
     epochs: int = 10
     batch_size: int = 32
     seed: int = 0
-    ps_start: str = "staggered"
+    ps_wait: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -209,7 +209,7 @@ def run_training(
         hook=record_epoch,
         topology=schedule,
         segments=segment_offsets(model),
-        ps_start=config.ps_start,
+        ps_wait=config.ps_wait,
     )
     load_flat_parameters(model, result.reference_params)
     _write_atomically(out / "model.pt", lambda path: torch.save(model.state_dict(), path))

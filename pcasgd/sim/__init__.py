@@ -33,7 +33,7 @@ def simulate(
     hook: EpochHook | None = None,
     topology: Schedule | None = None,
     segments: Sequence[int] | None = None,
-    ps_start: str = "staggered",
+    ps_wait: bool = False,
 ) -> SimResult:
     """Run ``config.mode`` with ``agents`` agents (workers, for parameter-server modes)."""
     if iterations_per_epoch < 1 or epochs < 1:
@@ -49,6 +49,6 @@ def simulate(
         )
     if family == "server":
         return simulate_parameter_server(
-            config, agents, delays, oracle, initial_params, iterations_per_epoch, epochs, hook, ps_start
+            config, agents, delays, oracle, initial_params, iterations_per_epoch, epochs, hook, ps_wait
         )
     return simulate_collective(config, agents, delays, oracle, initial_params, iterations_per_epoch, epochs, hook)

@@ -3,12 +3,14 @@
 Ranks follow the MPI layout: the server is rank 0, worker ``w`` (data shard ``w``) is rank
 ``w + 1``, so delay specs name the same ranks in both engines. Step order:
 
-1. Worker ``w`` starts at ``offset_w`` (``aligned``: 0; ``staggered``: ``w / N * f_w``, which
-   spreads arrivals as real unsynchronized workers do) by pulling the server's weights.
-2. Its ``k``-th gradient arrives at ``offset_w + (k + 1) * f_w``, computed at the weights it
-   pulled; arrivals at the same time are taken in worker order. The server applies the mode's
-   rule, then the worker pulls again.
-3. A pull returns version ``max(0, version - lag(rank, 0, k))``; the server keeps its last
+1. Every worker pulls the server's weights at time 0.
+2. A worker of slowdown ``f`` pushes the gradient at the weights it pulled ``f`` time units
+   after its pull; pushes at the same time are taken in worker order. The server applies the
+   mode's rule (sasgd: after every ``c`` gradients), then the worker pulls again.
+3. With ``wait`` (synchronous workers), a worker whose gradient is buffered by the server
+   pulls only when the update that includes it is applied, and its next gradient is timed from
+   that moment.
+4. A pull returns version ``max(0, version - lag(rank, 0, k))``; the server keeps its last
    ``max_lag + 1`` versions so the lag is exact, and remembers what each worker pulled (``w_bak``).
 """
 
@@ -22,11 +24,9 @@ from torch import Tensor
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.server import ParameterServer
 from pcasgd.delays import DelayModel
-from pcasgd.errors import ConfigError
 from pcasgd.sim.common import EpochClock, EpochHook, GradientOracle, SimResult
 
 SERVER_RANK = 0
-STARTS = ("staggered", "aligned")
 
 
 def simulate_parameter_server(
@@ -38,32 +38,30 @@ def simulate_parameter_server(
     iterations_per_epoch: int,
     epochs: int,
     hook: EpochHook | None = None,
-    start: str = "staggered",
+    wait: bool = False,
 ) -> SimResult:
-    if start not in STARTS:
-        raise ConfigError(f"worker start must be one of {', '.join(STARTS)}, got {start!r}")
     delays.check_fits(workers + 1)
     server = ParameterServer(config, initial_params, workers)
     versions: dict[int, Tensor] = {0: server.params}
     durations = [delays.slowdown(w + 1) for w in range(workers)]
-    offsets = [w / workers * durations[w] if start == "staggered" else 0.0 for w in range(workers)]
     pulled: list[Tensor] = [initial_params] * workers
     done = [0] * workers
+    waiting: list[int] = []
+    arrivals: list[tuple[float, int]] = []
     clock = EpochClock(iterations_per_epoch, epochs, hook)
 
     def view() -> tuple[list[Tensor], Tensor, list[int]]:
         return list(pulled), server.params, list(done)
 
-    def pull(worker: int) -> None:
+    def pull(worker: int, time: float) -> None:
         lag = delays.lag(worker + 1, SERVER_RANK, done[worker])
         version = max(0, server.version - lag, min(versions))
         pulled[worker] = versions[version]
         server.record_pull(worker, versions[version], version)
+        heapq.heappush(arrivals, (time + durations[worker], worker))
 
     for worker in range(workers):
-        pull(worker)
-    arrivals = [(offsets[w] + durations[w], w) for w in range(workers)]
-    heapq.heapify(arrivals)
+        pull(worker, 0.0)
     while arrivals and arrivals[0][0] <= clock.budget:
         time, worker = heapq.heappop(arrivals)
         clock.advance(time, view)
@@ -71,11 +69,16 @@ def simulate_parameter_server(
         clock.stats.add_loss(loss)
         report = server.push(worker, grad)
         clock.record_staleness([report.staleness])
+        done[worker] += 1
         if report.applied:
             versions[server.version] = server.params
             versions.pop(server.version - delays.max_lag - 1, None)
-        done[worker] += 1
-        pull(worker)
-        heapq.heappush(arrivals, (offsets[worker] + (done[worker] + 1) * durations[worker], worker))
+            for released in [*waiting, worker]:
+                pull(released, time)
+            waiting.clear()
+        elif wait:
+            waiting.append(worker)
+        else:
+            pull(worker, time)
     clock.finish(view)
     return SimResult(list(pulled), server.params, list(done), clock.total_staleness, Counter(), clock.budget)

@@ -1,0 +1,143 @@
+"""Every mode, run by the simulator, against the hand-written NumPy references in reference.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pcasgd import delays, topology
+from pcasgd.algorithms import AlgorithmConfig
+from pcasgd.sim import simulate
+from tests.reference import Quadratic, consensus, odsgd, server, ssgd
+
+ITERATIONS = 30
+LR, MU = 0.05, 0.9
+
+
+def run_sim(config: AlgorithmConfig, agents: int, delay: str, topo=None, iterations=ITERATIONS, wait=False, seed=0):
+    problem = Quadratic(agents, seed=seed)
+    result = simulate(
+        config,
+        agents,
+        delays.parse(delay, seed=seed),
+        problem,
+        problem.initial(),
+        iterations_per_epoch=iterations,
+        epochs=1,
+        topology=topo,
+        ps_wait=wait,
+    )
+    return problem, result
+
+
+CONSENSUS_CASES = [
+    ("dsgd", {}, "fixed:3"),
+    ("asgd", {}, "fixed:3"),
+    ("asgd", {}, "edge:0-1=4,2-3=1"),
+    ("pcasgd", {"theta": 0.3}, "fixed:3"),
+    ("pcasgd", {"theta": 0.7, "predictor": "taylor"}, "uniform:0..4"),
+    ("pcasgd", {"theta": 0.5, "clip_weights": "uniform"}, "edge:0-1=2"),
+    ("pcasgd", {"theta": 0.5, "lam_adaptive": True, "lam": 2.0}, "uniform:0..3"),
+    ("pcasgd", {"theta": 0.5, "tau_fresh": 1}, "uniform:0..3"),
+    ("predict", {}, "fixed:2"),
+    ("clip", {}, "fixed:2"),
+    ("pcasgd-pv", {"pv_warmup_epochs": 0.3}, "fixed:2"),
+    ("pcasgd-pv", {"pv_warmup_epochs": 0.0, "predictor": "taylor"}, "uniform:1..3"),
+]
+
+
+@pytest.mark.parametrize(("mode", "options", "delay"), CONSENSUS_CASES)
+@pytest.mark.parametrize("graph", ["ring", "full", "star"])
+def test_decentralized_modes_match_numpy_reference(mode, options, delay, graph):
+    topo = topology.build(graph, 4)
+    config = AlgorithmConfig(mode=mode, lr=LR, momentum=MU, **options)
+    problem, result = run_sim(config, 4, delay, topo)
+    model = delays.parse(delay, seed=0)
+    expected = consensus(
+        problem,
+        topo.weights,
+        model.lag,
+        ITERATIONS,
+        {
+            "mode": mode,
+            "lr": LR,
+            "mu": MU,
+            "theta": options.get("theta", 0.5),
+            "predictor": options.get("predictor", "draft"),
+            "clip_weights": options.get("clip_weights", "rescale"),
+            "lam": config.effective_lambda,
+            "adaptive": options.get("lam_adaptive", False),
+            "tau_fresh": options.get("tau_fresh", 0),
+            "warmup": options.get("pv_warmup_epochs", 0.0),
+            "ipe": ITERATIONS,
+        },
+    )
+    for got, want in zip(result.agent_params, expected, strict=True):
+        np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-10)
+    assert result.iterations == [ITERATIONS] * 4
+
+
+@pytest.mark.parametrize(
+    ("mode", "options", "delay"),
+    [
+        ("ps-asgd", {}, "none"),
+        ("ps-asgd", {"momentum": 0.5}, "fixed:2"),
+        ("dcasgd-c", {"lam": 0.5}, "fixed:1"),
+        ("dcasgd-a", {}, "uniform:0..2"),
+        ("sasgd", {"sasgd_n": 2}, "none"),
+        ("sasgd", {"sasgd_n": 4}, "edge:0-2=3"),
+    ],
+)
+def test_server_modes_match_numpy_reference(mode, options, delay):
+    config = AlgorithmConfig(mode=mode, lr=LR, **options)
+    problem, result = run_sim(config, 4, delay)
+    model = delays.parse(delay, seed=0)
+    expected = server(
+        problem,
+        4,
+        ITERATIONS,
+        model.lag,
+        {
+            "mode": mode,
+            "lr": LR,
+            "mu": config.effective_momentum,
+            "lam": config.effective_lambda,
+            "n": options.get("sasgd_n", 1),
+        },
+    )
+    np.testing.assert_allclose(result.reference_params.numpy(), expected, rtol=0, atol=1e-10)
+
+
+def test_ssgd_matches_numpy_reference():
+    problem, result = run_sim(AlgorithmConfig(mode="ssgd", lr=LR, momentum=MU), 4, "none")
+    np.testing.assert_allclose(
+        result.reference_params.numpy(), ssgd(problem, 4, ITERATIONS, LR, MU), rtol=0, atol=1e-10
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "delay", "latency"),
+    [
+        ({"odsgd_warmup": 5}, "none", 1),
+        ({"odsgd_warmup": 0, "odsgd_local_lr": 0.2}, "fixed:2", 3),
+        ({"odsgd_warmup": 3, "odsgd_overlap": False}, "none", 0),
+        ({"odsgd_warmup": 4, "odsgd_local_opt": "dc"}, "fixed:1", 2),
+    ],
+)
+def test_odsgd_matches_numpy_reference(options, delay, latency):
+    config = AlgorithmConfig(mode="odsgd", lr=LR, momentum=MU, **options)
+    problem, result = run_sim(config, 4, delay)
+    expected = odsgd(
+        problem,
+        4,
+        ITERATIONS,
+        {
+            "lr": LR,
+            "mu": MU,
+            "local_lr": config.effective_local_lr,
+            "latency": latency,
+            "warmup": options["odsgd_warmup"],
+            "dc_lambda": config.odsgd_dc_lambda if config.odsgd_local_opt == "dc" else None,
+        },
+    )
+    np.testing.assert_allclose(result.reference_params.numpy(), expected, rtol=0, atol=1e-10)
