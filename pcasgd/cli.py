@@ -94,9 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_number(int, 1), default=run.epochs)
     train.add_argument("--batch-size", type=_number(int, 1), default=run.batch_size, help="per agent")
     train.add_argument("--seed", type=_number(int, 0), default=run.seed)
-    train.add_argument(
-        "--ps-wait", action="store_true", help="parameter-server workers wait for the update their gradient joins"
-    )
     train.add_argument("--out", type=Path, default=None, help="run directory (default: runs/MODE-seedS)")
     train.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     defaults = {f.name: f.default for f in fields(AlgorithmConfig)}
@@ -121,7 +118,6 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
-        ps_wait=args.ps_wait,
     )
 
 

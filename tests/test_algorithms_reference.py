@@ -14,7 +14,7 @@ ITERATIONS = 30
 LR, MU = 0.05, 0.9
 
 
-def run_sim(config: AlgorithmConfig, agents: int, delay: str, topo=None, iterations=ITERATIONS, wait=False, seed=0):
+def run_sim(config: AlgorithmConfig, agents: int, delay: str, topo=None, iterations=ITERATIONS, seed=0):
     problem = Quadratic(agents, seed=seed)
     result = simulate(
         config,
@@ -25,7 +25,6 @@ def run_sim(config: AlgorithmConfig, agents: int, delay: str, topo=None, iterati
         iterations_per_epoch=iterations,
         epochs=1,
         topology=topo,
-        ps_wait=wait,
     )
     return problem, result
 
@@ -119,9 +118,9 @@ def test_ssgd_matches_numpy_reference():
     ("options", "delay", "latency"),
     [
         ({"odsgd_warmup": 5}, "none", 1),
-        ({"odsgd_warmup": 0, "odsgd_local_lr": 0.2}, "fixed:2", 3),
+        ({"odsgd_warmup": 0, "odsgd_local_lr": 0.2}, "fixed:2", 1),
         ({"odsgd_warmup": 3, "odsgd_overlap": False}, "none", 0),
-        ({"odsgd_warmup": 4, "odsgd_local_opt": "dc"}, "fixed:1", 2),
+        ({"odsgd_warmup": 4, "odsgd_local_opt": "dc"}, "fixed:1", 1),
     ],
 )
 def test_odsgd_matches_numpy_reference(options, delay, latency):

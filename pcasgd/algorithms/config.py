@@ -12,8 +12,6 @@ SERVER_MODES = ("ps-asgd", "dcasgd-c", "dcasgd-a", "sasgd")
 COLLECTIVE_MODES = ("ssgd", "odsgd")
 MODES = DECENTRALIZED_MODES + SERVER_MODES + COLLECTIVE_MODES
 
-#: Modes whose arithmetic assumes every agent moves in lock-step (delays cost time, not staleness).
-SYNCHRONOUS_MODES = ("dsgd", "ssgd")
 
 #: Hessian-approximation factor lambda when the user gives none (sources in ALGORITHMS.md).
 DEFAULT_LAMBDA = {"dcasgd-c": 0.04, "dcasgd-a": 2.0, "pcasgd": 1.0, "pcasgd-pv": 1.0, "predict": 1.0}
@@ -40,7 +38,7 @@ class AlgorithmConfig:
     """
 
     mode: str = "pcasgd"
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float | None = None  # None: DEFAULT_MOMENTUM of the mode, else 0.9
     # pcasgd family
     theta: float = 0.5  # [choice] tradeoff between predict (1) and clip (0)
@@ -113,7 +111,12 @@ class AlgorithmConfig:
 
     @property
     def synchronous(self) -> bool:
-        return self.mode in SYNCHRONOUS_MODES
+        """Protocols that wait for their peers, so an injected lag costs them time, not staleness.
+
+        dsgd and ssgd wait every step; odsgd keeps one reduction in flight (a slow reduction
+        delays the next step); hardsync sasgd (n = 1) makes workers wait for each update.
+        """
+        return self.mode in ("dsgd", "ssgd", "odsgd") or (self.mode == "sasgd" and self.sasgd_n == 1)
 
     def with_changes(self, **changes: Any) -> AlgorithmConfig:
         return replace(self, **changes)

@@ -47,7 +47,6 @@ class RunConfig:
     epochs: int = 10
     batch_size: int = 32
     seed: int = 0
-    ps_wait: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -89,7 +88,7 @@ class BatchOracle:
         loss = self.loss_fn(self.model(self.data.train_x[indices]), self.data.train_y[indices])
         loss.backward()
         self.samples += len(indices)
-        return flat_gradient(self.model).detach().clone(), float(loss)
+        return flat_gradient(self.model).detach().clone(), loss.item()
 
 
 @torch.no_grad()
@@ -209,7 +208,6 @@ def run_training(
         hook=record_epoch,
         topology=schedule,
         segments=segment_offsets(model),
-        ps_wait=config.ps_wait,
     )
     load_flat_parameters(model, result.reference_params)
     _write_atomically(out / "model.pt", lambda path: torch.save(model.state_dict(), path))

@@ -33,7 +33,6 @@ def simulate(
     hook: EpochHook | None = None,
     topology: Schedule | None = None,
     segments: Sequence[int] | None = None,
-    ps_wait: bool = False,
 ) -> SimResult:
     """Run ``config.mode`` with ``agents`` agents (workers, for parameter-server modes)."""
     if iterations_per_epoch < 1 or epochs < 1:
@@ -49,6 +48,6 @@ def simulate(
         )
     if family == "server":
         return simulate_parameter_server(
-            config, agents, delays, oracle, initial_params, iterations_per_epoch, epochs, hook, ps_wait
+            config, agents, delays, oracle, initial_params, iterations_per_epoch, epochs, hook
         )
     return simulate_collective(config, agents, delays, oracle, initial_params, iterations_per_epoch, epochs, hook)

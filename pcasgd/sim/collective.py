@@ -3,13 +3,15 @@
 Every agent moves in lock-step; iteration ``t`` starts at ``t * max_i f_i`` (the slowest rank
 sets the pace). The allreduce is the mean over agents.
 
-* ``ssgd``: gradients at the shared weights, mean, one momentum step; staleness is 0 and
-  delay specs cost only time, which this engine does not model beyond the slowest rank.
+Both protocols wait for their peers, so an injected lag costs them time (not modelled here
+beyond the slowest rank's pace), never staleness.
+
+* ``ssgd``: gradients at the shared weights, mean, one momentum step; staleness 0.
 * ``odsgd``: per iteration, each agent's gradient at its local weights; the reduction started
-  at ``t`` completes at ``t + L`` with ``L = 1 + max_lag`` (``odsgd_overlap=False``: ``L = 0``);
-  reductions due by ``t`` complete before the local step; the staleness of each completed
-  reduction is ``L``; the first ``odsgd_warmup`` iterations are plain ssgd; reductions still in
-  flight at the end complete before the final weights are read.
+  at ``t`` completes at ``t + L``, ``L = 1`` (one reduction in flight, as OD-SGD), or ``L = 0``
+  with ``odsgd_overlap=False``; reductions due by ``t`` complete before the local step, and
+  their staleness is ``L``; the first ``odsgd_warmup`` iterations are plain ssgd; a reduction
+  still in flight at the end completes before the final weights are read.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def simulate_collective(
         )
 
     peers = [OneStepDelayAgent(config, initial_params) for _ in range(agents)]
-    latency = 1 + delays.max_lag if config.odsgd_overlap else 0
+    latency = 1 if config.odsgd_overlap else 0
     in_flight: deque[tuple[int, Tensor]] = deque()
 
     def view() -> tuple[list[Tensor], Tensor, list[int]]:

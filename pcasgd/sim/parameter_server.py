@@ -7,11 +7,12 @@ Ranks follow the MPI layout: the server is rank 0, worker ``w`` (data shard ``w`
 2. A worker of slowdown ``f`` pushes the gradient at the weights it pulled ``f`` time units
    after its pull; pushes at the same time are taken in worker order. The server applies the
    mode's rule (sasgd: after every ``c`` gradients), then the worker pulls again.
-3. With ``wait`` (synchronous workers), a worker whose gradient is buffered by the server
-   pulls only when the update that includes it is applied, and its next gradient is timed from
-   that moment.
-4. A pull returns version ``max(0, version - lag(rank, 0, k))``; the server keeps its last
-   ``max_lag + 1`` versions so the lag is exact, and remembers what each worker pulled (``w_bak``).
+3. Hardsync sasgd (n = 1, ``config.synchronous``): a worker whose gradient is buffered pulls
+   only when the update that includes it is applied, and its next gradient is timed from then;
+   injected lags do not apply (waiting costs time, not staleness).
+4. Otherwise a pull returns version ``max(0, version - lag(rank, 0, k))``; the server keeps its
+   last ``max_lag + 1`` versions so the lag is exact, and remembers what each worker pulled
+   (``w_bak``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ def simulate_parameter_server(
     iterations_per_epoch: int,
     epochs: int,
     hook: EpochHook | None = None,
-    wait: bool = False,
 ) -> SimResult:
     delays.check_fits(workers + 1)
     server = ParameterServer(config, initial_params, workers)
@@ -49,12 +49,13 @@ def simulate_parameter_server(
     waiting: list[int] = []
     arrivals: list[tuple[float, int]] = []
     clock = EpochClock(iterations_per_epoch, epochs, hook)
+    wait = config.synchronous
 
     def view() -> tuple[list[Tensor], Tensor, list[int]]:
         return list(pulled), server.params, list(done)
 
     def pull(worker: int, time: float) -> None:
-        lag = delays.lag(worker + 1, SERVER_RANK, done[worker])
+        lag = 0 if wait else delays.lag(worker + 1, SERVER_RANK, done[worker])
         version = max(0, server.version - lag, min(versions))
         pulled[worker] = versions[version]
         server.record_pull(worker, versions[version], version)
