@@ -107,9 +107,18 @@ class EpochClock:
         self.stats.staleness.update(values)
         self.total_staleness.update(values)
 
-    def advance(self, time: float, view: Callable[[], tuple[list[Tensor], Tensor, list[int]]]) -> None:
-        """Fire the hook for boundaries at or before ``time`` (call before processing ``time``)."""
-        while self.next_epoch <= self.epochs and self.next_epoch * self.iterations_per_epoch <= time:
+    def advance(
+        self, time: float, view: Callable[[], tuple[list[Tensor], Tensor, list[int]]], ends: bool = False
+    ) -> None:
+        """Fire the hook for the boundaries passed, before processing the events at ``time``.
+
+        Events that start an iteration at a boundary belong to the next epoch; events that end
+        an iteration there (``ends=True``: parameter-server pushes) belong to the epoch it closes.
+        """
+        while self.next_epoch <= self.epochs and (
+            self.next_epoch * self.iterations_per_epoch < time
+            or (not ends and self.next_epoch * self.iterations_per_epoch == time)
+        ):
             self._fire(view, self.next_epoch * self.iterations_per_epoch)
 
     def finish(self, view: Callable[[], tuple[list[Tensor], Tensor, list[int]]]) -> None:

@@ -65,7 +65,7 @@ def simulate_parameter_server(
         pull(worker, 0.0)
     while arrivals and arrivals[0][0] <= clock.budget:
         time, worker = heapq.heappop(arrivals)
-        clock.advance(time, view)
+        clock.advance(time, view, ends=True)
         grad, loss = oracle(worker, pulled[worker])
         clock.stats.add_loss(loss)
         report = server.push(worker, grad)
