@@ -23,8 +23,12 @@ fi
 echo "pcasgd: building $venv with the pinned stack (first time: about 2 minutes)..." >&2
 rm -rf "$venv"
 "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$root/.ci/constraints.txt" "setuptools>=64" wheel
-"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation \
-  -c "$root/.ci/constraints.txt" -e "$root[dev]"
+# pip on this machine warns once per package about absent local index folders: drop that noise only.
+quiet_pip() {
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$root/.ci/constraints.txt" "$@" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+quiet_pip "setuptools>=64" wheel
+quiet_pip --no-build-isolation -e "$root[dev]"
 echo "$want" > "$stamp"
 echo "pcasgd: environment ready at $venv" >&2

@@ -16,7 +16,7 @@ from pcasgd.app.models import MODELS
 from pcasgd.app.progress import EpochProgress
 from pcasgd.app.train import BACKENDS, RunConfig, run_training
 from pcasgd.delays import ACCEPTED_FORMS
-from pcasgd.errors import PcasgdError
+from pcasgd.errors import DivergenceError, PcasgdError
 from pcasgd.topology import TOPOLOGY_FORMS, WEIGHT_SCHEMES
 
 
@@ -129,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out if args.out is not None else Path("runs") / f"{config.algorithm.mode}-seed{config.seed}"
         print(f"pcasgd {__version__}: {json.dumps(_describe(config))} -> {out}", file=sys.stderr)
         summary = run_training(config, out, overwrite=args.overwrite, on_epoch=EpochProgress(config.epochs))
+    except DivergenceError as error:
+        print(f"pcasgd: run failed: {error}; metrics up to the last epoch are in the run directory", file=sys.stderr)
+        return 1
     except PcasgdError as error:
         print(f"pcasgd: error: {error}", file=sys.stderr)
         return 2

@@ -190,3 +190,26 @@ def test_straggler_does_fewer_iterations_and_its_neighbours_see_staleness():
     assert result.iterations == [40, 40, 14, 40]
     assert max(result.staleness) > 0
     assert np.isfinite(result.reference_params.numpy()).all()
+
+
+class Exploding(Quadratic):
+    """Gradients that blow up after a few calls, to check divergence is caught where it happens."""
+
+    def grad(self, agent, x, call):
+        return super().grad(agent, x, call) * (1e200 if call >= 5 else 1.0)
+
+
+@pytest.mark.parametrize(
+    ("mode", "who"), [("pcasgd", "agent 0"), ("ps-asgd", "the server"), ("ssgd", "shared weights"), ("odsgd", "global")]
+)
+def test_divergence_raises_naming_who_and_when(mode, who):
+    from pcasgd.errors import DivergenceError
+
+    problem = Exploding(4)
+    schedule = topology.build("ring", 4) if mode == "pcasgd" else None
+    config = AlgorithmConfig(mode=mode, odsgd_warmup=0)
+    with (
+        np.errstate(over="ignore", invalid="ignore"),
+        pytest.raises(DivergenceError, match=rf"{who}.*NaN or Inf parameters after iteration \d+"),
+    ):
+        simulate(config, 4, delays.parse("none"), problem, problem.initial(), 40, 1, topology=schedule)

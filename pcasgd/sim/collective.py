@@ -24,7 +24,7 @@ from torch import Tensor
 from pcasgd.algorithms.collective import GlobalSGD, OneStepDelayAgent
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.delays import DelayModel
-from pcasgd.sim.common import EpochClock, EpochHook, GradientOracle, SimResult
+from pcasgd.sim.common import EpochClock, EpochHook, GradientOracle, SimResult, check_finite
 
 
 def _mean_gradient(oracle: GradientOracle, clock: EpochClock, params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
@@ -60,6 +60,7 @@ def simulate_collective(
             clock.advance(iteration * step_time, view)
             mean, _ = _mean_gradient(oracle, clock, [shared.params] * agents)
             shared.apply(mean)
+            check_finite(shared.params, "the shared weights", iteration)
             clock.record_staleness([0] * agents)
             iteration += 1
         clock.finish(view)
@@ -84,6 +85,7 @@ def simulate_collective(
             _, mean = in_flight.popleft()
             for peer in peers:
                 peer.complete(mean)
+            check_finite(peers[0].global_params, "the global weights", iteration)
             clock.record_staleness([latency] * agents)
 
     while iteration * step_time < clock.budget:

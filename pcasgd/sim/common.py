@@ -13,7 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import torch
 from torch import Tensor
+
+from pcasgd.errors import DivergenceError
+
+
+def check_finite(params: Tensor, who: str, iteration: int) -> None:
+    """Raise :class:`DivergenceError` naming ``who`` and ``iteration`` if ``params`` hold NaN or Inf."""
+    if not bool(torch.isfinite(params).all()):
+        raise DivergenceError(f"{who} has NaN or Inf parameters after iteration {iteration}: the run diverged")
 
 
 class GradientOracle(Protocol):

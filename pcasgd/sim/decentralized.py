@@ -25,7 +25,7 @@ from torch import Tensor
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.consensus import ConsensusAgent, NeighbourRead, Snapshot
 from pcasgd.delays import DelayModel
-from pcasgd.sim.common import EpochClock, EpochHook, GradientOracle, SimResult
+from pcasgd.sim.common import EpochClock, EpochHook, GradientOracle, SimResult, check_finite
 from pcasgd.topology import Schedule
 
 
@@ -95,6 +95,7 @@ def simulate_decentralized(
                 snapshot = rings[j].at(max(0, rings[j].latest_stamp - lag))
                 reads.append(NeighbourRead(j, float(topology.weights[i, j]), snapshot, max(0, k - snapshot.stamp)))
             report = agents[i].step(grads[i], reads, float(topology.weights[i, i]), clock.epoch_at(time))
+            check_finite(agents[i].params, f"agent {i}", k)
             clock.record_staleness(report.staleness)
             if report.decision in ("predict", "clip"):
                 clock.stats.add_predict_share(report.predict_share)

@@ -25,7 +25,7 @@ from torch import Tensor
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.server import ParameterServer
 from pcasgd.delays import DelayModel
-from pcasgd.sim.common import EpochClock, EpochHook, GradientOracle, SimResult
+from pcasgd.sim.common import EpochClock, EpochHook, GradientOracle, SimResult, check_finite
 
 SERVER_RANK = 0
 
@@ -72,6 +72,7 @@ def simulate_parameter_server(
         clock.record_staleness([report.staleness])
         done[worker] += 1
         if report.applied:
+            check_finite(server.params, "the server (rank 0)", server.version)
             versions[server.version] = server.params
             versions.pop(server.version - delays.max_lag - 1, None)
             for released in [*waiting, worker]:
