@@ -46,8 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("each --variant must be NAME='FLAGS' (NAME without '=')")
 
     print(f"common flags: `{args.common or '(defaults)'}`; seeds {args.seeds}\n")
-    print("| variant | delay | test accuracy | consensus distance | staleness mean / max | wall s | diverged |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| variant | delay | test accuracy (mean model) | worst agent | consensus distance "
+        "| staleness mean / max | wall s | diverged |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as scratch:
         for name, flags in variants:
             for delay in args.delays:
@@ -61,11 +64,12 @@ def main(argv: list[str] | None = None) -> int:
                     except DivergenceError:
                         diverged += 1
                 if not summaries:
-                    print(f"| {name} | {delay} | - | - | - | - | {diverged}/{len(args.seeds)} |", flush=True)
+                    print(f"| {name} | {delay} | - | - | - | - | - | {diverged}/{len(args.seeds)} |", flush=True)
                     continue
                 finals = [s["final"] for s in summaries]
                 print(
                     f"| {name} | {delay} | {_spread([f['test_accuracy'] for f in finals], 4)} | "
+                    f"{_spread([f['agent_accuracy_min'] for f in finals], 4)} | "
                     f"{_spread([f['consensus_distance_mean'] for f in finals], 3)} | "
                     f"{_spread([s['staleness']['mean'] for s in summaries], 2)} / "
                     f"{max(s['staleness']['max'] for s in summaries)} | "
