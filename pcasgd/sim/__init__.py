@@ -14,12 +14,12 @@ from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.delays import DelayModel
 from pcasgd.errors import ConfigError
 from pcasgd.sim.collective import simulate_collective
-from pcasgd.sim.common import EpochHook, EpochStats, EpochView, GradientOracle, SimResult
+from pcasgd.sim.common import EpochHook, EpochStats, EpochView, GradientOracle, SimResult, SimRun
 from pcasgd.sim.decentralized import simulate_decentralized
 from pcasgd.sim.parameter_server import simulate_parameter_server
 from pcasgd.topology import Schedule
 
-__all__ = ["EpochHook", "EpochStats", "EpochView", "GradientOracle", "SimResult", "simulate"]
+__all__ = ["EpochHook", "EpochStats", "EpochView", "GradientOracle", "SimResult", "SimRun", "simulate"]
 
 
 def simulate(
@@ -37,17 +37,13 @@ def simulate(
     """Run ``config.mode`` with ``agents`` agents (workers, for parameter-server modes)."""
     if iterations_per_epoch < 1 or epochs < 1:
         raise ConfigError("iterations per epoch and epochs must be >= 1")
-    family = config.family
-    if family == "decentralized":
+    run = SimRun(config, delays, oracle, initial_params, iterations_per_epoch, epochs, hook)
+    if config.family == "decentralized":
         if topology is None:
             raise ConfigError(f"mode {config.mode!r} needs a topology")
         if topology.size != agents:
             raise ConfigError(f"topology has {topology.size} agents, the run has {agents}")
-        return simulate_decentralized(
-            config, topology, delays, oracle, initial_params, iterations_per_epoch, epochs, hook, segments
-        )
-    if family == "server":
-        return simulate_parameter_server(
-            config, agents, delays, oracle, initial_params, iterations_per_epoch, epochs, hook
-        )
-    return simulate_collective(config, agents, delays, oracle, initial_params, iterations_per_epoch, epochs, hook)
+        return simulate_decentralized(run, topology, segments)
+    if config.family == "server":
+        return simulate_parameter_server(run, agents)
+    return simulate_collective(run, agents)

@@ -22,9 +22,7 @@ import torch
 from torch import Tensor
 
 from pcasgd.algorithms.collective import GlobalSGD, OneStepDelayAgent
-from pcasgd.algorithms.config import AlgorithmConfig
-from pcasgd.delays import DelayModel
-from pcasgd.sim.common import EpochClock, EpochHook, GradientOracle, SimResult, check_finite
+from pcasgd.sim.common import EpochClock, GradientOracle, SimResult, SimRun, check_finite
 
 
 def _mean_gradient(oracle: GradientOracle, clock: EpochClock, params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
@@ -36,19 +34,11 @@ def _mean_gradient(oracle: GradientOracle, clock: EpochClock, params: list[Tenso
     return torch.stack(grads).mean(dim=0), grads
 
 
-def simulate_collective(
-    config: AlgorithmConfig,
-    agents: int,
-    delays: DelayModel,
-    oracle: GradientOracle,
-    initial_params: Tensor,
-    iterations_per_epoch: int,
-    epochs: int,
-    hook: EpochHook | None = None,
-) -> SimResult:
+def simulate_collective(run: SimRun, agents: int) -> SimResult:
+    config, delays, oracle, initial_params = run.config, run.delays, run.oracle, run.initial_params
     delays.check_fits(agents)
     step_time = max(delays.slowdown(i) for i in range(agents))
-    clock = EpochClock(iterations_per_epoch, epochs, hook)
+    clock = run.clock()
     iteration = 0
     if config.mode == "ssgd":
         shared = GlobalSGD(config, initial_params)

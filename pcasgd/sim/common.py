@@ -16,6 +16,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from pcasgd.algorithms.config import AlgorithmConfig
+from pcasgd.delays import DelayModel
 from pcasgd.errors import DivergenceError
 
 
@@ -29,6 +31,22 @@ class GradientOracle(Protocol):
     """Returns ``(gradient, loss)`` of agent ``agent``'s next mini-batch at ``params``."""
 
     def __call__(self, agent: int, params: Tensor) -> tuple[Tensor, float]: ...
+
+
+@dataclass(frozen=True)
+class SimRun:
+    """What every engine is given: the mode, the delays, the problem, and the run's length."""
+
+    config: AlgorithmConfig
+    delays: DelayModel
+    oracle: GradientOracle
+    initial_params: Tensor
+    iterations_per_epoch: int
+    epochs: int
+    hook: EpochHook | None = None
+
+    def clock(self) -> EpochClock:
+        return EpochClock(self.iterations_per_epoch, self.epochs, self.hook)
 
 
 @dataclass

@@ -22,10 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.consensus import ConsensusAgent, NeighbourRead, Snapshot
-from pcasgd.delays import DelayModel
-from pcasgd.sim.common import EpochClock, EpochHook, GradientOracle, SimResult, check_finite
+from pcasgd.sim.common import SimResult, SimRun, check_finite
 from pcasgd.topology import Schedule
 
 
@@ -48,26 +46,17 @@ class SnapshotRing:
         return self._snapshots[max(stamp, oldest) - oldest]
 
 
-def simulate_decentralized(
-    config: AlgorithmConfig,
-    schedule: Schedule,
-    delays: DelayModel,
-    oracle: GradientOracle,
-    initial_params: Tensor,
-    iterations_per_epoch: int,
-    epochs: int,
-    hook: EpochHook | None = None,
-    segments: Sequence[int] | None = None,
-) -> SimResult:
+def simulate_decentralized(run: SimRun, schedule: Schedule, segments: Sequence[int] | None = None) -> SimResult:
+    config, delays, oracle = run.config, run.delays, run.oracle
     n = schedule.size
     delays.check_fits(n)
-    agents = [ConsensusAgent(config, initial_params, segments) for _ in range(n)]
+    agents = [ConsensusAgent(config, run.initial_params, segments) for _ in range(n)]
     rings = [SnapshotRing(delays.max_lag + 1) for _ in range(n)]
     if config.synchronous:
         durations = [max(delays.slowdown(i) for i in range(n))] * n
     else:
         durations = [delays.slowdown(i) for i in range(n)]
-    clock = EpochClock(iterations_per_epoch, epochs, hook)
+    clock = run.clock()
     next_iteration = [0] * n
 
     def view() -> tuple[list[Tensor], Tensor, list[int]]:

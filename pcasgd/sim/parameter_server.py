@@ -22,24 +22,14 @@ from collections import Counter
 
 from torch import Tensor
 
-from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.server import ParameterServer
-from pcasgd.delays import DelayModel
-from pcasgd.sim.common import EpochClock, EpochHook, GradientOracle, SimResult, check_finite
+from pcasgd.sim.common import SimResult, SimRun, check_finite
 
 SERVER_RANK = 0
 
 
-def simulate_parameter_server(
-    config: AlgorithmConfig,
-    workers: int,
-    delays: DelayModel,
-    oracle: GradientOracle,
-    initial_params: Tensor,
-    iterations_per_epoch: int,
-    epochs: int,
-    hook: EpochHook | None = None,
-) -> SimResult:
+def simulate_parameter_server(run: SimRun, workers: int) -> SimResult:
+    config, delays, oracle, initial_params = run.config, run.delays, run.oracle, run.initial_params
     delays.check_fits(workers + 1)
     server = ParameterServer(config, initial_params, workers)
     versions: dict[int, Tensor] = {0: server.params}
@@ -48,7 +38,7 @@ def simulate_parameter_server(
     done = [0] * workers
     waiting: list[int] = []
     arrivals: list[tuple[float, int]] = []
-    clock = EpochClock(iterations_per_epoch, epochs, hook)
+    clock = run.clock()
     wait = config.synchronous
 
     def view() -> tuple[list[Tensor], Tensor, list[int]]:
