@@ -16,7 +16,7 @@ from pcasgd.app.models import MODELS
 from pcasgd.app.progress import EpochProgress
 from pcasgd.app.train import BACKENDS, RunConfig, run_training
 from pcasgd.delays import ACCEPTED_FORMS
-from pcasgd.errors import DivergenceError, PcasgdError
+from pcasgd.errors import PcasgdError, TrainingFailedError
 from pcasgd.topology import TOPOLOGY_FORMS, WEIGHT_SCHEMES
 
 
@@ -82,9 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run = RunConfig()
     train.add_argument("--backend", choices=BACKENDS, default=run.backend, help="engine")
-    train.add_argument(
-        "--agents", type=_number(int, 1), default=run.agents, help="agents (workers for parameter-server modes)"
-    )
+    train.add_argument("--agents", type=_number(int, 1), default=None, help="default 4, or the MPI world size")
     train.add_argument("--mode", choices=MODES, default=run.algorithm.mode, help="training mode")
     train.add_argument("--topology", default=run.topology, help=f"graph: {TOPOLOGY_FORMS}")
     train.add_argument("--weights", choices=("auto", *WEIGHT_SCHEMES), default=run.weights, help="mixing weights")
@@ -96,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=_number(int, 0), default=run.seed)
     train.add_argument("--out", type=Path, default=None, help="run directory (default: runs/MODE-seedS)")
     train.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    train.add_argument(
+        "--deterministic", action="store_true", help="mpi: lock-step iterations that reproduce --backend sim"
+    )
+    train.add_argument(
+        "--deadline", type=_number(float, 0.001), default=run.deadline, help="mpi: seconds any wait may take"
+    )
     defaults = {f.name: f.default for f in fields(AlgorithmConfig)}
     group = train.add_argument_group("algorithm options")
     for flag, name, options in ALGORITHM_FLAGS:
@@ -104,12 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _mpi_world():
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
 def run_config_from(args: argparse.Namespace) -> RunConfig:
     algorithm = AlgorithmConfig(mode=args.mode, **{name: getattr(args, name) for _, name, _ in ALGORITHM_FLAGS})
+    agents = args.agents
+    if agents is None:
+        agents = _mpi_world().Get_size() if args.backend == "mpi" else RunConfig().agents
     return RunConfig(
         algorithm=algorithm,
         backend=args.backend,
-        agents=args.agents,
+        agents=agents,
         topology=args.topology,
         weights=args.weights,
         delay=args.delay,
@@ -118,26 +131,36 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
+        deterministic=args.deterministic,
+        deadline=args.deadline,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    rank = _mpi_world().Get_rank() if args.backend == "mpi" else 0
+    where = f" (rank {rank})" if args.backend == "mpi" else ""
     try:
         config = run_config_from(args)
         out = args.out if args.out is not None else Path("runs") / f"{config.algorithm.mode}-seed{config.seed}"
-        print(f"pcasgd {__version__}: {json.dumps(_describe(config))} -> {out}", file=sys.stderr)
+        if rank == 0:
+            print(f"pcasgd {__version__}: {json.dumps(_describe(config))} -> {out}", file=sys.stderr)
         summary = run_training(config, out, overwrite=args.overwrite, on_epoch=EpochProgress(config.epochs))
-    except DivergenceError as error:
-        print(f"pcasgd: run failed: {error}; metrics up to the last epoch are in the run directory", file=sys.stderr)
+    except TrainingFailedError as error:
+        print(f"pcasgd: run failed{where}: {error}; metrics so far are in the run directory", file=sys.stderr)
+        if args.backend == "mpi" and _mpi_world().Get_size() > 1:
+            sys.stderr.flush()
+            _mpi_world().Abort(1)  # end the whole job now rather than at the other ranks' deadlines
         return 1
     except PcasgdError as error:
-        print(f"pcasgd: error: {error}", file=sys.stderr)
+        print(f"pcasgd: error{where}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("pcasgd: interrupted; metrics so far are in the run directory", file=sys.stderr)
+        print(f"pcasgd: interrupted{where}; metrics so far are in the run directory", file=sys.stderr)
         return 130
+    if summary is None:
+        return 0
     final = summary["final"]
     print(
         f"final test accuracy {final['test_accuracy']:.4f} (agents {final['agent_accuracy_min']:.4f}.."

@@ -21,5 +21,13 @@ class ConfigError(PcasgdError, ValueError):
     """An algorithm or run option out of range, or options that contradict each other."""
 
 
-class DivergenceError(PcasgdError, FloatingPointError):
+class TrainingFailedError(PcasgdError, RuntimeError):
+    """Training started but could not finish (a rank stalled, died, or diverged)."""
+
+
+class StallError(TrainingFailedError, TimeoutError):
+    """A neighbour stopped publishing before the run ended."""
+
+
+class DivergenceError(TrainingFailedError, FloatingPointError):
     """NaN or Inf appeared in an agent's parameters."""

@@ -28,7 +28,7 @@ from pcasgd.app.models import build_model, flat_gradient, flatten_parameters, lo
 from pcasgd.errors import ConfigError
 from pcasgd.sim import EpochView, simulate
 
-BACKENDS = ("sim",)
+BACKENDS = ("sim", "mpi")
 RUN_FILES = ("metrics.jsonl", "summary.json", "model.pt")
 
 
@@ -47,12 +47,23 @@ class RunConfig:
     epochs: int = 10
     batch_size: int = 32
     seed: int = 0
+    deterministic: bool = False  # mpi: lock-step iterations, reproduces the simulator
+    deadline: float = 60.0  # mpi: seconds any wait may take before the run fails
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; available: {', '.join(BACKENDS)}")
         if self.agents < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("agents, epochs and batch size must be >= 1")
+        if self.deadline <= 0:
+            raise ConfigError(f"deadline must be > 0 seconds, got {self.deadline}")
+        if self.backend == "mpi" and self.algorithm.family != "decentralized":
+            raise ConfigError(
+                f"mode {self.algorithm.mode!r} runs only with --backend sim for now; "
+                "--backend mpi supports the decentralized modes (dsgd, asgd, pcasgd, pcasgd-pv, predict, clip)"
+            )
+        if self.backend == "sim" and self.deterministic:
+            raise ConfigError("--deterministic is for --backend mpi (the simulator is always deterministic)")
 
 
 class BatchOracle:
@@ -127,6 +138,20 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(temporary, path)
 
 
+def _prepare_output_everywhere(comm, out: Path, overwrite: bool) -> None:
+    """Rank 0 prepares ``out``; every rank raises the same error if that failed."""
+    problem = None
+    if comm is None or comm.Get_rank() == 0:
+        try:
+            prepare_output(out, overwrite)
+        except (ConfigError, OSError) as error:
+            problem = str(error)
+    if comm is not None:
+        problem = comm.bcast(problem, root=0)
+    if problem is not None:
+        raise ConfigError(problem)
+
+
 def prepare_output(out: Path, overwrite: bool) -> None:
     """Create ``out``; refuse to touch an earlier run's files unless ``overwrite``."""
     existing = [name for name in RUN_FILES if (out / name).exists()]
@@ -139,10 +164,24 @@ def prepare_output(out: Path, overwrite: bool) -> None:
         (out / name).unlink()
 
 
+def _world(config: RunConfig):
+    """MPI.COMM_WORLD for ``--backend mpi`` (imported only then), else None."""
+    if config.backend != "mpi":
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError as error:
+        raise ConfigError(
+            f"--backend mpi needs mpi4py and an MPI library ({error}); pip install 'pcasgd[mpi]'"
+        ) from None
+    return MPI.COMM_WORLD
+
+
 def run_training(
     config: RunConfig, out: Path, overwrite: bool = False, on_epoch: Callable[[dict], None] | None = None
-) -> dict[str, Any]:
-    """Train as ``config`` says, write the run files into ``out``, return the summary."""
+) -> dict[str, Any] | None:
+    """Train as ``config`` says, write the run files into ``out``; return the summary (rank 0; others None)."""
+    comm = _world(config)
     algorithm = config.algorithm
     schedule = None
     spectral_gap = None
@@ -152,12 +191,21 @@ def run_training(
     delay_model = delays.parse(config.delay, config.seed)
     ranks = config.agents + 1 if algorithm.family == "server" else config.agents
     delay_model.check_fits(ranks, schedule.adjacency if isinstance(schedule, topology.Topology) else None)
-    prepare_output(out, overwrite)
+    if comm is not None:
+        from pcasgd.runtime.checks import check_same_everywhere, check_world_size
+
+        check_world_size(comm, config.agents)
+        check_same_everywhere(comm, "the run configuration", json.dumps(asdict(config), sort_keys=True, default=str))
+    _prepare_output_everywhere(comm, out, overwrite)
 
     torch.manual_seed(config.seed)
     data = load(config.dataset)
     shards = partition_iid(len(data.train_y), config.agents, config.seed)
     model = build_model(config.model, data.input_shape, data.classes)
+    if comm is not None:
+        from pcasgd.runtime.checks import check_same_everywhere, model_signature
+
+        check_same_everywhere(comm, "the model's parameter shapes and dtypes", model_signature(model))
     oracle = BatchOracle(model, data, shards, config.batch_size, config.seed)
     iterations_per_epoch = math.ceil(min(len(shard) for shard in shards) / config.batch_size)
     metrics_path = out / "metrics.jsonl"
@@ -170,7 +218,7 @@ def run_training(
         accuracy, loss = evaluate(model, view.reference_params, data.test_x, data.test_y)
         agent_accuracy = [evaluate(model, p, data.test_x, data.test_y)[0] for p in view.agent_params]
         distance_mean, distance_max = consensus_distance(view.agent_params)
-        samples = oracle.samples - last["samples"]
+        samples = view.samples - last["samples"]
         record = {
             "epoch": view.epoch,
             "test_accuracy": accuracy,
@@ -190,25 +238,37 @@ def run_training(
             "iterations": view.iterations,
             "sim_time": view.sim_time,
         }
-        last.update(time=now, samples=oracle.samples)
+        last.update(time=now, samples=view.samples)
         records.append(record)
         with metrics_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         if on_epoch is not None:
             on_epoch(record)
 
-    result = simulate(
-        algorithm,
-        config.agents,
-        delay_model,
-        oracle,
-        flatten_parameters(model),
-        iterations_per_epoch,
-        config.epochs,
-        hook=record_epoch,
-        topology=schedule,
-        segments=segment_offsets(model),
-    )
+    if comm is None:
+        result = simulate(
+            algorithm,
+            config.agents,
+            delay_model,
+            oracle,
+            flatten_parameters(model),
+            iterations_per_epoch,
+            config.epochs,
+            hook=record_epoch,
+            topology=schedule,
+            segments=segment_offsets(model),
+        )
+    else:
+        from pcasgd.runtime.decentralized import MpiOptions, run_decentralized
+        from pcasgd.sim import SimRun
+
+        run = SimRun(
+            algorithm, delay_model, oracle, flatten_parameters(model), iterations_per_epoch, config.epochs, record_epoch
+        )
+        options = MpiOptions(deterministic=config.deterministic, deadline=config.deadline)
+        result = run_decentralized(comm, run, schedule, segment_offsets(model), options)
+        if result is None:
+            return None
     load_flat_parameters(model, result.reference_params)
     _write_atomically(out / "model.pt", lambda path: torch.save(model.state_dict(), path))
     staleness_total = sum(result.staleness.values())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -46,18 +46,34 @@ class SimRun:
     hook: EpochHook | None = None
 
     def clock(self) -> EpochClock:
-        return EpochClock(self.iterations_per_epoch, self.epochs, self.hook)
+        return EpochClock(self.iterations_per_epoch, self.epochs, self.hook, lambda: getattr(self.oracle, "samples", 0))
 
 
 @dataclass
 class EpochStats:
     """Counters of one epoch (reset at each boundary)."""
 
-    staleness: Counter[int] = field(default_factory=Counter)
+    staleness_sum: float = 0.0
+    staleness_count: int = 0
+    staleness_top: int = 0
     loss_sum: float = 0.0
     loss_count: int = 0
     predict_share_sum: float = 0.0
     predict_share_count: int = 0
+
+    def add_staleness(self, values: tuple[int, ...] | list[int]) -> None:
+        self.staleness_sum += sum(values)
+        self.staleness_count += len(values)
+        self.staleness_top = max(self.staleness_top, *values) if values else self.staleness_top
+
+    def merge(self, other: EpochStats) -> None:
+        self.staleness_sum += other.staleness_sum
+        self.staleness_count += other.staleness_count
+        self.staleness_top = max(self.staleness_top, other.staleness_top)
+        self.loss_sum += other.loss_sum
+        self.loss_count += other.loss_count
+        self.predict_share_sum += other.predict_share_sum
+        self.predict_share_count += other.predict_share_count
 
     def add_loss(self, loss: float) -> None:
         self.loss_sum += loss
@@ -73,12 +89,11 @@ class EpochStats:
 
     @property
     def staleness_mean(self) -> float:
-        total = sum(self.staleness.values())
-        return sum(k * v for k, v in self.staleness.items()) / total if total else 0.0
+        return self.staleness_sum / self.staleness_count if self.staleness_count else 0.0
 
     @property
     def staleness_max(self) -> int:
-        return max(self.staleness, default=0)
+        return self.staleness_top
 
     @property
     def predict_fraction(self) -> float | None:
@@ -97,6 +112,7 @@ class EpochView:
     iterations: list[int]  # iterations done so far, per agent
     stats: EpochStats
     sim_time: float
+    samples: int = 0  # training samples processed by all agents so far
 
 
 EpochHook = Callable[[EpochView], None]
@@ -115,8 +131,11 @@ class SimResult:
 class EpochClock:
     """Fires the hook for every epoch boundary that simulated time has reached."""
 
-    def __init__(self, iterations_per_epoch: int, epochs: int, hook: EpochHook | None) -> None:
+    def __init__(
+        self, iterations_per_epoch: int, epochs: int, hook: EpochHook | None, samples: Callable[[], int] = lambda: 0
+    ) -> None:
         self.iterations_per_epoch = iterations_per_epoch
+        self.samples = samples
         self.epochs = epochs
         self.hook = hook
         self.next_epoch = 1
@@ -131,7 +150,7 @@ class EpochClock:
         return time / self.iterations_per_epoch
 
     def record_staleness(self, values: tuple[int, ...] | list[int]) -> None:
-        self.stats.staleness.update(values)
+        self.stats.add_staleness(values)
         self.total_staleness.update(values)
 
     def advance(
@@ -155,6 +174,7 @@ class EpochClock:
     def _fire(self, view: Callable[[], tuple[list[Tensor], Tensor, list[int]]], time: float) -> None:
         if self.hook is not None:
             agent_params, reference, iterations = view()
-            self.hook(EpochView(self.next_epoch, agent_params, reference, iterations, self.stats, time))
+            view = EpochView(self.next_epoch, agent_params, reference, iterations, self.stats, time, self.samples())
+            self.hook(view)
         self.stats = EpochStats()
         self.next_epoch += 1

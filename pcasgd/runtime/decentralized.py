@@ -1,0 +1,300 @@
+"""The decentralized modes on MPI: one agent per rank, weights exchanged through RMA windows.
+
+Per iteration ``k`` a rank computes its gradient at its parameters, publishes ``(x, g, k)`` in
+its window, reads its in-neighbours' snapshots, and applies the same
+:class:`~pcasgd.algorithms.consensus.ConsensusAgent` update as the simulator.
+
+* **asynchronous** (default): no rank waits for another. A read returns the neighbour's newest
+  snapshot (``lag`` behind it when a delay spec injects one) and staleness is measured from the
+  stamps. ``dsgd`` alone waits, neighbour by neighbour, for a snapshot stamped ``k``. A
+  ``straggler`` term makes a rank sleep ``(f - 1)`` times its gradient time. The run ends when a
+  rank finishes ``epochs`` epochs of iterations: it raises a shared counter and the others stop
+  at their next iteration, so faster ranks do more iterations than slower ones.
+* **deterministic**: every rank runs ``epochs * iterations_per_epoch`` iterations in lock-step
+  (a barrier after each publish) with the injected lags read from each ring, which reproduces the
+  simulator's step order and therefore its weights.
+
+Rank 0 records the per-epoch view: in deterministic mode from a gather (as the simulator's),
+in asynchronous mode by reading every rank's newest snapshot and running totals remotely,
+without stopping anyone.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from mpi4py import MPI
+from torch import Tensor
+
+from pcasgd.algorithms.consensus import ConsensusAgent, NeighbourRead
+from pcasgd.errors import ConfigError, StallError
+from pcasgd.sim.common import EpochStats, EpochView, SimResult, SimRun, check_finite
+from pcasgd.topology import Schedule
+from pcasgd.transport.deadline import Deadline
+from pcasgd.transport.windows import FLAG_FINISHED, ControlWindow, SnapshotWindow
+
+
+@dataclass(frozen=True)
+class MpiOptions:
+    deterministic: bool = False
+    deadline: float = 60.0  # seconds any wait may take, and a neighbour may go without publishing
+    shared_windows: bool = False  # MPI.Win.Allocate_shared (one node only)
+
+
+def _header_totals(overall: EpochStats, iterations: int, samples: int) -> dict[str, float]:
+    """Running totals a rank publishes in its window header, for rank 0's asynchronous metrics."""
+    return {
+        "iterations": iterations,
+        "staleness_sum": overall.staleness_sum,
+        "staleness_count": overall.staleness_count,
+        "staleness_max": overall.staleness_top,
+        "loss_sum": overall.loss_sum,
+        "loss_count": overall.loss_count,
+        "predict_sum": overall.predict_share_sum,
+        "predict_count": overall.predict_share_count,
+        "samples": samples,
+    }
+
+
+def _stats_from_totals(now: dict[str, float], before: dict[str, float]) -> EpochStats:
+    """One rank's statistics between two readings of its running totals."""
+    return EpochStats(
+        staleness_sum=now["staleness_sum"] - before.get("staleness_sum", 0.0),
+        staleness_count=int(now["staleness_count"] - before.get("staleness_count", 0.0)),
+        staleness_top=int(now["staleness_max"]),
+        loss_sum=now["loss_sum"] - before.get("loss_sum", 0.0),
+        loss_count=int(now["loss_count"] - before.get("loss_count", 0.0)),
+        predict_share_sum=now["predict_sum"] - before.get("predict_sum", 0.0),
+        predict_share_count=int(now["predict_count"] - before.get("predict_count", 0.0)),
+    )
+
+
+@dataclass
+class RankState:
+    """What rank 0 learns of one rank at an epoch boundary or at the end."""
+
+    params: Tensor
+    stats: EpochStats
+    iterations: int
+    samples: int
+    totals: dict[str, float]
+    staleness: Counter[int] | None = None
+    decisions: Counter[str] | None = None
+
+
+class DecentralizedRank:
+    """One rank's loop; :func:`run_decentralized` drives it."""
+
+    def __init__(
+        self, comm: MPI.Comm, run: SimRun, schedule: Schedule, segments: Sequence[int] | None, options: MpiOptions
+    ) -> None:
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        if schedule.size != self.size:
+            raise ConfigError(f"the topology has {schedule.size} agents but the MPI world has {self.size} ranks")
+        if options.deterministic and run.delays.slowdowns:
+            raise ConfigError("--deterministic runs in lock-step: straggler terms need the asynchronous mode")
+        self.run = run
+        self.schedule = schedule
+        self.options = options
+        self.config = run.config
+        self.agent = ConsensusAgent(run.config, run.initial_params, segments)
+        self.deadline = Deadline(self.rank, options.deadline)
+        numel = run.initial_params.numel()
+        self.window = SnapshotWindow(
+            comm, numel, run.initial_params.dtype, run.delays.max_lag + 2, options.shared_windows
+        )
+        self.control = ControlWindow(comm)
+        self.epoch_stats = EpochStats()
+        self.overall = EpochStats()
+        self.staleness: Counter[int] = Counter()
+        self.samples = 0
+        self._last_seen: dict[int, tuple[int, float]] = {}
+        self._last_totals: list[dict[str, float]] = [{} for _ in range(self.size)]
+        self.poisoned: Counter[int] = Counter()
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def train(self) -> SimResult | None:
+        run = self.run
+        budget = run.epochs * run.iterations_per_epoch
+        k = 0
+        try:
+            while True:
+                if k and k % run.iterations_per_epoch == 0 and k < budget:
+                    self._epoch(k // run.iterations_per_epoch, k)
+                if k >= budget:
+                    if not self.options.deterministic:
+                        with self.deadline.guard("signalling the end of training to rank 0"):
+                            self.control.add_finished()
+                    break
+                if not self.options.deterministic and self.control.finished():
+                    break
+                self._iterate(k)
+                k += 1
+            self.window.set_flags(FLAG_FINISHED, self._totals(k))
+            self.deadline.wait(self.comm.Ibarrier(), "the end-of-training barrier")
+            return self._finish(k)
+        finally:
+            self.window.close()
+            self.control.close()
+
+    def _iterate(self, k: int) -> None:
+        run, rank = self.run, self.rank
+        started = time.perf_counter()
+        grad, loss = run.oracle(rank, self.agent.params)
+        slowdown = run.delays.slowdown(rank)
+        if slowdown > 1.0 and not self.options.deterministic:
+            time.sleep((slowdown - 1.0) * (time.perf_counter() - started))
+        self.epoch_stats.add_loss(loss)
+        self.overall.add_loss(loss)
+        with self.deadline.guard(f"publishing snapshot {k}"):
+            self.window.publish(k, self.agent.params, grad, self._totals(k))
+        if self.options.deterministic:
+            self.deadline.wait(self.comm.Ibarrier(), f"the lock-step barrier of iteration {k}")
+        topology = self.schedule.at(k)
+        self_weight = float(topology.weights[rank, rank])
+        reads = []
+        for j in topology.in_neighbours(rank):
+            snapshot = self._read_neighbour(j, k)
+            weight = float(topology.weights[rank, j])
+            if not bool(torch.isfinite(snapshot.params).all() and torch.isfinite(snapshot.grad).all()):
+                self._report_poisoned(j, snapshot.stamp, k)
+                self_weight += weight
+                continue
+            reads.append(NeighbourRead(j, weight, snapshot, max(0, k - snapshot.stamp)))
+        report = self.agent.step(grad, reads, self_weight, k / run.iterations_per_epoch)
+        check_finite(self.agent.params, f"rank {rank}", k)
+        for stats in (self.epoch_stats, self.overall):
+            stats.add_staleness(report.staleness)
+            if report.decision in ("predict", "clip"):
+                stats.add_predict_share(report.predict_share)
+        self.staleness.update(report.staleness)
+
+    def _read_neighbour(self, j: int, k: int):
+        """The snapshot to mix: fresh (stamp >= k) for dsgd, else the newest minus the injected lag."""
+        lag = 0 if self.config.synchronous else self.run.delays.lag(self.rank, j, k)
+        while True:
+            with self.deadline.guard(f"reading rank {j}'s window"):
+                read = self.window.read(j, lag, newest=k if self.options.deterministic else None)
+            stamp = read.snapshot.stamp if read.snapshot is not None else -1
+            self._check_alive(j, int(read.header["stamp"]), read.header)
+            must_wait = self.config.synchronous and not self.options.deterministic
+            if read.snapshot is not None and not (must_wait and stamp < k):
+                return read.snapshot
+            time.sleep(0.0002)
+
+    def _check_alive(self, j: int, stamp: int, header: dict[str, float]) -> None:
+        """A neighbour whose newest stamp has not moved for ``deadline`` seconds has stalled."""
+        now = time.monotonic()
+        last_stamp, since = self._last_seen.get(j, (None, now))
+        if stamp != last_stamp:
+            self._last_seen[j] = (stamp, now)
+            return
+        finished = int(header["flags"]) & FLAG_FINISHED
+        if not finished and now - since > self.options.deadline:
+            raise StallError(
+                f"rank {self.rank}: neighbour rank {j} published nothing new for {now - since:.1f} s "
+                f"(last stamp {stamp}); it died, stalled, or is slower than --deadline allows"
+            )
+
+    def _report_poisoned(self, j: int, stamp: int, k: int) -> None:
+        self.poisoned[j] += 1
+        if self.poisoned[j] == 1:
+            print(
+                f"pcasgd: warning: rank {self.rank}: rank {j}'s snapshot {stamp} holds NaN/Inf at iteration {k}; "
+                "it is left out of the mix (its weight goes to this rank) until it is finite again",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _totals(self, k: int) -> dict[str, float]:
+        return _header_totals(self.overall, k, getattr(self.run.oracle, "samples", 0))
+
+    # -- what rank 0 records --------------------------------------------------------------------
+
+    def _state(self, k: int) -> RankState:
+        totals = self._totals(k)
+        return RankState(
+            self.agent.params, self.epoch_stats, k, int(totals["samples"]), totals, self.staleness, self.agent.decisions
+        )
+
+    def _epoch(self, epoch: int, k: int) -> None:
+        if self.options.deterministic:
+            states = self._gather(k, f"gathering epoch {epoch}")
+            if self.rank == 0:
+                self._fire(epoch, states)
+        elif self.rank == 0:
+            self._fire(epoch, self._with_remote_stats(self._remote_states(k, epoch)))
+        self.epoch_stats = EpochStats()
+
+    def _gather(self, k: int, what: str) -> list[RankState] | None:
+        self.deadline.wait(self.comm.Ibarrier(), what)  # every rank is there, so the gather cannot hang
+        with self.deadline.guard(what):
+            return self.comm.gather(self._state(k), root=0)
+
+    def _remote_states(self, k: int, epoch: int) -> list[RankState]:
+        """Asynchronous mode: every rank's newest snapshot and totals, read without stopping it."""
+        states = [self._state(k)]
+        for j in range(1, self.size):
+            with self.deadline.guard(f"reading rank {j}'s window for the epoch {epoch} metrics"):
+                read = self.window.read(j)
+            params = read.snapshot.params if read.snapshot is not None else self.run.initial_params
+            totals = read.header
+            states.append(RankState(params, EpochStats(), int(totals["iterations"]), int(totals["samples"]), totals))
+        return states
+
+    def _with_remote_stats(self, states: list[RankState]) -> list[RankState]:
+        """Each rank's statistics since rank 0 last looked, from the difference of its running totals."""
+        for j, state in enumerate(states):
+            state.stats = _stats_from_totals(state.totals, self._last_totals[j])
+            self._last_totals[j] = state.totals
+        return states
+
+    def _fire(self, epoch: int, states: list[RankState]) -> None:
+        if self.run.hook is None:
+            return
+        params = [state.params for state in states]
+        stats = EpochStats()
+        for state in states:
+            stats.merge(state.stats)
+        view = EpochView(
+            epoch,
+            params,
+            torch.stack(params).mean(dim=0),
+            [state.iterations for state in states],
+            stats,
+            float(epoch * self.run.iterations_per_epoch),
+            sum(state.samples for state in states),
+        )
+        self.run.hook(view)
+
+    def _finish(self, k: int) -> SimResult | None:
+        states = self._gather(k, "gathering the final weights")
+        if self.rank != 0:
+            return None
+        if not self.options.deterministic:
+            states = self._with_remote_stats(states)
+        self._fire(self.run.epochs, states)
+        staleness: Counter[int] = Counter()
+        decisions: Counter[str] = Counter()
+        for state in states:
+            staleness.update(state.staleness)
+            decisions.update(state.decisions)
+        params = [state.params for state in states]
+        budget = float(self.run.epochs * self.run.iterations_per_epoch)
+        iterations = [state.iterations for state in states]
+        return SimResult(params, torch.stack(params).mean(dim=0), iterations, staleness, decisions, budget)
+
+
+def run_decentralized(
+    comm: MPI.Comm, run: SimRun, schedule: Schedule, segments: Sequence[int] | None, options: MpiOptions
+) -> SimResult | None:
+    """Train this rank's agent; rank 0 gets the result (all agents' final weights), others None."""
+    return DecentralizedRank(comm, run, schedule, segments, options).train()

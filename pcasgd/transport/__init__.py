@@ -1,0 +1,1 @@
+"""How agents see each other across processes: MPI one-sided windows, guarded waits."""

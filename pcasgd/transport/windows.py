@@ -1,0 +1,193 @@
+"""MPI one-sided windows: each rank's versioned snapshots, and one control word for the run.
+
+Layout of a :class:`SnapshotWindow` (bytes, all fields 8-byte aligned)::
+
+    header  float64[HEADER]   latest stamp (-1: none yet), flags, then the owner's running totals
+    slot 0  int64 stamp, params[n], grad[n]
+    ...
+    slot D-1
+
+The owner publishes under an exclusive lock on its own window (a ``Put`` to itself, which is
+portable across memory models); a reader takes a shared lock and gets the header and then the
+slot it wants inside the same lock epoch, so a read is never torn and never sees a slot being
+rewritten. No ``Compare_and_swap`` (it crashes Open MPI 4.1 targets). Windows are freed by
+:meth:`close` (collective), never from ``__del__``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from mpi4py import MPI
+from torch import Tensor
+
+from pcasgd.algorithms.consensus import Snapshot
+
+#: Header fields (float64 each; integers stay exact below 2**53).
+HEADER_FIELDS = (
+    "stamp",
+    "flags",
+    "iterations",
+    "staleness_sum",
+    "staleness_count",
+    "staleness_max",
+    "loss_sum",
+    "loss_count",
+    "predict_sum",
+    "predict_count",
+    "samples",
+)
+HEADER = len(HEADER_FIELDS)
+HEADER_BYTES = 8 * HEADER
+
+FLAG_FINISHED = 1
+FLAG_FAILED = 2
+
+
+@dataclass(frozen=True)
+class Read:
+    """A neighbour's snapshot and its header (``None`` snapshot: nothing published yet)."""
+
+    snapshot: Snapshot | None
+    header: dict[str, float]
+
+
+class SnapshotWindow:
+    """A ring of ``slots`` snapshots per rank (``slots = max_lag + 2`` makes injected lags exact)."""
+
+    def __init__(self, comm: MPI.Comm, numel: int, dtype: torch.dtype, slots: int, shared: bool = False) -> None:
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.numel = numel
+        self.dtype = dtype
+        self.np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        self.slots = slots
+        self.slot_bytes = 8 + 2 * numel * self.np_dtype.itemsize
+        size = HEADER_BYTES + slots * self.slot_bytes
+        allocate = MPI.Win.Allocate_shared if shared else MPI.Win.Allocate
+        self.win: MPI.Win | None = allocate(size, 1, comm=comm)
+        self._header = np.zeros(HEADER)
+        self._header[0] = -1.0
+        self._slot = np.zeros(self.slot_bytes, dtype=np.uint8)
+        self._read_header = np.zeros(HEADER)
+        self._read_slot = np.zeros(self.slot_bytes, dtype=np.uint8)
+        self._write_header()
+        comm.Barrier()
+
+    # -- owner side -----------------------------------------------------------------------------
+
+    def publish(self, stamp: int, params: Tensor, grad: Tensor, totals: dict[str, float] | None = None) -> None:
+        """Write snapshot ``stamp`` into its slot and the header, atomically for readers."""
+        n, itemsize = self.numel, self.np_dtype.itemsize
+        self._slot[:8] = np.frombuffer(np.int64(stamp).tobytes(), dtype=np.uint8)
+        self._slot[8 : 8 + n * itemsize] = params.detach().cpu().numpy().view(np.uint8)
+        self._slot[8 + n * itemsize :] = grad.detach().cpu().numpy().view(np.uint8)
+        self._header[0] = stamp
+        self._set_totals(totals)
+        win = self._open()
+        win.Lock(self.rank, MPI.LOCK_EXCLUSIVE)
+        win.Put([self._slot, MPI.BYTE], self.rank, target=(self._slot_offset(stamp), self.slot_bytes, MPI.BYTE))
+        win.Put([self._header, MPI.BYTE], self.rank, target=(0, HEADER_BYTES, MPI.BYTE))
+        win.Unlock(self.rank)
+
+    def set_flags(self, flags: int, totals: dict[str, float] | None = None) -> None:
+        self._header[1] = float(int(self._header[1]) | flags)
+        self._set_totals(totals)
+        self._write_header()
+
+    # -- reader side ----------------------------------------------------------------------------
+
+    def read(self, source: int, lag: int = 0, newest: int | None = None) -> Read:
+        """Snapshot ``max(0, n - lag)`` of ``source``, with ``n`` its latest stamp or ``newest`` if
+        given (lock-step readers name the iteration, since a faster rank may be one ahead);
+        clamped to what the ring still holds."""
+        win = self._open()
+        win.Lock(source, MPI.LOCK_SHARED)
+        win.Get([self._read_header, MPI.BYTE], source, target=(0, HEADER_BYTES, MPI.BYTE))
+        win.Flush(source)
+        latest = int(self._read_header[0])
+        snapshot = None
+        if latest >= 0:
+            base = latest if newest is None else min(newest, latest)
+            stamp = max(0, base - lag, latest - self.slots + 1)
+            win.Get([self._read_slot, MPI.BYTE], source, target=(self._slot_offset(stamp), self.slot_bytes, MPI.BYTE))
+        win.Unlock(source)
+        header = dict(zip(HEADER_FIELDS, self._read_header.tolist(), strict=True))
+        if latest >= 0:
+            snapshot = self._decode(stamp)
+        return Read(snapshot, header)
+
+    def read_header(self, source: int) -> dict[str, float]:
+        win = self._open()
+        win.Lock(source, MPI.LOCK_SHARED)
+        win.Get([self._read_header, MPI.BYTE], source, target=(0, HEADER_BYTES, MPI.BYTE))
+        win.Unlock(source)
+        return dict(zip(HEADER_FIELDS, self._read_header.tolist(), strict=True))
+
+    def close(self) -> None:
+        """Free the window (collective: every rank must call it)."""
+        if self.win is not None:
+            self.win.Free()
+            self.win = None
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _open(self) -> MPI.Win:
+        if self.win is None:
+            raise RuntimeError("snapshot window used after close()")
+        return self.win
+
+    def _slot_offset(self, stamp: int) -> int:
+        return HEADER_BYTES + (stamp % self.slots) * self.slot_bytes
+
+    def _set_totals(self, totals: dict[str, float] | None) -> None:
+        for name, value in (totals or {}).items():
+            self._header[HEADER_FIELDS.index(name)] = value
+
+    def _write_header(self) -> None:
+        win = self._open()
+        win.Lock(self.rank, MPI.LOCK_EXCLUSIVE)
+        win.Put([self._header, MPI.BYTE], self.rank, target=(0, HEADER_BYTES, MPI.BYTE))
+        win.Unlock(self.rank)
+
+    def _decode(self, expected_stamp: int) -> Snapshot:
+        stamp = int(np.frombuffer(self._read_slot[:8].tobytes(), dtype=np.int64)[0])
+        if stamp != expected_stamp:
+            raise RuntimeError(f"snapshot slot holds stamp {stamp}, expected {expected_stamp}: ring too small")
+        values = np.frombuffer(self._read_slot[8:].tobytes(), dtype=self.np_dtype)
+        params = torch.from_numpy(values[: self.numel].copy())
+        grad = torch.from_numpy(values[self.numel :].copy())
+        return Snapshot(params, grad, stamp)
+
+
+class ControlWindow:
+    """One int64 word on rank 0: how many ranks have finished. Updated with atomic accumulates."""
+
+    def __init__(self, comm: MPI.Comm) -> None:
+        self.comm = comm
+        self.win: MPI.Win | None = MPI.Win.Allocate(8 if comm.Get_rank() == 0 else 0, 8, comm=comm)
+        if comm.Get_rank() == 0:
+            self.win.Lock(0, MPI.LOCK_EXCLUSIVE)
+            self.win.Put([np.zeros(1, dtype=np.int64), MPI.INT64_T], 0)
+            self.win.Unlock(0)
+        comm.Barrier()
+        self._one = np.ones(1, dtype=np.int64)
+        self._value = np.zeros(1, dtype=np.int64)
+
+    def add_finished(self) -> None:
+        self.win.Lock(0, MPI.LOCK_SHARED)
+        self.win.Accumulate([self._one, MPI.INT64_T], 0, op=MPI.SUM)
+        self.win.Unlock(0)
+
+    def finished(self) -> int:
+        self.win.Lock(0, MPI.LOCK_SHARED)
+        self.win.Fetch_and_op([self._one, MPI.INT64_T], [self._value, MPI.INT64_T], 0, op=MPI.NO_OP)
+        self.win.Unlock(0)
+        return int(self._value[0])
+
+    def close(self) -> None:
+        if self.win is not None:
+            self.win.Free()
+            self.win = None
