@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -141,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rank = _mpi_world().Get_rank() if args.backend == "mpi" else 0
     where = f" (rank {rank})" if args.backend == "mpi" else ""
+    if args.backend == "mpi":
+        signal.signal(signal.SIGTERM, lambda signum, _: _stopped_by_launcher(rank, signum))
     try:
         config = run_config_from(args)
         out = args.out if args.out is not None else Path("runs") / f"{config.algorithm.mode}-seed{config.seed}"
@@ -169,6 +173,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{final['wall_seconds']:.1f}s; run files in {out}"
     )
     return 0
+
+
+def _stopped_by_launcher(rank: int, signum: int) -> None:
+    sys.stderr.write(
+        f"pcasgd: error (rank {rank}): stopped by the launcher (signal {signum}); "
+        "another rank has most likely failed: see its message above\n"
+    )
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 def _describe(config: RunConfig) -> dict:

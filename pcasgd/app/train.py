@@ -182,6 +182,19 @@ def run_training(
 ) -> dict[str, Any] | None:
     """Train as ``config`` says, write the run files into ``out``; return the summary (rank 0; others None)."""
     comm = _world(config)
+    if comm is None:
+        return _run(config, out, overwrite, on_epoch, None, None)
+    from pcasgd.transport.deadline import Deadline
+
+    deadline = Deadline(comm.Get_rank(), config.deadline)
+    try:
+        return _run(config, out, overwrite, on_epoch, comm, deadline)
+    finally:
+        deadline.close()
+
+
+def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline) -> dict[str, Any] | None:
+    """The body of :func:`run_training`; ``comm`` and ``deadline`` are None in the simulator."""
     algorithm = config.algorithm
     schedule = None
     spectral_gap = None
@@ -195,8 +208,13 @@ def run_training(
         from pcasgd.runtime.checks import check_same_everywhere, check_world_size
 
         check_world_size(comm, config.agents)
-        check_same_everywhere(comm, "the run configuration", json.dumps(asdict(config), sort_keys=True, default=str))
-    _prepare_output_everywhere(comm, out, overwrite)
+        with deadline.guard("agreeing on the run configuration with the other ranks (collective)"):
+            check_same_everywhere(
+                comm, "the run configuration", json.dumps(asdict(config), sort_keys=True, default=str)
+            )
+            _prepare_output_everywhere(comm, out, overwrite)
+    else:
+        _prepare_output_everywhere(comm, out, overwrite)
 
     torch.manual_seed(config.seed)
     data = load(config.dataset)
@@ -205,7 +223,8 @@ def run_training(
     if comm is not None:
         from pcasgd.runtime.checks import check_same_everywhere, model_signature
 
-        check_same_everywhere(comm, "the model's parameter shapes and dtypes", model_signature(model))
+        with deadline.guard("comparing the model with the other ranks (collective)"):
+            check_same_everywhere(comm, "the model's parameter shapes and dtypes", model_signature(model))
     oracle = BatchOracle(model, data, shards, config.batch_size, config.seed)
     iterations_per_epoch = math.ceil(min(len(shard) for shard in shards) / config.batch_size)
     metrics_path = out / "metrics.jsonl"
@@ -266,7 +285,7 @@ def run_training(
             algorithm, delay_model, oracle, flatten_parameters(model), iterations_per_epoch, config.epochs, record_epoch
         )
         options = MpiOptions(deterministic=config.deterministic, deadline=config.deadline)
-        result = run_decentralized(comm, run, schedule, segment_offsets(model), options)
+        result = run_decentralized(comm, run, schedule, segment_offsets(model), options, deadline)
         if result is None:
             return None
     load_flat_parameters(model, result.reference_params)

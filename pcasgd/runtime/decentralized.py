@@ -7,7 +7,8 @@ its window, reads its in-neighbours' snapshots, and applies the same
 * **asynchronous** (default): no rank waits for another. A read returns the neighbour's newest
   snapshot (``lag`` behind it when a delay spec injects one) and staleness is measured from the
   stamps. ``dsgd`` alone waits, neighbour by neighbour, for a snapshot stamped ``k``. A
-  ``straggler`` term makes a rank sleep ``(f - 1)`` times its gradient time. The run ends when a
+  ``straggler`` term makes a rank sleep ``(f - 1)`` times its previous iteration's duration, so
+  its iterations take about ``f`` times as long. The run ends when a
   rank finishes ``epochs`` epochs of iterations: it raises a shared counter and the others stop
   at their next iteration, so faster ranks do more iterations than slower ones.
 * **deterministic**: every rank runs ``epochs * iterations_per_epoch`` iterations in lock-step
@@ -91,7 +92,13 @@ class DecentralizedRank:
     """One rank's loop; :func:`run_decentralized` drives it."""
 
     def __init__(
-        self, comm: MPI.Comm, run: SimRun, schedule: Schedule, segments: Sequence[int] | None, options: MpiOptions
+        self,
+        comm: MPI.Comm,
+        run: SimRun,
+        schedule: Schedule,
+        segments: Sequence[int] | None,
+        options: MpiOptions,
+        deadline: Deadline,
     ) -> None:
         self.comm = comm
         self.rank = comm.Get_rank()
@@ -105,18 +112,19 @@ class DecentralizedRank:
         self.options = options
         self.config = run.config
         self.agent = ConsensusAgent(run.config, run.initial_params, segments)
-        self.deadline = Deadline(self.rank, options.deadline)
+        self.deadline = deadline
         numel = run.initial_params.numel()
-        self.window = SnapshotWindow(
-            comm, numel, run.initial_params.dtype, run.delays.max_lag + 2, options.shared_windows
-        )
-        self.control = ControlWindow(comm)
+        with deadline.guard("allocating the snapshot windows (collective)"):
+            slots = run.delays.max_lag + 2
+            self.window = SnapshotWindow(comm, numel, run.initial_params.dtype, slots, options.shared_windows)
+            self.control = ControlWindow(comm)
         self.epoch_stats = EpochStats()
         self.overall = EpochStats()
         self.staleness: Counter[int] = Counter()
         self.samples = 0
         self._last_seen: dict[int, tuple[int, float]] = {}
         self._last_totals: list[dict[str, float]] = [{} for _ in range(self.size)]
+        self._last_iteration_seconds = 0.0
         self.poisoned: Counter[int] = Counter()
 
     # -- the loop -------------------------------------------------------------------------------
@@ -125,33 +133,35 @@ class DecentralizedRank:
         run = self.run
         budget = run.epochs * run.iterations_per_epoch
         k = 0
-        try:
-            while True:
-                if k and k % run.iterations_per_epoch == 0 and k < budget:
-                    self._epoch(k // run.iterations_per_epoch, k)
-                if k >= budget:
-                    if not self.options.deterministic:
-                        with self.deadline.guard("signalling the end of training to rank 0"):
-                            self.control.add_finished()
-                    break
-                if not self.options.deterministic and self.control.finished():
-                    break
-                self._iterate(k)
-                k += 1
-            self.window.set_flags(FLAG_FINISHED, self._totals(k))
-            self.deadline.wait(self.comm.Ibarrier(), "the end-of-training barrier")
-            return self._finish(k)
-        finally:
+        while True:
+            if k and k % run.iterations_per_epoch == 0 and k < budget:
+                self._epoch(k // run.iterations_per_epoch, k)
+            if k >= budget:
+                if not self.options.deterministic:
+                    with self.deadline.guard("signalling the end of training to rank 0"):
+                        self.control.add_finished()
+                break
+            if not self.options.deterministic and self.control.finished():
+                break
+            self._iterate(k)
+            k += 1
+        self.window.set_flags(FLAG_FINISHED, self._totals(k))
+        self.deadline.wait(self.comm.Ibarrier(), "the end-of-training barrier")
+        result = self._finish(k)
+        # Freed only after a clean run: a failed rank ends the job (the CLI aborts it), and a
+        # collective MPI_Win_free would wait for ranks that may be dead or stopped.
+        with self.deadline.guard("freeing the windows (collective)"):
             self.window.close()
             self.control.close()
+        return result
 
     def _iterate(self, k: int) -> None:
         run, rank = self.run, self.rank
-        started = time.perf_counter()
-        grad, loss = run.oracle(rank, self.agent.params)
         slowdown = run.delays.slowdown(rank)
         if slowdown > 1.0 and not self.options.deterministic:
-            time.sleep((slowdown - 1.0) * (time.perf_counter() - started))
+            time.sleep((slowdown - 1.0) * self._last_iteration_seconds)
+        started = time.perf_counter()  # the work of the iteration, not the sleep, is what is scaled
+        grad, loss = run.oracle(rank, self.agent.params)
         self.epoch_stats.add_loss(loss)
         self.overall.add_loss(loss)
         with self.deadline.guard(f"publishing snapshot {k}"):
@@ -176,6 +186,7 @@ class DecentralizedRank:
             if report.decision in ("predict", "clip"):
                 stats.add_predict_share(report.predict_share)
         self.staleness.update(report.staleness)
+        self._last_iteration_seconds = time.perf_counter() - started
 
     def _read_neighbour(self, j: int, k: int):
         """The snapshot to mix: fresh (stamp >= k) for dsgd, else the newest minus the injected lag."""
@@ -294,7 +305,12 @@ class DecentralizedRank:
 
 
 def run_decentralized(
-    comm: MPI.Comm, run: SimRun, schedule: Schedule, segments: Sequence[int] | None, options: MpiOptions
+    comm: MPI.Comm,
+    run: SimRun,
+    schedule: Schedule,
+    segments: Sequence[int] | None,
+    options: MpiOptions,
+    deadline: Deadline,
 ) -> SimResult | None:
     """Train this rank's agent; rank 0 gets the result (all agents' final weights), others None."""
-    return DecentralizedRank(comm, run, schedule, segments, options).train()
+    return DecentralizedRank(comm, run, schedule, segments, options, deadline).train()

@@ -1,46 +1,70 @@
-"""Deadlines for blocking MPI calls.
+"""Deadlines for blocking MPI calls, enforced from outside the process.
 
-An MPI call that never returns (a lock held by a dead or stopped rank, a barrier a rank never
-reaches) cannot be interrupted from Python. One watchdog thread watches the call in progress;
-past its deadline it prints which rank waited for what, and ends the process with
-:data:`EXIT_DEADLINE`, so the launcher stops the others instead of the job hanging.
+An MPI call that never returns (a window lock held by a rank that died, a barrier a rank never
+reaches) cannot be interrupted from Python, and mpi4py keeps the GIL inside some of those calls,
+so a watchdog *thread* would never run. Each rank therefore starts one small watchdog
+*process* (``python -m pcasgd.transport.deadline``, exec'd, so it shares nothing with MPI). The
+rank writes the call it is about to make and when it started into shared memory (a seqlock);
+past the deadline the watchdog prints which rank waited for what, and kills the rank, so the
+launcher ends the job instead of letting it hang. It exits by itself when the rank is gone.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
+import signal
+import struct
+import subprocess
 import sys
-import threading
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from mpi4py import MPI
+if TYPE_CHECKING:  # the watchdog process must not import mpi4py (that would initialise MPI)
+    from mpi4py import MPI
 
-EXIT_DEADLINE = 3
 POLL_SECONDS = 0.0005
+WATCH_SECONDS = 0.05
+# seq (uint64, odd while being written), armed (uint8), started (float64, CLOCK_MONOTONIC), what
+LAYOUT = struct.Struct("<QBd")
+WHAT_BYTES = 400
+SIZE = LAYOUT.size + WHAT_BYTES
 
 
 class Deadline:
     def __init__(self, rank: int, seconds: float) -> None:
         self.rank = rank
         self.seconds = seconds
-        self._what: str | None = None
-        self._started = 0.0
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._watch, name="pcasgd-deadline", daemon=True)
-        self._thread.start()
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        descriptor, self._path = tempfile.mkstemp(prefix=f"pcasgd-deadline-{rank}-", dir=folder)
+        os.ftruncate(descriptor, SIZE)
+        self._memory = mmap.mmap(descriptor, SIZE)
+        os.close(descriptor)
+        self._seq = 0
+        self._write(False, 0.0, "")
+        command = [sys.executable, "-m", "pcasgd.transport.deadline", self._path, str(os.getpid()), str(rank)]
+        self._watchdog = subprocess.Popen([*command, str(seconds)], stdin=subprocess.DEVNULL)
+
+    def close(self) -> None:
+        """Stop the watchdog and release the shared memory."""
+        if self._watchdog.poll() is None:
+            self._watchdog.terminate()
+            self._watchdog.wait(timeout=10)
+        self._memory.close()
+        if os.path.exists(self._path):
+            os.unlink(self._path)
 
     @contextmanager
     def guard(self, what: str) -> Iterator[None]:
         """Run the block under the deadline; ``what`` names the wait in the error."""
-        with self._lock:
-            self._what, self._started = what, time.monotonic()
+        self._write(True, time.monotonic(), what)
         try:
             yield
         finally:
-            with self._lock:
-                self._what = None
+            self._write(False, 0.0, "")
 
     def wait(self, request: MPI.Request, what: str) -> None:
         """Complete a non-blocking request without spinning a core, under the deadline."""
@@ -48,15 +72,44 @@ class Deadline:
             while not request.Test():
                 time.sleep(POLL_SECONDS)
 
-    def _watch(self) -> None:
+    def _write(self, armed: bool, started: float, what: str) -> None:
+        buffer = self._memory
+        self._seq += 1  # odd: being written
+        LAYOUT.pack_into(buffer, 0, self._seq, 0, 0.0)
+        text = what.encode()[:WHAT_BYTES].ljust(WHAT_BYTES, b"\0")
+        buffer[LAYOUT.size : LAYOUT.size + WHAT_BYTES] = text
+        self._seq += 1  # even: consistent
+        LAYOUT.pack_into(buffer, 0, self._seq, int(armed), started)
+
+
+def _watch(path: str, parent: int, rank: int, seconds: float) -> None:
+    with open(path, "r+b") as handle:
+        memory = mmap.mmap(handle.fileno(), SIZE)
+    try:
         while True:
-            time.sleep(min(0.1, self.seconds / 10))
-            with self._lock:
-                what, started = self._what, self._started
-            if what is not None and time.monotonic() - started > self.seconds:
+            time.sleep(WATCH_SECONDS)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                return
+            seq, armed, started = LAYOUT.unpack_from(memory, 0)
+            what = bytes(memory[LAYOUT.size : LAYOUT.size + WHAT_BYTES]).rstrip(b"\0").decode(errors="replace")
+            if seq % 2 or LAYOUT.unpack_from(memory, 0)[0] != seq:
+                continue  # caught mid-write: look again next time
+            if armed and time.monotonic() - started > seconds:
                 sys.stderr.write(
-                    f"pcasgd: error: rank {self.rank}: {what} did not complete within {self.seconds:g} s "
-                    "(a rank died, stalled or was stopped); exiting\n"
+                    f"pcasgd: error (rank {rank}): {what} did not complete within {seconds:g} s "
+                    "(a rank died, stalled or was stopped); ending this rank\n"
                 )
                 sys.stderr.flush()
-                os._exit(EXIT_DEADLINE)
+                os.kill(parent, signal.SIGKILL)
+                return
+    finally:
+        memory.close()
+        if os.path.exists(path):  # the rank is gone (or was just killed): nobody else will remove it
+            os.unlink(path)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    _watch(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))

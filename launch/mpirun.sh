@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Launch `pcasgd train --backend mpi` on N local ranks with Open MPI:
+#   launch/mpirun.sh -n 4 [pcasgd train flags...]
+# Sets what Open MPI 5 (the PyPI wheel) needs here: running as root when we are root, more ranks
+# than cores, the shared-memory one-sided component, and yielding instead of busy-polling while
+# a rank waits (busy-polling steals the CPU from the other ranks when they share cores).
+# PCASGD_MPIRUN picks the mpirun binary (default: the one next to the environment's python).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${PCASGD_VENV:-$root/.venv}"
+ranks=4
+if [ "${1:-}" = "-n" ]; then ranks="$2"; shift 2; fi
+mpirun="${PCASGD_MPIRUN:-$venv/bin/mpirun}"
+if [ "$(id -u)" = 0 ]; then
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+export PRTE_MCA_rmaps_default_mapping_policy="${PRTE_MCA_rmaps_default_mapping_policy-:oversubscribe}"
+export OMPI_MCA_osc="${OMPI_MCA_osc-sm,rdma}"
+export OMPI_MCA_mpi_yield_when_idle="${OMPI_MCA_mpi_yield_when_idle-1}"
+# One compute thread per rank when ranks share the cores.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS-1}"
+exec "$mpirun" -n "$ranks" "$venv/bin/python" -m pcasgd.cli train --backend mpi "$@"
