@@ -68,27 +68,36 @@ class SnapshotWindow:
         size = HEADER_BYTES + slots * self.slot_bytes
         allocate = MPI.Win.Allocate_shared if shared else MPI.Win.Allocate
         self.win: MPI.Win | None = allocate(size, 1, comm=comm)
+        self._payload_bytes = numel * self.np_dtype.itemsize
         self._header = np.zeros(HEADER)
         self._header[0] = -1.0
-        self._slot = np.zeros(self.slot_bytes, dtype=np.uint8)
+        self._stamp = np.zeros(1, dtype=np.int64)
         self._read_header = np.zeros(HEADER)
-        self._read_slot = np.zeros(self.slot_bytes, dtype=np.uint8)
+        self._read_stamp = np.zeros(1, dtype=np.int64)
+        self._buffers: dict[int, tuple[Tensor, Tensor]] = {}
         self._write_header()
         comm.Barrier()
 
     # -- owner side -----------------------------------------------------------------------------
 
     def publish(self, stamp: int, params: Tensor, grad: Tensor, totals: dict[str, float] | None = None) -> None:
-        """Write snapshot ``stamp`` into its slot and the header, atomically for readers."""
-        n, itemsize = self.numel, self.np_dtype.itemsize
-        self._slot[:8] = np.frombuffer(np.int64(stamp).tobytes(), dtype=np.uint8)
-        self._slot[8 : 8 + n * itemsize] = params.detach().cpu().numpy().view(np.uint8)
-        self._slot[8 + n * itemsize :] = grad.detach().cpu().numpy().view(np.uint8)
+        """Write snapshot ``stamp`` into its slot and the header, atomically for readers.
+
+        The payload goes straight from the tensors' memory (no staging copy on the CPU).
+        """
+        params_bytes = params.detach().contiguous().cpu().numpy()
+        grad_bytes = grad.detach().contiguous().cpu().numpy()
+        self._stamp[0] = stamp
         self._header[0] = stamp
         self._set_totals(totals)
+        offset = self._slot_offset(stamp)
         win = self._open()
         win.Lock(self.rank, MPI.LOCK_EXCLUSIVE)
-        win.Put([self._slot, MPI.BYTE], self.rank, target=(self._slot_offset(stamp), self.slot_bytes, MPI.BYTE))
+        win.Put([self._stamp, MPI.BYTE], self.rank, target=(offset, 8, MPI.BYTE))
+        win.Put([params_bytes, MPI.BYTE], self.rank, target=(offset + 8, self._payload_bytes, MPI.BYTE))
+        win.Put(
+            [grad_bytes, MPI.BYTE], self.rank, target=(offset + 8 + self._payload_bytes, self._payload_bytes, MPI.BYTE)
+        )
         win.Put([self._header, MPI.BYTE], self.rank, target=(0, HEADER_BYTES, MPI.BYTE))
         win.Unlock(self.rank)
 
@@ -102,7 +111,12 @@ class SnapshotWindow:
     def read(self, source: int, lag: int = 0, newest: int | None = None) -> Read:
         """Snapshot ``max(0, n - lag)`` of ``source``, with ``n`` its latest stamp or ``newest`` if
         given (lock-step readers name the iteration, since a faster rank may be one ahead);
-        clamped to what the ring still holds."""
+        clamped to what the ring still holds.
+
+        The snapshot's tensors are this window's buffers for ``source``, reused (not reallocated:
+        fresh pages cost more than the copy) and overwritten by the next read of ``source``:
+        clone them to keep them longer.
+        """
         win = self._open()
         win.Lock(source, MPI.LOCK_SHARED)
         win.Get([self._read_header, MPI.BYTE], source, target=(0, HEADER_BYTES, MPI.BYTE))
@@ -112,11 +126,23 @@ class SnapshotWindow:
         if latest >= 0:
             base = latest if newest is None else min(newest, latest)
             stamp = max(0, base - lag, latest - self.slots + 1)
-            win.Get([self._read_slot, MPI.BYTE], source, target=(self._slot_offset(stamp), self.slot_bytes, MPI.BYTE))
+            offset = self._slot_offset(stamp)
+            if source not in self._buffers:
+                self._buffers[source] = (
+                    torch.empty(self.numel, dtype=self.dtype),
+                    torch.empty(self.numel, dtype=self.dtype),
+                )
+            params, grad = self._buffers[source]
+            win.Get([self._read_stamp, MPI.BYTE], source, target=(offset, 8, MPI.BYTE))
+            win.Get([params.numpy(), MPI.BYTE], source, target=(offset + 8, self._payload_bytes, MPI.BYTE))
+            target = (offset + 8 + self._payload_bytes, self._payload_bytes, MPI.BYTE)
+            win.Get([grad.numpy(), MPI.BYTE], source, target=target)
         win.Unlock(source)
         header = dict(zip(HEADER_FIELDS, self._read_header.tolist(), strict=True))
         if latest >= 0:
-            snapshot = self._decode(stamp)
+            if int(self._read_stamp[0]) != stamp:
+                raise RuntimeError(f"rank {source}'s slot holds stamp {int(self._read_stamp[0])}, expected {stamp}")
+            snapshot = Snapshot(params, grad, stamp)
         return Read(snapshot, header)
 
     def read_header(self, source: int) -> dict[str, float]:
@@ -151,15 +177,6 @@ class SnapshotWindow:
         win.Lock(self.rank, MPI.LOCK_EXCLUSIVE)
         win.Put([self._header, MPI.BYTE], self.rank, target=(0, HEADER_BYTES, MPI.BYTE))
         win.Unlock(self.rank)
-
-    def _decode(self, expected_stamp: int) -> Snapshot:
-        stamp = int(np.frombuffer(self._read_slot[:8].tobytes(), dtype=np.int64)[0])
-        if stamp != expected_stamp:
-            raise RuntimeError(f"snapshot slot holds stamp {stamp}, expected {expected_stamp}: ring too small")
-        values = np.frombuffer(self._read_slot[8:].tobytes(), dtype=self.np_dtype)
-        params = torch.from_numpy(values[: self.numel].copy())
-        grad = torch.from_numpy(values[self.numel :].copy())
-        return Snapshot(params, grad, stamp)
 
 
 class ControlWindow:
