@@ -98,8 +98,27 @@ def test_ranks_with_different_configurations_all_refuse(tmp_path):
     assert not (tmp_path / "r" / "summary.json").exists()
 
 
+def test_collective_modes_on_mpi_allreduce_reproduce_the_simulator():
+    result = mpirun(
+        4,
+        PYTHON,
+        "tests/mpi_programs/equivalence.py",
+        "ssgd,odsgd",
+        "ring",
+        "none;straggler:1=2.0",
+        "--odsgd-warmup 6",
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    cases = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(cases) == 4
+    for case in cases:
+        assert case["max_abs_diff"] <= 1e-6, case
+        assert case["mpi_staleness"] == case["sim_staleness"], case
+
+
 def test_parameter_server_modes_are_refused_on_mpi_for_now(tmp_path):
-    result = train(2, "--mode", "ssgd", "--epochs", "1", "--out", str(tmp_path / "run"), timeout=120)
+    result = train(2, "--mode", "ps-asgd", "--epochs", "1", "--out", str(tmp_path / "run"), timeout=120)
     assert result.returncode != 0
     assert "runs only with --backend sim for now" in result.stderr
 

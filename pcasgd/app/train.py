@@ -57,10 +57,10 @@ class RunConfig:
             raise ConfigError("agents, epochs and batch size must be >= 1")
         if self.deadline <= 0:
             raise ConfigError(f"deadline must be > 0 seconds, got {self.deadline}")
-        if self.backend == "mpi" and self.algorithm.family != "decentralized":
+        if self.backend == "mpi" and self.algorithm.family == "server":
             raise ConfigError(
-                f"mode {self.algorithm.mode!r} runs only with --backend sim for now; "
-                "--backend mpi supports the decentralized modes (dsgd, asgd, pcasgd, pcasgd-pv, predict, clip)"
+                f"mode {self.algorithm.mode!r} runs only with --backend sim for now; --backend mpi supports "
+                "the decentralized modes (dsgd, asgd, pcasgd, pcasgd-pv, predict, clip) and ssgd, odsgd"
             )
         if self.backend == "sim" and self.deterministic:
             raise ConfigError("--deterministic is for --backend mpi (the simulator is always deterministic)")
@@ -278,14 +278,18 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
             segments=segment_offsets(model),
         )
     else:
+        from pcasgd.runtime.collective import run_collective
         from pcasgd.runtime.decentralized import MpiOptions, run_decentralized
         from pcasgd.sim import SimRun
 
         run = SimRun(
             algorithm, delay_model, oracle, flatten_parameters(model), iterations_per_epoch, config.epochs, record_epoch
         )
-        options = MpiOptions(deterministic=config.deterministic, deadline=config.deadline)
-        result = run_decentralized(comm, run, schedule, segment_offsets(model), options, deadline)
+        if algorithm.family == "collective":
+            result = run_collective(comm, run, deadline)
+        else:
+            options = MpiOptions(deterministic=config.deterministic, deadline=config.deadline)
+            result = run_decentralized(comm, run, schedule, segment_offsets(model), options, deadline)
         if result is None:
             return None
     load_flat_parameters(model, result.reference_params)

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 
 import torch
 from mpi4py import MPI
-from torch import Tensor
 
 from pcasgd.algorithms.consensus import ConsensusAgent, NeighbourRead
 from pcasgd.errors import ConfigError, StallError
-from pcasgd.sim.common import EpochStats, EpochView, SimResult, SimRun, check_finite
+from pcasgd.runtime.recording import RankState, Recorder
+from pcasgd.sim.common import EpochStats, SimResult, SimRun, check_finite
 from pcasgd.topology import Schedule
 from pcasgd.transport.deadline import Deadline
 from pcasgd.transport.windows import FLAG_FINISHED, ControlWindow, SnapshotWindow
@@ -75,19 +75,6 @@ def _stats_from_totals(now: dict[str, float], before: dict[str, float]) -> Epoch
     )
 
 
-@dataclass
-class RankState:
-    """What rank 0 learns of one rank at an epoch boundary or at the end."""
-
-    params: Tensor
-    stats: EpochStats
-    iterations: int
-    samples: int
-    totals: dict[str, float]
-    staleness: Counter[int] | None = None
-    decisions: Counter[str] | None = None
-
-
 class DecentralizedRank:
     """One rank's loop; :func:`run_decentralized` drives it."""
 
@@ -113,6 +100,7 @@ class DecentralizedRank:
         self.config = run.config
         self.agent = ConsensusAgent(run.config, run.initial_params, segments)
         self.deadline = deadline
+        self.recorder = Recorder(comm, run, deadline)
         numel = run.initial_params.numel()
         with deadline.guard("allocating the snapshot windows (collective)"):
             slots = run.delays.max_lag + 2
@@ -238,17 +226,12 @@ class DecentralizedRank:
 
     def _epoch(self, epoch: int, k: int) -> None:
         if self.options.deterministic:
-            states = self._gather(k, f"gathering epoch {epoch}")
+            states = self.recorder.gather(self._state(k), f"gathering epoch {epoch}")
             if self.rank == 0:
-                self._fire(epoch, states)
+                self.recorder.fire(epoch, states)
         elif self.rank == 0:
-            self._fire(epoch, self._with_remote_stats(self._remote_states(k, epoch)))
+            self.recorder.fire(epoch, self._with_remote_stats(self._remote_states(k, epoch)))
         self.epoch_stats = EpochStats()
-
-    def _gather(self, k: int, what: str) -> list[RankState] | None:
-        self.deadline.wait(self.comm.Ibarrier(), what)  # every rank is there, so the gather cannot hang
-        with self.deadline.guard(what):
-            return self.comm.gather(self._state(k), root=0)
 
     def _remote_states(self, k: int, epoch: int) -> list[RankState]:
         """Asynchronous mode: every rank's newest snapshot and totals, read without stopping it."""
@@ -268,40 +251,13 @@ class DecentralizedRank:
             self._last_totals[j] = state.totals
         return states
 
-    def _fire(self, epoch: int, states: list[RankState]) -> None:
-        if self.run.hook is None:
-            return
-        params = [state.params for state in states]
-        stats = EpochStats()
-        for state in states:
-            stats.merge(state.stats)
-        view = EpochView(
-            epoch,
-            params,
-            torch.stack(params).mean(dim=0),
-            [state.iterations for state in states],
-            stats,
-            float(epoch * self.run.iterations_per_epoch),
-            sum(state.samples for state in states),
-        )
-        self.run.hook(view)
-
     def _finish(self, k: int) -> SimResult | None:
-        states = self._gather(k, "gathering the final weights")
+        states = self.recorder.gather(self._state(k), "gathering the final weights")
         if self.rank != 0:
             return None
         if not self.options.deterministic:
             states = self._with_remote_stats(states)
-        self._fire(self.run.epochs, states)
-        staleness: Counter[int] = Counter()
-        decisions: Counter[str] = Counter()
-        for state in states:
-            staleness.update(state.staleness)
-            decisions.update(state.decisions)
-        params = [state.params for state in states]
-        budget = float(self.run.epochs * self.run.iterations_per_epoch)
-        iterations = [state.iterations for state in states]
-        return SimResult(params, torch.stack(params).mean(dim=0), iterations, staleness, decisions, budget)
+        return self.recorder.result(states)
 
 
 def run_decentralized(

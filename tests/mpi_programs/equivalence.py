@@ -16,11 +16,13 @@ comm = MPI.COMM_WORLD
 modes = sys.argv[1].split(",")
 topologies = sys.argv[2].split(",")
 delays = sys.argv[3].split(";")
+extra = sys.argv[4].split() if len(sys.argv) > 4 else []
 scratch = Path(comm.bcast(tempfile.mkdtemp() if comm.rank == 0 else None))
 for mode in modes:
     for topology in topologies:
         for delay in delays:
             flags = ["train", "--mode", mode, "--topology", topology, "--delay", delay, "--epochs", "2", "--seed", "3"]
+            flags += extra
             mpi = run_config_from(build_parser().parse_args([*flags, "--backend", "mpi", "--deterministic"]))
             name = f"{mode}-{topology}-{delay}".replace(":", "_").replace(",", "_").replace("=", "_")
             summary = run_training(mpi, scratch / f"mpi-{name}", overwrite=True)

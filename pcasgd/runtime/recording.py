@@ -1,0 +1,75 @@
+"""What rank 0 learns from every rank at epoch boundaries and at the end, for any MPI runtime."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from mpi4py import MPI
+from torch import Tensor
+
+from pcasgd.sim.common import EpochStats, EpochView, SimResult, SimRun
+from pcasgd.transport.deadline import Deadline
+
+
+@dataclass
+class RankState:
+    """One rank's view at an epoch boundary or at the end of training."""
+
+    params: Tensor
+    stats: EpochStats
+    iterations: int
+    samples: int
+    totals: dict[str, float]
+    staleness: Counter[int] | None = None
+    decisions: Counter[str] | None = None
+
+
+class Recorder:
+    """Gathers the ranks' states on rank 0 and turns them into epoch views and the final result.
+
+    ``reference`` is the model to evaluate: by default the mean of the ranks' parameters
+    (decentralized modes); collective modes pass their global weights.
+    """
+
+    def __init__(self, comm: MPI.Comm, run: SimRun, deadline: Deadline) -> None:
+        self.comm = comm
+        self.run = run
+        self.deadline = deadline
+
+    def gather(self, state: RankState, what: str) -> list[RankState] | None:
+        """Every rank's state on rank 0 (None elsewhere); the barrier first makes the gather safe."""
+        self.deadline.wait(self.comm.Ibarrier(), what)
+        with self.deadline.guard(what):
+            return self.comm.gather(state, root=0)
+
+    def fire(self, epoch: int, states: list[RankState], reference: Tensor | None = None) -> None:
+        if self.run.hook is None:
+            return
+        params = [state.params for state in states]
+        stats = EpochStats()
+        for state in states:
+            stats.merge(state.stats)
+        view = EpochView(
+            epoch,
+            params,
+            torch.stack(params).mean(dim=0) if reference is None else reference,
+            [state.iterations for state in states],
+            stats,
+            float(epoch * self.run.iterations_per_epoch),
+            sum(state.samples for state in states),
+        )
+        self.run.hook(view)
+
+    def result(self, states: list[RankState], reference: Tensor | None = None) -> SimResult:
+        self.fire(self.run.epochs, states, reference)
+        staleness: Counter[int] = Counter()
+        decisions: Counter[str] = Counter()
+        for state in states:
+            staleness.update(state.staleness or {})
+            decisions.update(state.decisions or {})
+        params = [state.params for state in states]
+        budget = float(self.run.epochs * self.run.iterations_per_epoch)
+        final = torch.stack(params).mean(dim=0) if reference is None else reference
+        return SimResult(params, final, [state.iterations for state in states], staleness, decisions, budget)
