@@ -120,7 +120,9 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
     algorithm = AlgorithmConfig(mode=args.mode, **{name: getattr(args, name) for _, name, _ in ALGORITHM_FLAGS})
     agents = args.agents
     if agents is None:
-        agents = _mpi_world().Get_size() if args.backend == "mpi" else RunConfig().agents
+        agents = RunConfig().agents
+        if args.backend == "mpi":  # every rank an agent; parameter-server modes: rank 0 serves
+            agents = _mpi_world().Get_size() - (1 if algorithm.family == "server" else 0)
     return RunConfig(
         algorithm=algorithm,
         backend=args.backend,

@@ -74,13 +74,13 @@ def test_singleton_processes_are_caught():
         cwd=ROOT,
     )
     assert result.returncode == 2
-    assert "--agents is 4 but the MPI world has 1 rank(s)" in result.stderr and "singletons" in result.stderr
+    assert "the run needs 4 ranks but the MPI world has 1" in result.stderr and "singletons" in result.stderr
 
 
 def test_world_size_must_match_the_topology(tmp_path):
     result = train(2, "--agents", "4", "--epochs", "1", "--out", str(tmp_path / "run"), timeout=120)
     assert result.returncode != 0
-    assert result.stderr.count("--agents is 4 but the MPI world has 2 rank(s)") == 2
+    assert result.stderr.count("the run needs 4 ranks but the MPI world has 2") == 2
 
 
 def test_ranks_with_different_configurations_all_refuse(tmp_path):
@@ -117,10 +117,30 @@ def test_collective_modes_on_mpi_allreduce_reproduce_the_simulator():
         assert case["mpi_staleness"] == case["sim_staleness"], case
 
 
-def test_parameter_server_modes_are_refused_on_mpi_for_now(tmp_path):
-    result = train(2, "--mode", "ps-asgd", "--epochs", "1", "--out", str(tmp_path / "run"), timeout=120)
-    assert result.returncode != 0
-    assert "runs only with --backend sim for now" in result.stderr
+@pytest.mark.parametrize(
+    ("modes", "extra"), [("ps-asgd,dcasgd-c,dcasgd-a,sasgd", ""), ("sasgd", "--sasgd-n 2 --sasgd-lr average")]
+)
+def test_deterministic_parameter_server_on_mpi_reproduces_the_simulator(modes, extra):
+    """Rank 0 serves 4 worker ranks; hardsync (n=1) and softsync sasgd both."""
+    result = mpirun(5, PYTHON, "tests/mpi_programs/equivalence.py", modes, "ring", "none;fixed:2", extra, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cases = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(cases) == 2 * len(modes.split(","))
+    for case in cases:
+        assert case["max_abs_diff"] <= 1e-6, case
+        assert case["mpi_staleness"] == case["sim_staleness"], case
+
+
+def test_asynchronous_parameter_server_with_a_straggling_worker(tmp_path):
+    out = tmp_path / "run"
+    flags = ("--mode", "dcasgd-a", "--delay", "straggler:2=3.0", "--epochs", "10", "--out", str(out))
+    result = train(5, *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    iterations = summary["iterations"]  # workers 0..3 are ranks 1..4: rank 2 is worker 1
+    assert iterations[1] < min(iterations[:1] + iterations[2:]), iterations
+    assert summary["staleness"]["max"] > 0
+    assert summary["final"]["test_accuracy"] >= 0.85  # digits: chance is 0.10
 
 
 def _rank_pid(marker: str, rank: int, timeout: float = 60) -> int:

@@ -57,11 +57,6 @@ class RunConfig:
             raise ConfigError("agents, epochs and batch size must be >= 1")
         if self.deadline <= 0:
             raise ConfigError(f"deadline must be > 0 seconds, got {self.deadline}")
-        if self.backend == "mpi" and self.algorithm.family == "server":
-            raise ConfigError(
-                f"mode {self.algorithm.mode!r} runs only with --backend sim for now; --backend mpi supports "
-                "the decentralized modes (dsgd, asgd, pcasgd, pcasgd-pv, predict, clip) and ssgd, odsgd"
-            )
         if self.backend == "sim" and self.deterministic:
             raise ConfigError("--deterministic is for --backend mpi (the simulator is always deterministic)")
 
@@ -207,7 +202,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
     if comm is not None:
         from pcasgd.runtime.checks import check_same_everywhere, check_world_size
 
-        check_world_size(comm, config.agents)
+        check_world_size(comm, ranks)
         with deadline.guard("agreeing on the run configuration with the other ranks (collective)"):
             check_same_everywhere(
                 comm, "the run configuration", json.dumps(asdict(config), sort_keys=True, default=str)
@@ -280,6 +275,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
     else:
         from pcasgd.runtime.collective import run_collective
         from pcasgd.runtime.decentralized import MpiOptions, run_decentralized
+        from pcasgd.runtime.parameter_server import run_parameter_server
         from pcasgd.sim import SimRun
 
         run = SimRun(
@@ -287,6 +283,8 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
         )
         if algorithm.family == "collective":
             result = run_collective(comm, run, deadline)
+        elif algorithm.family == "server":
+            result = run_parameter_server(comm, run, deadline, config.deterministic)
         else:
             options = MpiOptions(deterministic=config.deterministic, deadline=config.deadline)
             result = run_decentralized(comm, run, schedule, segment_offsets(model), options, deadline)

@@ -8,9 +8,10 @@ from torch import nn
 from pcasgd.errors import ConfigError
 
 
-def check_world_size(comm: MPI.Comm, agents: int) -> None:
+def check_world_size(comm: MPI.Comm, ranks: int) -> None:
+    """``ranks``: the agents, plus the server for parameter-server modes."""
     size = comm.Get_size()
-    if size == agents:
+    if size == ranks:
         return
     hint = (
         " (each process sees a world of 1: they were started as singletons; launch with `mpirun -n N`, "
@@ -18,7 +19,7 @@ def check_world_size(comm: MPI.Comm, agents: int) -> None:
         if size == 1
         else ""
     )
-    raise ConfigError(f"--agents is {agents} but the MPI world has {size} rank(s){hint}")
+    raise ConfigError(f"the run needs {ranks} ranks but the MPI world has {size}{hint}")
 
 
 def check_same_everywhere(comm: MPI.Comm, what: str, value: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
+from collections.abc import Callable
 
 from torch import Tensor
 
@@ -28,7 +29,11 @@ from pcasgd.sim.common import SimResult, SimRun, check_finite
 SERVER_RANK = 0
 
 
-def simulate_parameter_server(run: SimRun, workers: int) -> SimResult:
+def simulate_parameter_server(
+    run: SimRun, workers: int, on_pull: Callable[[int, Tensor], None] | None = None
+) -> SimResult:
+    """Run the server and its workers; ``on_pull(worker, weights)`` is told of every pull (the MPI
+    runtime's deterministic mode sends the weights to the worker's rank there)."""
     config, delays, oracle, initial_params = run.config, run.delays, run.oracle, run.initial_params
     delays.check_fits(workers + 1)
     server = ParameterServer(config, initial_params, workers)
@@ -49,6 +54,8 @@ def simulate_parameter_server(run: SimRun, workers: int) -> SimResult:
         version = max(0, server.version - lag, min(versions))
         pulled[worker] = versions[version]
         server.record_pull(worker, versions[version], version)
+        if on_pull is not None:
+            on_pull(worker, versions[version])
         heapq.heappush(arrivals, (time + durations[worker], worker))
 
     for worker in range(workers):

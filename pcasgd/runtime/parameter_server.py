@@ -1,0 +1,224 @@
+"""The parameter-server modes on MPI (ps-asgd, dcasgd-c, dcasgd-a, sasgd): rank 0 serves.
+
+Workers (ranks 1..N) loop: receive weights from rank 0 (or a stop message), compute the
+gradient of their next mini-batch there, send it back with its loss and batch size. Rank 0
+holds the same :class:`~pcasgd.algorithms.server.ParameterServer` as the simulator.
+
+* **deterministic**: rank 0 runs the simulator's own engine
+  (:func:`~pcasgd.sim.parameter_server.simulate_parameter_server`); a pull sends the weights to
+  the worker and the engine's gradient oracle receives that worker's gradient. The order of
+  events, the lags and hardsync waiting are the simulator's, so the weights are too.
+* **asynchronous** (default): rank 0 takes gradients in the order they arrive, measures their
+  staleness, answers each worker with fresh weights (``lag`` versions old if a delay spec
+  injects one; hardsync sasgd answers when the update is applied). The run ends when the first
+  worker has done ``epochs`` epochs of iterations: every worker's next push is answered with stop.
+  A ``straggler`` term makes a worker sleep ``(f - 1)`` times its gradient time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+import torch
+from mpi4py import MPI
+from torch import Tensor
+
+from pcasgd.algorithms.server import ParameterServer
+from pcasgd.runtime.recording import RankState, Recorder
+from pcasgd.sim.common import EpochStats, SimResult, SimRun, check_finite
+from pcasgd.sim.parameter_server import SERVER_RANK, simulate_parameter_server
+from pcasgd.transport.deadline import POLL_SECONDS, Deadline
+
+TAG_WEIGHTS, TAG_STOP, TAG_GRAD, TAG_META = 11, 12, 13, 14
+
+
+class _Link:
+    """Point-to-point messages between the server and the workers, every wait under the deadline."""
+
+    def __init__(self, comm: MPI.Comm, deadline: Deadline, numel: int, dtype: torch.dtype) -> None:
+        self.comm = comm
+        self.deadline = deadline
+        self.numel = numel
+        self.dtype = dtype
+        self._sends: list[tuple[MPI.Request, np.ndarray]] = []  # each buffer lives until its send completes
+
+    def send_weights(self, rank: int, weights: Tensor) -> None:
+        self._send(weights.detach().cpu().numpy().copy(), rank, TAG_WEIGHTS)
+
+    def send_stop(self, rank: int) -> None:
+        self._send(np.zeros(0), rank, TAG_STOP)
+
+    def _send(self, buffer: np.ndarray, rank: int, tag: int) -> None:
+        self._sends = [(request, kept) for request, kept in self._sends if not request.Test()]
+        self._sends.append((self.comm.Isend(buffer, dest=rank, tag=tag), buffer))
+
+    def receive_gradient(self, rank: int) -> tuple[Tensor, float, int]:
+        meta = np.zeros(2)
+        grad = torch.empty(self.numel, dtype=self.dtype)
+        self.deadline.wait(self.comm.Irecv(meta, source=rank, tag=TAG_META), f"waiting for rank {rank}'s gradient")
+        self.deadline.wait(
+            self.comm.Irecv(grad.numpy(), source=rank, tag=TAG_GRAD), f"receiving rank {rank}'s gradient"
+        )
+        return grad, float(meta[0]), int(meta[1])
+
+    def next_sender(self, what: str) -> int:
+        """The rank of the next gradient to arrive, whoever sends it."""
+        status = MPI.Status()
+        with self.deadline.guard(what):
+            while not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_META, status=status):
+                time.sleep(POLL_SECONDS)
+        return status.Get_source()
+
+    def flush(self) -> None:
+        for request, _ in self._sends:
+            self.deadline.wait(request, "sending to a worker")
+        self._sends = []
+
+
+class RemoteGradients:
+    """The simulator engine's gradient oracle, answered by the worker ranks."""
+
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+        self.samples = 0
+        self.outstanding: set[int] = set()
+
+    def pulled(self, worker: int, weights: Tensor) -> None:
+        self.link.send_weights(worker + 1, weights)
+        self.outstanding.add(worker)
+
+    def __call__(self, worker: int, params: Tensor) -> tuple[Tensor, float]:
+        grad, loss, samples = self.link.receive_gradient(worker + 1)
+        self.outstanding.discard(worker)
+        self.samples += samples
+        return grad, loss
+
+
+def _serve_deterministic(comm: MPI.Comm, run: SimRun, link: _Link) -> SimResult:
+    remote = RemoteGradients(link)
+    local_run = SimRun(
+        run.config, run.delays, remote, run.initial_params, run.iterations_per_epoch, run.epochs, run.hook
+    )
+    result = simulate_parameter_server(local_run, comm.Get_size() - 1, on_pull=remote.pulled)
+    for worker in sorted(remote.outstanding):  # gradients asked for after the budget: not applied
+        link.receive_gradient(worker + 1)
+    for rank in range(1, comm.Get_size()):
+        link.send_stop(rank)
+    link.flush()
+    return result
+
+
+class _AsynchronousServer:
+    def __init__(self, comm: MPI.Comm, run: SimRun, link: _Link, deadline: Deadline) -> None:
+        self.run = run
+        self.link = link
+        self.workers = comm.Get_size() - 1
+        self.server = ParameterServer(run.config, run.initial_params, self.workers)
+        self.recorder = Recorder(comm, run, deadline)
+        self.versions: dict[int, Tensor] = {0: self.server.params}
+        self.pulled: list[Tensor] = [run.initial_params] * self.workers
+        self.done = [0] * self.workers
+        self.samples = 0
+        self.stats = EpochStats()
+        self.staleness: Counter[int] = Counter()
+
+    def pull(self, worker: int) -> None:
+        server = self.server
+        lag = 0 if self.run.config.synchronous else self.run.delays.lag(worker + 1, SERVER_RANK, self.done[worker])
+        version = max(0, server.version - lag, min(self.versions))
+        self.pulled[worker] = self.versions[version]
+        server.record_pull(worker, self.versions[version], version)
+        self.link.send_weights(worker + 1, self.versions[version])
+
+    def serve(self) -> SimResult:
+        run, server = self.run, self.server
+        budget = run.epochs * run.iterations_per_epoch
+        for worker in range(self.workers):
+            self.pull(worker)
+        waiting: list[int] = []
+        stopped: set[int] = set()
+        next_epoch = 1
+        while len(stopped) < self.workers:
+            worker = self.link.next_sender("waiting for any worker's gradient") - 1
+            grad, loss, samples = self.link.receive_gradient(worker + 1)
+            self.samples += samples
+            self.stats.add_loss(loss)
+            report = server.push(worker, grad)
+            self.stats.add_staleness([report.staleness])
+            self.staleness[report.staleness] += 1
+            self.done[worker] += 1
+            if report.applied:
+                check_finite(server.params, "the server (rank 0)", server.version)
+                self.versions[server.version] = server.params
+                self.versions.pop(server.version - run.delays.max_lag - 1, None)
+            if not run.config.synchronous:
+                answer = [worker]
+            elif report.applied:  # hardsync: everyone whose gradient joined this update
+                answer, waiting = [*waiting, worker], []
+            else:
+                answer, waiting = [], [*waiting, worker]
+            finishing = max(self.done) >= budget
+            if finishing:
+                answer, waiting = answer + waiting, []
+            for other in answer:
+                if finishing:
+                    self.link.send_stop(other + 1)
+                    stopped.add(other)
+                else:
+                    self.pull(other)
+            while next_epoch < run.epochs and max(self.done) >= next_epoch * run.iterations_per_epoch:
+                self.recorder.fire(next_epoch, self._states(), server.params)
+                self.stats = EpochStats()
+                next_epoch += 1
+        self.link.flush()
+        return self.recorder.result(self._states(), server.params)
+
+    def _states(self) -> list[RankState]:
+        """One state per worker (the weights it last pulled); the server's statistics ride on the first."""
+        states = [RankState(self.pulled[w], EpochStats(), self.done[w], 0, {}, None, None) for w in range(self.workers)]
+        states[0].stats, states[0].samples, states[0].staleness = self.stats, self.samples, self.staleness
+        return states
+
+
+def _work(comm: MPI.Comm, run: SimRun, link: _Link, deadline: Deadline, asynchronous: bool) -> None:
+    rank = comm.Get_rank()
+    worker = rank - 1
+    slowdown = run.delays.slowdown(rank) if asynchronous else 1.0
+    weights = torch.empty(link.numel, dtype=link.dtype)
+    status = MPI.Status()
+    last_work = 0.0
+    while True:
+        with deadline.guard("waiting for weights from the server (rank 0)"):
+            while not comm.Iprobe(source=0, tag=MPI.ANY_TAG, status=status):
+                time.sleep(POLL_SECONDS)
+        if status.Get_tag() == TAG_STOP:
+            comm.Recv(np.zeros(0), source=0, tag=TAG_STOP)
+            return
+        deadline.wait(comm.Irecv(weights.numpy(), source=0, tag=TAG_WEIGHTS), "receiving weights from rank 0")
+        if slowdown > 1.0:
+            time.sleep((slowdown - 1.0) * last_work)
+        started = time.perf_counter()
+        before = getattr(run.oracle, "samples", 0)
+        grad, loss = run.oracle(worker, weights)
+        last_work = time.perf_counter() - started
+        meta = np.array([loss, getattr(run.oracle, "samples", 0) - before], dtype=np.float64)
+        payload = grad.detach().cpu().numpy()
+        deadline.wait(comm.Isend(meta, dest=0, tag=TAG_META), "sending a gradient's loss to rank 0")
+        deadline.wait(comm.Isend(payload, dest=0, tag=TAG_GRAD), "sending a gradient to rank 0")
+
+
+def run_parameter_server(comm: MPI.Comm, run: SimRun, deadline: Deadline, deterministic: bool) -> SimResult | None:
+    """Rank 0 serves, the others work; rank 0 gets the result, the others None."""
+    link = _Link(comm, deadline, run.initial_params.numel(), run.initial_params.dtype)
+    if comm.Get_rank() != 0:
+        _work(comm, run, link, deadline, asynchronous=not deterministic)
+        deadline.wait(comm.Ibarrier(), "the end-of-training barrier")
+        return None
+    if deterministic:
+        result = _serve_deterministic(comm, run, link)
+    else:
+        result = _AsynchronousServer(comm, run, link, deadline).serve()
+    deadline.wait(comm.Ibarrier(), "the end-of-training barrier")
+    return result
