@@ -286,7 +286,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
         elif algorithm.family == "server":
             result = run_parameter_server(comm, run, deadline, config.deterministic)
         else:
-            options = MpiOptions(deterministic=config.deterministic, deadline=config.deadline)
+            options = MpiOptions(deterministic=config.deterministic)
             result = run_decentralized(comm, run, schedule, segment_offsets(model), options, deadline)
         if result is None:
             return None

@@ -22,17 +22,16 @@ without stopping anyone.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from mpi4py import MPI
 
-from pcasgd.algorithms.consensus import ConsensusAgent, NeighbourRead
-from pcasgd.errors import ConfigError, StallError
+from pcasgd.algorithms.consensus import ConsensusAgent
+from pcasgd.errors import ConfigError
+from pcasgd.runtime.exchange import NeighbourExchange
 from pcasgd.runtime.recording import RankState, Recorder
 from pcasgd.sim.common import EpochStats, SimResult, SimRun, check_finite
 from pcasgd.topology import Schedule
@@ -43,7 +42,6 @@ from pcasgd.transport.windows import FLAG_FINISHED, ControlWindow, SnapshotWindo
 @dataclass(frozen=True)
 class MpiOptions:
     deterministic: bool = False
-    deadline: float = 60.0  # seconds any wait may take, and a neighbour may go without publishing
     shared_windows: bool = False  # MPI.Win.Allocate_shared (one node only)
 
 
@@ -106,14 +104,15 @@ class DecentralizedRank:
             slots = run.delays.max_lag + 2
             self.window = SnapshotWindow(comm, numel, run.initial_params.dtype, slots, options.shared_windows)
             self.control = ControlWindow(comm)
+        self.exchange = NeighbourExchange(
+            comm, self.window, schedule, run.delays, run.config, deadline, options.deterministic
+        )
         self.epoch_stats = EpochStats()
         self.overall = EpochStats()
         self.staleness: Counter[int] = Counter()
         self.samples = 0
-        self._last_seen: dict[int, tuple[int, float]] = {}
         self._last_totals: list[dict[str, float]] = [{} for _ in range(self.size)]
         self._last_iteration_seconds = 0.0
-        self.poisoned: Counter[int] = Counter()
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -152,21 +151,7 @@ class DecentralizedRank:
         grad, loss = run.oracle(rank, self.agent.params)
         self.epoch_stats.add_loss(loss)
         self.overall.add_loss(loss)
-        with self.deadline.guard(f"publishing snapshot {k}"):
-            self.window.publish(k, self.agent.params, grad, self._totals(k))
-        if self.options.deterministic:
-            self.deadline.wait(self.comm.Ibarrier(), f"the lock-step barrier of iteration {k}")
-        topology = self.schedule.at(k)
-        self_weight = float(topology.weights[rank, rank])
-        reads = []
-        for j in topology.in_neighbours(rank):
-            snapshot = self._read_neighbour(j, k)
-            weight = float(topology.weights[rank, j])
-            if not bool(torch.isfinite(snapshot.params).all() and torch.isfinite(snapshot.grad).all()):
-                self._report_poisoned(j, snapshot.stamp, k)
-                self_weight += weight
-                continue
-            reads.append(NeighbourRead(j, weight, snapshot, max(0, k - snapshot.stamp)))
+        reads, self_weight = self.exchange.exchange(k, self.agent.params, grad, self._totals(k))
         report = self.agent.step(grad, reads, self_weight, k / run.iterations_per_epoch)
         check_finite(self.agent.params, f"rank {rank}", k)
         for stats in (self.epoch_stats, self.overall):
@@ -175,43 +160,6 @@ class DecentralizedRank:
                 stats.add_predict_share(report.predict_share)
         self.staleness.update(report.staleness)
         self._last_iteration_seconds = time.perf_counter() - started
-
-    def _read_neighbour(self, j: int, k: int):
-        """The snapshot to mix: fresh (stamp >= k) for dsgd, else the newest minus the injected lag."""
-        lag = 0 if self.config.synchronous else self.run.delays.lag(self.rank, j, k)
-        while True:
-            with self.deadline.guard(f"reading rank {j}'s window"):
-                read = self.window.read(j, lag, newest=k if self.options.deterministic else None)
-            stamp = read.snapshot.stamp if read.snapshot is not None else -1
-            self._check_alive(j, int(read.header["stamp"]), read.header)
-            must_wait = self.config.synchronous and not self.options.deterministic
-            if read.snapshot is not None and not (must_wait and stamp < k):
-                return read.snapshot
-            time.sleep(0.0002)
-
-    def _check_alive(self, j: int, stamp: int, header: dict[str, float]) -> None:
-        """A neighbour whose newest stamp has not moved for ``deadline`` seconds has stalled."""
-        now = time.monotonic()
-        last_stamp, since = self._last_seen.get(j, (None, now))
-        if stamp != last_stamp:
-            self._last_seen[j] = (stamp, now)
-            return
-        finished = int(header["flags"]) & FLAG_FINISHED
-        if not finished and now - since > self.options.deadline:
-            raise StallError(
-                f"rank {self.rank}: neighbour rank {j} published nothing new for {now - since:.1f} s "
-                f"(last stamp {stamp}); it died, stalled, or is slower than --deadline allows"
-            )
-
-    def _report_poisoned(self, j: int, stamp: int, k: int) -> None:
-        self.poisoned[j] += 1
-        if self.poisoned[j] == 1:
-            print(
-                f"pcasgd: warning: rank {self.rank}: rank {j}'s snapshot {stamp} holds NaN/Inf at iteration {k}; "
-                "it is left out of the mix (its weight goes to this rank) until it is finite again",
-                file=sys.stderr,
-                flush=True,
-            )
 
     def _totals(self, k: int) -> dict[str, float]:
         return _header_totals(self.overall, k, getattr(self.run.oracle, "samples", 0))

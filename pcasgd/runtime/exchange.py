@@ -1,0 +1,112 @@
+"""One rank's side of the decentralized weight exchange: publish, then read the neighbours.
+
+Used by the MPI training loop and by :class:`pcasgd.DecentralizedOptimizer`, so both wait,
+detect stalls and handle NaN snapshots the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+
+import torch
+from mpi4py import MPI
+from torch import Tensor
+
+from pcasgd.algorithms.config import AlgorithmConfig
+from pcasgd.algorithms.consensus import NeighbourRead, Snapshot
+from pcasgd.delays import DelayModel
+from pcasgd.errors import StallError
+from pcasgd.topology import Schedule
+from pcasgd.transport.deadline import Deadline
+from pcasgd.transport.windows import FLAG_FINISHED, SnapshotWindow
+
+
+class NeighbourExchange:
+    """Publishes this rank's snapshot and returns its in-neighbours' reads for the mix.
+
+    ``dsgd`` (synchronous) waits, neighbour by neighbour, for a snapshot stamped with the
+    current iteration; the others take the newest (``lag`` older when a delay spec injects
+    one). ``deterministic`` adds a barrier after each publish and reads stamp ``k - lag``
+    exactly. A neighbour whose newest stamp does not move for ``deadline`` seconds, and has
+    not finished, raises :class:`~pcasgd.errors.StallError`; a snapshot with NaN/Inf is left out
+    and its weight goes to this rank.
+    """
+
+    def __init__(
+        self,
+        comm: MPI.Comm,
+        window: SnapshotWindow,
+        schedule: Schedule,
+        delays: DelayModel,
+        config: AlgorithmConfig,
+        deadline: Deadline,
+        deterministic: bool,
+    ) -> None:
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.window = window
+        self.schedule = schedule
+        self.delays = delays
+        self.config = config
+        self.deadline = deadline
+        self.deterministic = deterministic
+        self._last_seen: dict[int, tuple[int, float]] = {}
+        self.poisoned: Counter[int] = Counter()
+
+    def exchange(
+        self, k: int, params: Tensor, grad: Tensor, totals: dict[str, float] | None = None
+    ) -> tuple[list[NeighbourRead], float]:
+        """Publish ``(params, grad, k)``; return the reads to mix and this rank's own weight."""
+        with self.deadline.guard(f"publishing snapshot {k}"):
+            self.window.publish(k, params, grad, totals)
+        if self.deterministic:
+            self.deadline.wait(self.comm.Ibarrier(), f"the lock-step barrier of iteration {k}")
+        topology = self.schedule.at(k)
+        self_weight = float(topology.weights[self.rank, self.rank])
+        reads = []
+        for j in topology.in_neighbours(self.rank):
+            snapshot = self._read(j, k)
+            weight = float(topology.weights[self.rank, j])
+            if not bool(torch.isfinite(snapshot.params).all() and torch.isfinite(snapshot.grad).all()):
+                self._report_poisoned(j, snapshot.stamp, k)
+                self_weight += weight
+                continue
+            reads.append(NeighbourRead(j, weight, snapshot, max(0, k - snapshot.stamp)))
+        return reads, self_weight
+
+    def _read(self, j: int, k: int) -> Snapshot:
+        lag = 0 if self.config.synchronous else self.delays.lag(self.rank, j, k)
+        must_wait = self.config.synchronous and not self.deterministic
+        while True:
+            with self.deadline.guard(f"reading rank {j}'s window"):
+                read = self.window.read(j, lag, newest=k if self.deterministic else None)
+            self._check_alive(j, int(read.header["stamp"]), read.header)
+            if read.snapshot is not None and not (must_wait and read.snapshot.stamp < k):
+                return read.snapshot
+            time.sleep(0.0002)
+
+    def _check_alive(self, j: int, stamp: int, header: dict[str, float]) -> None:
+        """A neighbour whose newest stamp has not moved for ``deadline`` seconds has stalled."""
+        now = time.monotonic()
+        last_stamp, since = self._last_seen.get(j, (None, now))
+        if stamp != last_stamp:
+            self._last_seen[j] = (stamp, now)
+            return
+        finished = int(header["flags"]) & FLAG_FINISHED
+        if not finished and now - since > self.deadline.seconds:
+            raise StallError(
+                f"rank {self.rank}: neighbour rank {j} published nothing new for {now - since:.1f} s "
+                f"(last stamp {stamp}); it died, stalled, or is slower than the deadline allows"
+            )
+
+    def _report_poisoned(self, j: int, stamp: int, k: int) -> None:
+        self.poisoned[j] += 1
+        if self.poisoned[j] == 1:
+            print(
+                f"pcasgd: warning: rank {self.rank}: rank {j}'s snapshot {stamp} holds NaN/Inf at iteration {k}; "
+                "it is left out of the mix (its weight goes to this rank) until it is finite again",
+                file=sys.stderr,
+                flush=True,
+            )
