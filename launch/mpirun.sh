@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Launch `pcasgd train --backend mpi` on N local ranks with Open MPI:
 #   launch/mpirun.sh -n 4 [pcasgd train flags...]
+# or a Python script of your own (one process per rank):
+#   launch/mpirun.sh -n 4 examples/digits_own_loop.py [its flags...]
 # Sets what Open MPI 5 (the PyPI wheel) needs here: running as root when we are root, more ranks
 # than cores, the shared-memory one-sided component, and yielding instead of busy-polling while
 # a rank waits (busy-polling steals the CPU from the other ranks when they share cores).
@@ -19,4 +21,7 @@ export OMPI_MCA_osc="${OMPI_MCA_osc-sm,rdma}"
 export OMPI_MCA_mpi_yield_when_idle="${OMPI_MCA_mpi_yield_when_idle-1}"
 # One compute thread per rank when ranks share the cores.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS-1}"
+if [[ "${1:-}" == *.py ]]; then
+  exec "$mpirun" -n "$ranks" "$venv/bin/python" "$@"
+fi
 exec "$mpirun" -n "$ranks" "$venv/bin/python" -m pcasgd.cli train --backend mpi "$@"

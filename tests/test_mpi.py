@@ -216,3 +216,29 @@ def test_a_stalled_rank_is_named_by_the_others_within_the_deadline(tmp_path):
     named = re.search(r"neighbour rank 2 published nothing new for [\d.]+ s \(last stamp \d+\)", stderr)
     blocked = re.search(r"reading rank 2's window did not complete within", stderr)
     assert named or blocked, stderr[-3000:]
+
+
+@pytest.mark.parametrize(("mode", "delay"), [("pcasgd", "fixed:2"), ("pcasgd-pv", "uniform:0..3"), ("dsgd", "none")])
+def test_optimizer_wrapper_reproduces_the_simulator_and_resumes_exactly(mode, delay):
+    """DecentralizedOptimizer(torch.optim.SGD(momentum=0.9)), deterministic, on the quadratic problem."""
+    result = mpirun(4, PYTHON, "tests/mpi_programs/optimizer.py", mode, delay, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    case = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
+    assert case["max_abs_diff"] <= 1e-12, case
+    if delay == "none":
+        assert case["resumed_diff"] == 0.0, case
+
+
+def test_example_of_an_own_training_loop_runs_and_learns():
+    result = subprocess.run(
+        ["bash", "launch/mpirun.sh", "-n", "4", "examples/digits_own_loop.py", "--epochs", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**mpi_env(), "PCASGD_VENV": str(Path(PYTHON).parents[1])},
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = next(line for line in result.stdout.splitlines() if line.startswith("epoch 3"))
+    accuracies = [float(a) for a in re.findall(r"0\.\d+", last)]
+    assert len(accuracies) == 4 and min(accuracies) > 0.5, last

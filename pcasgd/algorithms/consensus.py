@@ -81,12 +81,25 @@ class ConsensusAgent:
 
     # -- the update -----------------------------------------------------------------------------
 
-    def step(self, grad: Tensor, reads: Sequence[NeighbourRead], self_weight: float, epoch: float = 0.0) -> StepReport:
-        """Apply one iteration: momentum, then the mode's mix of self and neighbour snapshots."""
+    def step(
+        self,
+        grad: Tensor,
+        reads: Sequence[NeighbourRead],
+        self_weight: float,
+        epoch: float = 0.0,
+        local_update: Tensor | None = None,
+    ) -> StepReport:
+        """Apply one iteration: the local step, then the mode's mix of self and neighbour snapshots.
+
+        The local step is SGD with momentum (``v``), unless ``local_update`` is given: then it is
+        that displacement (what a wrapped torch optimizer did to the parameters this step).
+        """
         config = self.config
         own = self.params
         self._history.append((self.iteration, own.clone()))
-        self.velocity = momentum_velocity(self.velocity, grad, config.lr, config.effective_momentum)
+        if local_update is None:
+            self.velocity = momentum_velocity(self.velocity, grad, config.lr, config.effective_momentum)
+        step_vector = self.velocity if local_update is None else local_update
         self._track_mean_squares(reads)
         delayed = [r for r in reads if r.staleness > config.tau_fresh]
         fresh = [r for r in reads if r.staleness <= config.tau_fresh]
@@ -106,7 +119,7 @@ class ConsensusAgent:
                 theta = config.effective_theta
                 mixed, decision, share = theta * predicted + (1.0 - theta) * clipped, "blend", theta
         self.decisions[decision] += 1
-        self.params = mixed + self.velocity
+        self.params = mixed + step_vector
         self.iteration += 1
         return StepReport(tuple(r.staleness for r in reads), len(delayed), decision, share)
 

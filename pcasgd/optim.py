@@ -1,0 +1,199 @@
+"""Decentralized training inside your own training loop: one MPI rank per agent.
+
+    comm = pcasgd.init()
+    model = Net()
+    pcasgd.broadcast_parameters(model)                 # every rank starts from rank 0's weights
+    opt = pcasgd.DecentralizedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                                        model, mode="pcasgd", topology="ring")
+    with opt:
+        for x, y in loader:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+
+:class:`DecentralizedOptimizer` *holds* your optimizer (it does not subclass it). Each
+``step()``: your optimizer takes its step from the current weights ``x`` (that displacement is
+the local update ``v``), this rank publishes ``(x, g)`` in its MPI window, reads its neighbours'
+snapshots, and sets the weights to the mode's mix of ``x`` and the neighbours plus ``v``. With
+``torch.optim.SGD(momentum=mu)`` this is exactly the update of ``pcasgd train``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pcasgd import delays as delay_models
+from pcasgd import topology as topologies
+from pcasgd.algorithms.config import AlgorithmConfig
+from pcasgd.algorithms.consensus import ConsensusAgent, StepReport
+from pcasgd.app.models import segment_offsets
+from pcasgd.errors import ConfigError
+from pcasgd.sim.common import check_finite
+
+
+def init():
+    """Initialise MPI (through mpi4py) and return ``MPI.COMM_WORLD``."""
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def broadcast_parameters(module_or_params: nn.Module | Iterable[Tensor], root: int = 0, comm=None) -> None:
+    """Overwrite every rank's parameters with ``root``'s (call once, before training)."""
+    comm = comm if comm is not None else init()
+    params = list(module_or_params.parameters() if isinstance(module_or_params, nn.Module) else module_or_params)
+    with torch.no_grad():
+        flat = torch.nn.utils.parameters_to_vector(params).detach().cpu().contiguous()
+        comm.Bcast(flat.numpy(), root=root)
+        torch.nn.utils.vector_to_parameters(flat.to(params[0].device), params)
+
+
+class DecentralizedOptimizer:
+    """Wraps a torch optimizer so that each ``step()`` also mixes this rank with its neighbours.
+
+    ``mode``: ``dsgd``, ``asgd``, ``pcasgd``, ``pcasgd-pv``, ``predict`` or ``clip``;
+    ``topology`` and ``weights`` as for ``pcasgd train``; ``delay``: an injected lag spec
+    (for experiments); ``deterministic``: lock-step ranks (reproducible); ``deadline``: seconds
+    any wait may take; ``iterations_per_epoch``: needed by ``pcasgd-pv``'s warm-up, which is
+    counted in epochs. Other keyword arguments are :class:`~pcasgd.algorithms.AlgorithmConfig`
+    options (``theta``, ``predictor``, ``lam``, ...). The learning rate of the predict step is
+    the wrapped optimizer's first group's ``lr``. Call :meth:`close` (or use ``with``) on every
+    rank at the end: it frees the MPI windows, collectively.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: nn.Module,
+        mode: str = "pcasgd",
+        topology: str = "ring",
+        weights: str = "auto",
+        delay: str = "none",
+        deterministic: bool = False,
+        deadline: float = 60.0,
+        iterations_per_epoch: int | None = None,
+        seed: int = 0,
+        comm=None,
+        **options: Any,
+    ) -> None:
+        from pcasgd.runtime.checks import check_same_everywhere, model_signature
+        from pcasgd.runtime.exchange import NeighbourExchange
+        from pcasgd.transport.deadline import Deadline
+        from pcasgd.transport.windows import SnapshotWindow
+
+        self.optimizer = optimizer
+        self.model = model
+        self.comm = comm if comm is not None else init()
+        self.rank = self.comm.Get_rank()
+        self.config = AlgorithmConfig(mode=mode, lr=float(optimizer.param_groups[0]["lr"]), **options)
+        if self.config.family != "decentralized":
+            raise ConfigError(f"DecentralizedOptimizer runs the decentralized modes, not {mode!r}")
+        if mode == "pcasgd-pv" and self.config.pv_warmup_epochs > 0 and iterations_per_epoch is None:
+            raise ConfigError("pcasgd-pv counts its warm-up in epochs: pass iterations_per_epoch")
+        self.iterations_per_epoch = iterations_per_epoch
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        schedule = topologies.build(topology, self.comm.Get_size(), weights, seed)
+        lags = delay_models.parse(delay, seed)
+        lags.check_fits(self.comm.Get_size())
+        self.deadline = Deadline(self.rank, deadline)
+        try:
+            with self.deadline.guard("agreeing on the optimizer's configuration with the other ranks (collective)"):
+                settings = (
+                    f"{self.config.to_dict()} {topology} {weights} {delay} {deterministic} {iterations_per_epoch}"
+                )
+                check_same_everywhere(self.comm, "the DecentralizedOptimizer configuration", settings)
+                check_same_everywhere(self.comm, "the model's parameter shapes and dtypes", model_signature(model))
+            flat = self._flat_params()
+            self.agent = ConsensusAgent(self.config, flat, segment_offsets(model))
+            with self.deadline.guard("allocating the snapshot windows (collective)"):
+                self.window = SnapshotWindow(self.comm, flat.numel(), flat.dtype, lags.max_lag + 2)
+        except BaseException:
+            self.deadline.close()
+            raise
+        self.exchange = NeighbourExchange(
+            self.comm, self.window, schedule, lags, self.config, self.deadline, deterministic
+        )
+        self.iteration = 0
+        self.last_report: StepReport | None = None
+
+    # -- what torch users expect of an optimizer ------------------------------------------------
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    @property
+    def state(self) -> dict:
+        return self.optimizer.state
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        before = self._flat_params()
+        grad = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).cpu() for p in self.params]
+        )
+        self.optimizer.step()
+        local_update = self._flat_params() - before
+        reads, self_weight = self.exchange.exchange(self.iteration, before, grad)
+        epoch = self.iteration / self.iterations_per_epoch if self.iterations_per_epoch else 0.0
+        self.agent.params = before
+        self.last_report = self.agent.step(grad, reads, self_weight, epoch, local_update=local_update)
+        check_finite(self.agent.params, f"rank {self.rank}", self.iteration)
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(self.agent.params.to(self.params[0].device), self.params)
+        self.iteration += 1
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped optimizer's state plus the algorithm's (history, MeanSquare, counters)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "pcasgd": {"agent": self.agent.state_dict(), "iteration": self.iteration, "config": self.config.to_dict()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state["pcasgd"]["config"]
+        if saved != self.config.to_dict():
+            differing = sorted(k for k in saved if saved[k] != self.config.to_dict().get(k))
+            raise ConfigError(f"this state was saved with other options: {differing}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.agent.load_state_dict(state["pcasgd"]["agent"])
+        self.iteration = int(state["pcasgd"]["iteration"])
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Tell the neighbours this rank is done, wait for every rank, free the windows (collective)."""
+        from pcasgd.transport.windows import FLAG_FINISHED
+
+        if self.window.win is None:
+            return
+        try:
+            self.window.set_flags(FLAG_FINISHED)
+            self.deadline.wait(self.comm.Ibarrier(), "the other ranks' close()")
+            with self.deadline.guard("freeing the windows (collective)"):
+                self.window.close()
+        finally:
+            self.deadline.close()
+
+    def __enter__(self) -> DecentralizedOptimizer:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:  # no collective call after a failure: other ranks may be gone
+            self.deadline.close()
+
+    def _flat_params(self) -> Tensor:
+        return torch.nn.utils.parameters_to_vector(self.params).detach().cpu().clone()
