@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--deadline", type=_number(float, 0.001), default=run.deadline, help="mpi: seconds any wait may take"
     )
+    train.add_argument(
+        "--progress-thread",
+        action="store_true",
+        help="mpi, odsgd: a helper thread advances the allreduce in flight while the rank computes",
+    )
     defaults = {f.name: f.default for f in fields(AlgorithmConfig)}
     group = train.add_argument_group("algorithm options")
     for flag, name, options in ALGORITHM_FLAGS:
@@ -137,6 +142,7 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
         seed=args.seed,
         deterministic=args.deterministic,
         deadline=args.deadline,
+        progress_thread=args.progress_thread,
     )
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.mpi_support import MPIRUN, PYTHON, ROOT, mpi_env, mpirun, needs_mpirun, train
 
@@ -242,3 +243,13 @@ def test_example_of_an_own_training_loop_runs_and_learns():
     last = next(line for line in result.stdout.splitlines() if line.startswith("epoch 3"))
     accuracies = [float(a) for a in re.findall(r"0\.\d+", last)]
     assert len(accuracies) == 4 and min(accuracies) > 0.5, last
+
+
+def test_odsgd_progress_thread_changes_timing_not_weights(tmp_path):
+    weights = []
+    for extra in ([], ["--progress-thread"]):
+        out = tmp_path / f"run{len(extra)}"
+        result = train(2, "--mode", "odsgd", "--odsgd-warmup", "3", "--epochs", "2", "--out", str(out), *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        weights.append(torch.load(out / "model.pt"))
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])

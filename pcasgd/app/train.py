@@ -49,6 +49,7 @@ class RunConfig:
     seed: int = 0
     deterministic: bool = False  # mpi: lock-step iterations, reproduces the simulator
     deadline: float = 60.0  # mpi: seconds any wait may take before the run fails
+    progress_thread: bool = False  # mpi, odsgd: a helper thread advances the allreduce in flight
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -57,8 +58,8 @@ class RunConfig:
             raise ConfigError("agents, epochs and batch size must be >= 1")
         if self.deadline <= 0:
             raise ConfigError(f"deadline must be > 0 seconds, got {self.deadline}")
-        if self.backend == "sim" and self.deterministic:
-            raise ConfigError("--deterministic is for --backend mpi (the simulator is always deterministic)")
+        if self.backend == "sim" and (self.deterministic or self.progress_thread):
+            raise ConfigError("--deterministic and --progress-thread are for --backend mpi")
 
 
 class BatchOracle:
@@ -282,7 +283,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
             algorithm, delay_model, oracle, flatten_parameters(model), iterations_per_epoch, config.epochs, record_epoch
         )
         if algorithm.family == "collective":
-            result = run_collective(comm, run, deadline)
+            result = run_collective(comm, run, deadline, progress_thread=config.progress_thread)
         elif algorithm.family == "server":
             result = run_parameter_server(comm, run, deadline, config.deterministic)
         else:

@@ -12,6 +12,7 @@ completed under the run's deadline.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter, deque
 
@@ -23,25 +24,47 @@ from torch import Tensor
 from pcasgd.algorithms.collective import GlobalSGD, OneStepDelayAgent
 from pcasgd.runtime.recording import RankState, Recorder
 from pcasgd.sim.common import EpochStats, SimResult, SimRun, check_finite
-from pcasgd.transport.deadline import Deadline
+from pcasgd.transport.deadline import POLL_SECONDS, Deadline
 
 
 class PendingMean:
-    """A non-blocking allreduce of one gradient, and the mean it yields."""
+    """A non-blocking allreduce of one gradient, and the mean it yields.
 
-    def __init__(self, comm: MPI.Comm, grad: Tensor) -> None:
+    Open MPI advances a non-blocking collective only inside MPI calls. With ``progress``, a
+    helper thread owns the request and tests it every half millisecond, so the reduction moves
+    while this rank computes (torch releases the GIL); the caller then only waits for the result.
+    """
+
+    def __init__(self, comm: MPI.Comm, grad: Tensor, progress: bool = False) -> None:
         self.size = comm.Get_size()
         self.send = grad.detach().cpu().numpy().copy()
         self.receive = np.empty_like(self.send)
         self.request = comm.Iallreduce(self.send, self.receive, op=MPI.SUM)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._progress, daemon=True) if progress else None
+        if self._thread is not None:
+            self._thread.start()
+
+    def _progress(self) -> None:
+        while not self.request.Test():
+            time.sleep(POLL_SECONDS)
+        self._done.set()
 
     def mean(self, deadline: Deadline, iteration: int) -> Tensor:
-        deadline.wait(self.request, f"the gradient allreduce of iteration {iteration}")
+        what = f"the gradient allreduce of iteration {iteration}"
+        if self._thread is None:
+            deadline.wait(self.request, what)
+        else:
+            with deadline.guard(what):
+                self._done.wait()
         return torch.from_numpy(self.receive) / self.size
 
 
 class CollectiveRank:
-    def __init__(self, comm: MPI.Comm, run: SimRun, deadline: Deadline, straggle: bool = True) -> None:
+    def __init__(
+        self, comm: MPI.Comm, run: SimRun, deadline: Deadline, straggle: bool = True, progress_thread: bool = False
+    ) -> None:
+        self.progress_thread = progress_thread
         self.comm = comm
         self.rank = comm.Get_rank()
         self.run = run
@@ -110,7 +133,7 @@ class CollectiveRank:
             agent.sync_local()
             self._record_staleness(0)
         else:
-            in_flight.append((t, PendingMean(self.comm, grad)))
+            in_flight.append((t, PendingMean(self.comm, grad, self.progress_thread)))
             latency = 1 if self.config.odsgd_overlap else 0
             while in_flight and in_flight[0][0] + latency <= t:
                 started, pending = in_flight.popleft()
@@ -137,6 +160,9 @@ class CollectiveRank:
         self.epoch_stats = EpochStats()
 
 
-def run_collective(comm: MPI.Comm, run: SimRun, deadline: Deadline) -> SimResult | None:
-    """Train with ssgd or odsgd over MPI allreduce; rank 0 gets the result, others None."""
-    return CollectiveRank(comm, run, deadline).train()
+def run_collective(comm: MPI.Comm, run: SimRun, deadline: Deadline, progress_thread: bool = False) -> SimResult | None:
+    """Train with ssgd or odsgd over MPI allreduce; rank 0 gets the result, others None.
+
+    ``progress_thread``: odsgd's reduction in flight is advanced by a helper thread (opt-in).
+    """
+    return CollectiveRank(comm, run, deadline, progress_thread=progress_thread).train()
