@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from pcasgd.runtime.launch import run_json_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,22 +88,15 @@ def main() -> int:
     if args.worker:
         worker(*args.worker)
         return 0
-    mpirun = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or "mpirun"
-    env = dict(os.environ, OMPI_MCA_osc="sm,rdma", OMPI_MCA_mpi_yield_when_idle="1", OMP_NUM_THREADS="1")
-    env["PRTE_MCA_rmaps_default_mapping_policy"] = ":oversubscribe"
-    if os.geteuid() == 0:
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     print("| parameters | neighbours | exchange, idle (ms) | exchange, all busy (ms) | memcpy (ms) | idle / memcpy |")
     print("|---|---|---|---|---|---|")
     for numel in args.sizes:
         for ranks in (3, 5):
-            command = [mpirun, "-n", str(ranks), sys.executable, __file__, "--worker", str(numel), str(args.repeats)]
-            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-            if done.returncode != 0 or not lines:
-                print(f"| {numel:,} | {ranks - 1 if ranks == 5 else 2} | failed: {done.stderr[-300:]!r} |||")
+            command = [sys.executable, __file__, "--worker", str(numel), str(args.repeats)]
+            r, errors = run_json_job(ranks, command, ROOT)
+            if r is None:
+                print(f"| {numel:,} | {ranks - 1 if ranks == 5 else 2} | failed: {errors[-300:]!r} |||")
                 continue
-            r = json.loads(lines[0])
             print(
                 f"| {r['numel']:,} | {r['neighbours']} | {r['idle'] * 1e3:.2f} | {r['busy'] * 1e3:.2f} | "
                 f"{r['memcpy'] * 1e3:.2f} | {r['idle'] / r['memcpy']:.2f} |",

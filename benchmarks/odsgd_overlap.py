@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from pcasgd.runtime.launch import run_json_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,25 +93,17 @@ def main() -> int:
     if args.worker:
         worker(int(args.worker[0]), float(args.worker[1]), int(args.worker[2]))
         return 0
-    mpirun = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or "mpirun"
-    env = dict(os.environ, OMPI_MCA_osc="sm,rdma", OMPI_MCA_mpi_yield_when_idle="1", OMP_NUM_THREADS="1")
-    env["PRTE_MCA_rmaps_default_mapping_policy"] = ":oversubscribe"
-    if os.geteuid() == 0:
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     print(
         "| parameters | ranks | compute (ms) | allreduce alone (ms) | step, blocking (ms) | step, overlap (ms) "
         "| step, overlap + progress thread (ms) | best / blocking |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for numel in args.sizes:
-        command = [mpirun, "-n", str(args.ranks), sys.executable, __file__, "--worker"]
-        command += [str(numel), str(args.compute_ms), str(args.steps)]
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        if done.returncode != 0 or not lines:
-            print(f"| {numel:,} | {args.ranks} | failed: {done.stderr[-300:]!r} ||||||")
+        command = [sys.executable, __file__, "--worker", str(numel), str(args.compute_ms), str(args.steps)]
+        r, errors = run_json_job(args.ranks, command, ROOT)
+        if r is None:
+            print(f"| {numel:,} | {args.ranks} | failed: {errors[-300:]!r} ||||||")
             continue
-        r = json.loads(lines[0])
         print(
             f"| {numel:,} | {r['ranks']} | {r['compute_ms']:.0f} | {r['allreduce'] * 1e3:.2f} | "
             f"{r['blocking'] * 1e3:.2f} | {r['overlap'] * 1e3:.2f} | {r['thread'] * 1e3:.2f} | "

@@ -74,6 +74,7 @@ ALGORITHM_FLAGS = [
     ("--odsgd-warmup", "odsgd_warmup", {"type": _number(int, 0), "help": "odsgd iterations run as plain ssgd"}),
     ("--odsgd-local-opt", "odsgd_local_opt", {"choices": CHOICES["odsgd_local_opt"], "help": "odsgd local optimizer"}),
     ("--odsgd-no-overlap", "odsgd_overlap", {"action": "store_false", "help": "odsgd: block on each allreduce"}),
+    ("--comm", "comm", {"choices": CHOICES["comm"], "help": "ssgd on MPI: MPI allreduce or Horovod"}),
 ]
 
 

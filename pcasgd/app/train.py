@@ -58,6 +58,8 @@ class RunConfig:
             raise ConfigError("agents, epochs and batch size must be >= 1")
         if self.deadline <= 0:
             raise ConfigError(f"deadline must be > 0 seconds, got {self.deadline}")
+        if self.backend == "sim" and self.algorithm.comm == "horovod":
+            raise ConfigError("--comm horovod is for --backend mpi")
         if self.backend == "sim" and (self.deterministic or self.progress_thread):
             raise ConfigError("--deterministic and --progress-thread are for --backend mpi")
 

@@ -22,6 +22,7 @@ from mpi4py import MPI
 from torch import Tensor
 
 from pcasgd.algorithms.collective import GlobalSGD, OneStepDelayAgent
+from pcasgd.errors import ConfigError
 from pcasgd.runtime.recording import RankState, Recorder
 from pcasgd.sim.common import EpochStats, SimResult, SimRun, check_finite
 from pcasgd.transport.deadline import POLL_SECONDS, Deadline
@@ -60,11 +61,41 @@ class PendingMean:
         return torch.from_numpy(self.receive) / self.size
 
 
+class HorovodMean:
+    """The same mean through Horovod (``hvd.DistributedOptimizer``'s averaging), polled under the deadline."""
+
+    def __init__(self, grad: Tensor, iteration: int) -> None:
+        import horovod.torch as hvd
+
+        self.hvd = hvd
+        self.handle = hvd.allreduce_async(grad.detach().cpu(), op=hvd.Average, name=f"pcasgd.grad.{iteration}")
+
+    def mean(self, deadline: Deadline, iteration: int) -> Tensor:
+        with deadline.guard(f"the Horovod allreduce of iteration {iteration}"):
+            while not self.hvd.poll(self.handle):
+                time.sleep(POLL_SECONDS)
+        return self.hvd.synchronize(self.handle)
+
+
+def init_horovod(comm: MPI.Comm) -> None:
+    """Start Horovod on the same MPI world (it must be built against mpi4py's MPI)."""
+    try:
+        import horovod.torch as hvd
+    except ImportError as error:
+        raise ConfigError(f"--comm horovod needs Horovod ({error}); build it with launch/build-horovod.sh") from None
+    hvd.init(comm=comm)
+    if hvd.size() != comm.Get_size():
+        raise ConfigError(f"Horovod sees {hvd.size()} ranks but MPI has {comm.Get_size()}")
+
+
 class CollectiveRank:
     def __init__(
         self, comm: MPI.Comm, run: SimRun, deadline: Deadline, straggle: bool = True, progress_thread: bool = False
     ) -> None:
         self.progress_thread = progress_thread
+        self.horovod = run.config.comm == "horovod"
+        if self.horovod:
+            init_horovod(comm)
         self.comm = comm
         self.rank = comm.Get_rank()
         self.run = run
@@ -121,7 +152,8 @@ class CollectiveRank:
 
     def _ssgd_step(self, t: int) -> None:
         grad = self._gradient(self.shared.params)
-        self.shared.apply(PendingMean(self.comm, grad).mean(self.deadline, t))
+        pending = HorovodMean(grad, t) if self.horovod else PendingMean(self.comm, grad)
+        self.shared.apply(pending.mean(self.deadline, t))
         check_finite(self.shared.params, f"rank {self.rank}", t)
         self._record_staleness(0)
 

