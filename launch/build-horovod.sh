@@ -40,6 +40,6 @@ if ! ls "$cache"/horovod-*.whl >/dev/null 2>&1; then
     HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS="-j$(nproc)" \
     "$python" -m pip wheel -q --no-build-isolation --no-deps -w "$cache" "$source_dir"
 fi
-"$python" -m pip install -q --disable-pip-version-check "$cache"/horovod-*.whl psutil \
+"$python" -m pip install -q --disable-pip-version-check -c "$root/.ci/constraints.txt" "$cache"/horovod-*.whl psutil \
   2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 "$python" -c "import horovod.torch as hvd; print('pcasgd: Horovod', __import__('horovod').__version__, 'ready', file=__import__('sys').stderr)"
