@@ -277,7 +277,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
         )
     else:
         from pcasgd.runtime.collective import run_collective
-        from pcasgd.runtime.decentralized import MpiOptions, run_decentralized
+        from pcasgd.runtime.decentralized import DecentralizedRank, MpiOptions
         from pcasgd.runtime.parameter_server import run_parameter_server
         from pcasgd.sim import SimRun
 
@@ -290,7 +290,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
             result = run_parameter_server(comm, run, deadline, config.deterministic)
         else:
             options = MpiOptions(deterministic=config.deterministic)
-            result = run_decentralized(comm, run, schedule, segment_offsets(model), options, deadline)
+            result = DecentralizedRank(comm, run, schedule, segment_offsets(model), options, deadline).train()
         if result is None:
             return None
     load_flat_parameters(model, result.reference_params)

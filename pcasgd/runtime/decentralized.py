@@ -74,7 +74,7 @@ def _stats_from_totals(now: dict[str, float], before: dict[str, float]) -> Epoch
 
 
 class DecentralizedRank:
-    """One rank's loop; :func:`run_decentralized` drives it."""
+    """One rank's loop: build it on every rank, call :meth:`train` (rank 0 gets the result)."""
 
     def __init__(
         self,
@@ -206,15 +206,3 @@ class DecentralizedRank:
         if not self.options.deterministic:
             states = self._with_remote_stats(states)
         return self.recorder.result(states)
-
-
-def run_decentralized(
-    comm: MPI.Comm,
-    run: SimRun,
-    schedule: Schedule,
-    segments: Sequence[int] | None,
-    options: MpiOptions,
-    deadline: Deadline,
-) -> SimResult | None:
-    """Train this rank's agent; rank 0 gets the result (all agents' final weights), others None."""
-    return DecentralizedRank(comm, run, schedule, segments, options, deadline).train()
