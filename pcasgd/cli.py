@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--deadline", type=_number(float, 0.001), default=run.deadline, help="mpi: seconds any wait may take"
     )
     train.add_argument(
+        "--shared-windows",
+        action="store_true",
+        help="mpi, decentralized modes: allocate the windows with MPI.Win.Allocate_shared (one node only)",
+    )
+    train.add_argument(
         "--progress-thread",
         action="store_true",
         help="mpi, odsgd: a helper thread advances the allreduce in flight while the rank computes",
@@ -144,6 +149,7 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
         deterministic=args.deterministic,
         deadline=args.deadline,
         progress_thread=args.progress_thread,
+        shared_windows=args.shared_windows,
     )
 
 

@@ -222,3 +222,14 @@ def test_odsgd_progress_thread_changes_timing_not_weights(tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         weights.append(torch.load(out / "model.pt"))
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+def test_shared_memory_windows_give_the_same_weights(tmp_path):
+    weights = []
+    for extra in ([], ["--shared-windows"]):
+        out = tmp_path / f"run{len(extra)}"
+        flags = ("--mode", "pcasgd", "--delay", "fixed:2", "--deterministic", "--epochs", "2", "--out", str(out))
+        result = train(4, *flags, *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        weights.append(torch.load(out / "model.pt"))
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])

@@ -50,6 +50,7 @@ class RunConfig:
     deterministic: bool = False  # mpi: lock-step iterations, reproduces the simulator
     deadline: float = 60.0  # mpi: seconds any wait may take before the run fails
     progress_thread: bool = False  # mpi, odsgd: a helper thread advances the allreduce in flight
+    shared_windows: bool = False  # mpi, decentralized: MPI.Win.Allocate_shared (all ranks on one node)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -60,8 +61,8 @@ class RunConfig:
             raise ConfigError(f"deadline must be > 0 seconds, got {self.deadline}")
         if self.backend == "sim" and self.algorithm.comm == "horovod":
             raise ConfigError("--comm horovod is for --backend mpi")
-        if self.backend == "sim" and (self.deterministic or self.progress_thread):
-            raise ConfigError("--deterministic and --progress-thread are for --backend mpi")
+        if self.backend == "sim" and (self.deterministic or self.progress_thread or self.shared_windows):
+            raise ConfigError("--deterministic, --progress-thread and --shared-windows are for --backend mpi")
 
 
 class BatchOracle:
@@ -289,7 +290,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
         elif algorithm.family == "server":
             result = run_parameter_server(comm, run, deadline, config.deterministic)
         else:
-            options = MpiOptions(deterministic=config.deterministic)
+            options = MpiOptions(deterministic=config.deterministic, shared_windows=config.shared_windows)
             result = DecentralizedRank(comm, run, schedule, segment_offsets(model), options, deadline).train()
         if result is None:
             return None
