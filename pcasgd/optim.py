@@ -196,4 +196,4 @@ class DecentralizedOptimizer:
             self.deadline.close()
 
     def _flat_params(self) -> Tensor:
-        return torch.nn.utils.parameters_to_vector(self.params).detach().cpu().clone()
+        return torch.nn.utils.parameters_to_vector(self.params).detach().cpu()  # a new tensor already

@@ -61,7 +61,9 @@ class ConsensusAgent:
     """State and update rule of one decentralized agent.
 
     ``segments`` are the offsets of the model's tensors in the flat vector (for the per-tensor
-    pv decision); without them the whole model is one segment.
+    pv decision); without them the whole model is one segment. Each step replaces
+    :attr:`params` with a new tensor and never writes into the old one, so the history, and the
+    snapshots engines publish, may keep references instead of copies.
     """
 
     def __init__(self, config: AlgorithmConfig, params: Tensor, segments: Sequence[int] | None = None) -> None:
@@ -96,17 +98,17 @@ class ConsensusAgent:
         """
         config = self.config
         own = self.params
-        self._history.append((self.iteration, own.clone()))
+        self._history.append((self.iteration, own))  # parameters are replaced, never modified in place
         if local_update is None:
             self.velocity = momentum_velocity(self.velocity, grad, config.lr, config.effective_momentum)
         step_vector = self.velocity if local_update is None else local_update
         self._track_mean_squares(reads)
         delayed = [r for r in reads if r.staleness > config.tau_fresh]
         fresh = [r for r in reads if r.staleness <= config.tau_fresh]
-        stale_mix = self_weight * own + sum((r.weight * r.snapshot.params for r in reads), torch.zeros_like(own))
-
         mode = config.mode
         warming_up = mode == "pcasgd-pv" and epoch < config.pv_warmup_epochs
+        if mode in ("dsgd", "asgd", "pcasgd-pv"):  # the plain stale mix: the update, or pv's reference
+            stale_mix = self_weight * own + sum((r.weight * r.snapshot.params for r in reads), torch.zeros_like(own))
         if mode in ("dsgd", "asgd") or warming_up:
             mixed, decision, share = stale_mix, "mix", 0.0
         else:

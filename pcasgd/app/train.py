@@ -98,7 +98,7 @@ class BatchOracle:
         loss = self.loss_fn(self.model(self.data.train_x[indices]), self.data.train_y[indices])
         loss.backward()
         self.samples += len(indices)
-        return flat_gradient(self.model).detach().clone(), loss.item()
+        return flat_gradient(self.model).detach(), loss.item()  # torch.cat: a new tensor already
 
 
 @torch.no_grad()
