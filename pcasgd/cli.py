@@ -8,17 +8,22 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from pcasgd import __version__
 from pcasgd.algorithms.config import CHOICES, MODES, AlgorithmConfig
+from pcasgd.app.compare import compare, strip_options
+from pcasgd.app.config_file import config_argv
 from pcasgd.app.data import DATASETS
 from pcasgd.app.models import MODELS
+from pcasgd.app.plots import plot_runs
 from pcasgd.app.progress import EpochProgress
 from pcasgd.app.train import BACKENDS, RunConfig, run_training
 from pcasgd.delays import ACCEPTED_FORMS
+from pcasgd.delays import parse as parse_delays
 from pcasgd.errors import PcasgdError, TrainingFailedError
+from pcasgd.runtime.device import DEVICES, HOST_STAGING
 from pcasgd.topology import TOPOLOGY_FORMS, WEIGHT_SCHEMES
 
 
@@ -41,6 +46,18 @@ def _number(kind: type, minimum: float | None = None, maximum: float | None = No
 # (flag, AlgorithmConfig field, argparse keyword arguments)
 ALGORITHM_FLAGS = [
     ("--lr", "lr", {"type": _number(float, 1e-12), "help": "learning rate alpha"}),
+    (
+        "--lr-schedule",
+        "lr_schedule",
+        {"help": "constant, step:E1,E2,... (times --lr-decay at each epoch listed) or cosine[:EPOCHS]"},
+    ),
+    ("--lr-decay", "lr_decay", {"type": _number(float, 1e-12, 1.0), "help": "factor of each step of the schedule"}),
+    (
+        "--lr-warmup-epochs",
+        "lr_warmup_epochs",
+        {"type": _number(float, 0.0), "help": "linear warm-up from lr/10 over these epochs"},
+    ),
+    ("--weight-decay", "weight_decay", {"type": _number(float, 0.0), "help": "L2 term: g + weight_decay * x"}),
     ("--momentum", "momentum", {"type": _number(float, 0.0, 0.999999), "help": "momentum mu (default: per mode)"}),
     ("--theta", "theta", {"type": _number(float, 0.0, 1.0), "help": "pcasgd tradeoff: 1 predict-only, 0 clip-only"}),
     ("--predictor", "predictor", {"choices": CHOICES["predictor"], "help": "pcasgd predictor of stale neighbours"}),
@@ -79,24 +96,58 @@ ALGORITHM_FLAGS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    return command_parsers()[0]
+
+
+def command_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``pcasgd`` parser and its ``train``, ``compare`` and ``plot`` sub-parsers."""
     parser = argparse.ArgumentParser(prog="pcasgd", description="Decentralized asynchronous training (PC-ASGD).")
     parser.add_argument("--version", action="version", version=f"pcasgd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    train = commands.add_parser("train", help="train a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    train = commands.add_parser("train", help="train a model", formatter_class=formatter)
+    _add_train_arguments(train)
+    compare = commands.add_parser(
+        "compare",
+        help="run a grid of modes x delays x seeds; write a Markdown table and a figure",
+        formatter_class=formatter,
+    )
+    compare.add_argument("--modes", nargs="+", required=True, metavar="MODE", help="modes to compare")
+    compare.add_argument("--delays", nargs="+", default=["none"], metavar="SPEC", help="delay specs to compare")
+    compare.add_argument("--seeds", nargs="+", type=_number(int, 0), default=[0], metavar="SEED")
+    _add_train_arguments(compare, grid=True)
+    plot = commands.add_parser("plot", help="PNG figures of finished runs", formatter_class=formatter)
+    plot.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories (pcasgd train --out)")
+    plot.add_argument("--out", type=Path, default=None, help="where the figures go (default: the first RUN_DIR)")
+    return parser, {"train": train, "compare": compare, "plot": plot}
+
+
+def _add_train_arguments(train: argparse.ArgumentParser, grid: bool = False) -> None:
+    """The flags of one training run; ``grid``: for ``compare``, which sets mode, delay and seed per cell."""
     run = RunConfig()
+    train.add_argument("--config", type=Path, default=None, help="YAML file of flag: value settings (flags win)")
     train.add_argument("--backend", choices=BACKENDS, default=run.backend, help="engine")
     train.add_argument("--agents", type=_number(int, 1), default=None, help="default 4, or the MPI world size")
-    train.add_argument("--mode", choices=MODES, default=run.algorithm.mode, help="training mode")
+    if not grid:
+        train.add_argument("--mode", choices=MODES, default=run.algorithm.mode, help="training mode")
     train.add_argument("--topology", default=run.topology, help=f"graph: {TOPOLOGY_FORMS}")
     train.add_argument("--weights", choices=("auto", *WEIGHT_SCHEMES), default=run.weights, help="mixing weights")
-    train.add_argument("--delay", default=run.delay, help=f"delay/straggler spec: {ACCEPTED_FORMS}")
+    if not grid:
+        train.add_argument("--delay", default=run.delay, help=f"delay/straggler spec: {ACCEPTED_FORMS}")
     train.add_argument("--dataset", choices=DATASETS, default=run.dataset)
-    train.add_argument("--model", choices=MODELS, default=run.model)
+    train.add_argument("--data-dir", default=None, help="folder (or archive) holding the dataset's files")
+    train.add_argument("--download", action="store_true", help="download the dataset with torchvision into --data-dir")
+    train.add_argument("--partition", default=run.partition, help="iid, or dirichlet:ALPHA for non-IID shards")
+    train.add_argument("--model", default=run.model, help=f"one of {', '.join(MODELS)}")
     train.add_argument("--epochs", type=_number(int, 1), default=run.epochs)
     train.add_argument("--batch-size", type=_number(int, 1), default=run.batch_size, help="per agent")
-    train.add_argument("--seed", type=_number(int, 0), default=run.seed)
-    train.add_argument("--out", type=Path, default=None, help="run directory (default: runs/MODE-seedS)")
-    train.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    if not grid:
+        train.add_argument("--seed", type=_number(int, 0), default=run.seed)
+    where = "grid directory (default: runs/compare)" if grid else "run directory (default: runs/MODE-seedS)"
+    train.add_argument("--out", type=Path, default=None, help=where)
+    if not grid:
+        train.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events (OUT/tensorboard)")
     train.add_argument(
         "--deterministic", action="store_true", help="mpi: lock-step iterations that reproduce --backend sim"
     )
@@ -111,29 +162,46 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--progress-thread",
         action="store_true",
-        help="mpi, odsgd: a helper thread advances the allreduce in flight while the rank computes",
+        help="mpi: a helper thread keeps one-sided reads and odsgd's allreduce moving while the rank computes "
+        "(needed across nodes with osc/ucx or osc/rdma without RDMA hardware)",
+    )
+    train.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=run.device,
+        help="where each rank computes: cuda puts rank r on GPU local_rank %% device_count (local rank from "
+        "mpirun, srun or horovodrun); auto: cuda when there is one",
+    )
+    train.add_argument(
+        "--host-staging",
+        choices=HOST_STAGING,
+        default=run.host_staging,
+        help="mpi: copy GPU buffers through pinned host memory for MPI; auto: unless the MPI is CUDA-aware "
+        "(Open MPI's MPIX_Query_cuda_support), always: also on the CPU, never: MPI reads GPU memory",
     )
     defaults = {f.name: f.default for f in fields(AlgorithmConfig)}
     group = train.add_argument_group("algorithm options")
     for flag, name, options in ALGORITHM_FLAGS:
         default = True if options.get("action") == "store_false" else defaults[name]
         group.add_argument(flag, dest=name, default=default, **options)
-    return parser
 
 
-def _mpi_world():
-    from mpi4py import MPI
+def _world(args: argparse.Namespace):
+    from pcasgd.runtime.world import open_world
 
-    return MPI.COMM_WORLD
+    return open_world(args.comm)
 
 
 def run_config_from(args: argparse.Namespace) -> RunConfig:
-    algorithm = AlgorithmConfig(mode=args.mode, **{name: getattr(args, name) for _, name, _ in ALGORITHM_FLAGS})
+    options = {name: getattr(args, name) for _, name, _ in ALGORITHM_FLAGS}
+    if options["lr_schedule"] == "cosine":  # cosine over the whole run unless told otherwise
+        options["lr_schedule"] = f"cosine:{args.epochs}"
+    algorithm = AlgorithmConfig(mode=args.mode, **options)
     agents = args.agents
     if agents is None:
         agents = RunConfig().agents
         if args.backend == "mpi":  # every rank an agent; parameter-server modes: rank 0 serves
-            agents = _mpi_world().Get_size() - (1 if algorithm.family == "server" else 0)
+            agents = _world(args).Get_size() - (1 if algorithm.family == "server" else 0)
     return RunConfig(
         algorithm=algorithm,
         backend=args.backend,
@@ -142,6 +210,9 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
         weights=args.weights,
         delay=args.delay,
         dataset=args.dataset,
+        data_dir=args.data_dir,
+        download=args.download,
+        partition=args.partition,
         model=args.model,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -150,27 +221,49 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
         deadline=args.deadline,
         progress_thread=args.progress_thread,
         shared_windows=args.shared_windows,
+        device=args.device,
+        host_staging=args.host_staging,
+        tensorboard=args.tensorboard,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser, commands = command_parsers()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    rank = _mpi_world().Get_rank() if args.backend == "mpi" else 0
-    where = f" (rank {rank})" if args.backend == "mpi" else ""
-    if args.backend == "mpi":
-        signal.signal(signal.SIGTERM, lambda signum, _: _stopped_by_launcher(rank, signum))
     try:
+        if getattr(args, "config", None) is not None:  # the file's settings first: flags given here win
+            command_at = argv.index(args.command)
+            expanded = config_argv(args.config, commands[args.command])
+            argv = [*argv[: command_at + 1], *expanded, *argv[command_at + 1 :]]
+            args = parser.parse_args(argv)
+        if args.command == "plot":
+            return _plot(args)
+        if args.command == "compare":
+            return _compare(args, argv)
+    except PcasgdError as error:
+        print(f"pcasgd: error: {error}", file=sys.stderr)
+        return 2
+    return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    rank, where = 0, ""
+    try:
+        if args.backend == "mpi":
+            rank = _world(args).Get_rank()
+            where = f" (rank {rank})"
+            signal.signal(signal.SIGTERM, lambda signum, _: _stopped_by_launcher(rank, signum))
         config = run_config_from(args)
         out = args.out if args.out is not None else Path("runs") / f"{config.algorithm.mode}-seed{config.seed}"
         if rank == 0:
-            print(f"pcasgd {__version__}: {json.dumps(_describe(config))} -> {out}", file=sys.stderr)
+            print(f"pcasgd {__version__} -> {out}: {json.dumps(asdict(config))}", file=sys.stderr)
         summary = run_training(config, out, overwrite=args.overwrite, on_epoch=EpochProgress(config.epochs))
     except TrainingFailedError as error:
         print(f"pcasgd: run failed{where}: {error}; metrics so far are in the run directory", file=sys.stderr)
-        if args.backend == "mpi" and _mpi_world().Get_size() > 1:
+        if args.backend == "mpi" and args.comm == "mpi" and _world(args).Get_size() > 1:
             sys.stderr.flush()
-            _mpi_world().Abort(1)  # end the whole job now rather than at the other ranks' deadlines
+            _world(args).Abort(1)  # end the whole job now rather than at the other ranks' deadlines
         return 1
     except PcasgdError as error:
         print(f"pcasgd: error{where}: {error}", file=sys.stderr)
@@ -190,6 +283,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace) -> int:
+    out = args.out if args.out is not None else args.runs[0]
+    for path in plot_runs(args.runs, out):
+        print(path)
+    return 0
+
+
+def _compare(args: argparse.Namespace, argv: list[str]) -> int:
+    """Each cell runs ``pcasgd train`` with this command's other flags; bad settings fail before any run."""
+    for mode in args.modes:
+        run_config_from(argparse.Namespace(**{**vars(args), "mode": mode, "delay": args.delays[0], "seed": 0}))
+    for delay in args.delays:
+        parse_delays(delay, 0)
+    base = strip_options(argv[argv.index("compare") + 1 :], ("--modes", "--delays", "--seeds", "--out", "--config"))
+    out = args.out if args.out is not None else Path("runs") / "compare"
+    agents = args.agents if args.agents is not None else RunConfig().agents
+    try:
+        table = compare(args.modes, args.delays, args.seeds, base, out, args.backend, agents, main)
+    except TrainingFailedError as error:
+        print(f"pcasgd: compare failed: {error}", file=sys.stderr)
+        return 1
+    print(table, end="")
+    print(f"table, figure and runs in {out}")
+    return 0
+
+
 def _stopped_by_launcher(rank: int, signum: int) -> None:
     sys.stderr.write(
         f"pcasgd: error (rank {rank}): stopped by the launcher (signal {signum}); "
@@ -197,22 +316,6 @@ def _stopped_by_launcher(rank: int, signum: int) -> None:
     )
     sys.stderr.flush()
     os._exit(128 + signum)
-
-
-def _describe(config: RunConfig) -> dict:
-    algorithm = config.algorithm
-    return {
-        "backend": config.backend,
-        "mode": algorithm.mode,
-        "agents": config.agents,
-        "topology": config.topology,
-        "delay": config.delay,
-        "dataset": config.dataset,
-        "model": config.model,
-        "epochs": config.epochs,
-        "lr": algorithm.lr,
-        "seed": config.seed,
-    }
 
 
 if __name__ == "__main__":

@@ -23,23 +23,27 @@ def mpi_env() -> dict[str, str]:
     return open_mpi_env(str(ROOT))
 
 
-def mpirun(ranks: int, *command: str, timeout: float = 180, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run ``command`` on ``ranks`` ranks; a job past ``timeout`` is killed and fails the test."""
+def mpirun(
+    ranks: int, *command: str, timeout: float = 180, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``command`` on ``ranks`` ranks (``env``: extra variables); a job past ``timeout`` fails the test."""
     try:
         return subprocess.run(
             [MPIRUN, "-n", str(ranks), *command],
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=mpi_env(),
+            env={**mpi_env(), **(env or {})},
             cwd=cwd or ROOT,
         )
     except subprocess.TimeoutExpired as expired:
         pytest.fail(f"mpirun -n {ranks} {' '.join(command)} did not finish in {timeout} s:\n{expired.stderr}")
 
 
-def train(ranks: int, *flags: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return mpirun(ranks, PYTHON, "-m", "pcasgd.cli", "train", "--backend", "mpi", *flags, timeout=timeout)
+def train(
+    ranks: int, *flags: str, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return mpirun(ranks, PYTHON, "-m", "pcasgd.cli", "train", "--backend", "mpi", *flags, timeout=timeout, env=env)
 
 
 def assert_reproduces_simulator(ranks: int, modes: str, topologies: str, delays: str, extra: str = "") -> None:

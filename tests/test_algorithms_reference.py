@@ -133,7 +133,7 @@ def test_odsgd_matches_numpy_reference(options, delay, latency):
         {
             "lr": LR,
             "mu": MU,
-            "local_lr": config.effective_local_lr,
+            "local_lr": config.local_lr_at(0.0),
             "latency": latency,
             "warmup": options["odsgd_warmup"],
             "dc_lambda": config.odsgd_dc_lambda if config.odsgd_local_opt == "dc" else None,

@@ -1,4 +1,5 @@
-"""ssgd through Horovod against ssgd through MPI allreduce, on real ranks (mpirun)."""
+"""ssgd through Horovod against ssgd through MPI allreduce, on real ranks: Horovod under mpirun
+(its MPI controller, on mpi4py's MPI) and under ``horovodrun --gloo`` (no MPI world at all)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.mpi_support import PYTHON, ROOT, needs_mpirun, train
+from tests.mpi_support import PYTHON, ROOT, mpi_env, needs_mpirun, train
 
 pytestmark = needs_mpirun
 
@@ -28,13 +29,35 @@ def horovod():
         pytest.skip(message)
 
 
+def horovodrun_gloo(*flags: str) -> subprocess.CompletedProcess:
+    """launch/horovodrun.sh: ``horovodrun --gloo`` on 2 local processes."""
+    env = {**mpi_env(), "PCASGD_VENV": str(Path(PYTHON).parents[1])}
+    command = ["bash", "launch/horovodrun.sh", "-n", "2", *flags]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def max_difference(a: dict, b: dict) -> float:
+    return max(float((a[key] - b[key]).abs().max()) for key in a)
+
+
 @pytest.mark.timeout(1800)
 def test_ssgd_through_horovod_equals_ssgd_through_mpi(horovod, tmp_path):
+    flags = ["--mode", "ssgd", "--epochs", "2"]
     weights = {}
     for comm in ("mpi", "horovod"):
-        out = tmp_path / comm
-        result = train(2, "--mode", "ssgd", "--comm", comm, "--epochs", "2", "--out", str(out), timeout=300)
+        result = train(2, *flags, "--comm", comm, "--out", str(tmp_path / comm), timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
-        weights[comm] = torch.load(out / "model.pt")
-    difference = max(float((weights["mpi"][k] - weights["horovod"][k]).abs().max()) for k in weights["mpi"])
-    assert difference <= 1e-6, difference
+        weights[comm] = torch.load(tmp_path / comm / "model.pt")
+    result = horovodrun_gloo(*flags, "--comm", "horovod", "--out", str(tmp_path / "gloo"))
+    assert result.returncode == 0, result.stdout[-3000:]
+    weights["gloo"] = torch.load(tmp_path / "gloo" / "model.pt")
+    assert max_difference(weights["mpi"], weights["horovod"]) <= 1e-6
+    assert max_difference(weights["mpi"], weights["gloo"]) <= 1e-6
+
+
+def test_horovodrun_gloo_refuses_modes_that_need_an_mpi_world(horovod, tmp_path):
+    result = horovodrun_gloo("--mode", "pcasgd", "--epochs", "1", "--out", str(tmp_path / "run"))
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert output.count("the launcher started 2 processes (HOROVOD_SIZE) but the MPI world has 1") == 2, output
+    assert not (tmp_path / "run").exists()

@@ -51,5 +51,5 @@ def test_srun_without_pmix_starts_singletons_and_each_says_so(slurm, tmp_path):
         timeout=300,
     )
     assert done.returncode != 0
-    assert done.stderr.count("the run needs 2 ranks but the MPI world has 1") == 2
+    assert done.stderr.count("the launcher started 2 processes (SLURM_STEP_NUM_TASKS) but the MPI world has 1") == 2
     assert "singletons" in done.stderr

@@ -25,8 +25,9 @@ class GlobalSGD:
         self.params = params.detach().clone()
         self.velocity = torch.zeros_like(self.params)
 
-    def apply(self, mean_grad: Tensor) -> None:
-        self.velocity = momentum_velocity(self.velocity, mean_grad, self.config.lr, self.config.effective_momentum)
+    def apply(self, mean_grad: Tensor, epoch: float = 0.0) -> None:
+        lr = self.config.lr_at(epoch)
+        self.velocity = momentum_velocity(self.velocity, mean_grad, lr, self.config.effective_momentum)
         self.params = self.params + self.velocity
 
 
@@ -48,16 +49,16 @@ class OneStepDelayAgent:
     def global_params(self) -> Tensor:
         return self.global_opt.params
 
-    def complete(self, mean_grad: Tensor) -> None:
+    def complete(self, mean_grad: Tensor, epoch: float = 0.0) -> None:
         """A reduction finished: ``W <- GlobalOpt(W, mean g)``."""
-        self.global_opt.apply(mean_grad)
+        self.global_opt.apply(mean_grad, epoch)
 
     def sync_local(self) -> None:
         """Warm-up (plain SSGD): local weights follow the global ones."""
         self.local_params = self.global_opt.params.clone()
         self._base = self.global_opt.params
 
-    def local_step(self, grad: Tensor) -> None:
+    def local_step(self, grad: Tensor, epoch: float = 0.0) -> None:
         """``W~ <- W - alpha_l * g_hat`` from the last completed ``W``."""
         config = self.config
         direction = grad
@@ -65,5 +66,5 @@ class OneStepDelayAgent:
             self._mean_square = update_mean_square(self._mean_square, grad, config.odsgd_dc_decay)
             scale = config.odsgd_dc_lambda / torch.sqrt(self._mean_square + config.eps)
             direction = grad + scale * grad * grad * (self.global_opt.params - self._base)
-        self.local_params = self.global_opt.params - config.effective_local_lr * direction
+        self.local_params = self.global_opt.params - config.local_lr_at(epoch) * direction
         self._base = self.global_opt.params

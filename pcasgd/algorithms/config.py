@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -40,6 +41,11 @@ class AlgorithmConfig:
 
     mode: str = "pcasgd"
     lr: float = 0.1
+    # learning-rate schedule over epochs: constant, step:E1,E2,... (times lr_decay at each), cosine:EPOCHS
+    lr_schedule: str = "constant"
+    lr_decay: float = 0.1
+    lr_warmup_epochs: float = 0.0  # linear warm-up from lr/10 to the schedule's value
+    weight_decay: float = 0.0  # L2 term added to every gradient: g + weight_decay * x
     momentum: float | None = None  # None: DEFAULT_MOMENTUM of the mode, else 0.9
     # pcasgd family
     theta: float = 0.5  # [choice] tradeoff between predict (1) and clip (0)
@@ -87,8 +93,41 @@ class AlgorithmConfig:
             raise ConfigError(f"odsgd_local_lr must be >= 0, got {self.odsgd_local_lr}")
         if self.comm == "horovod" and self.mode != "ssgd":
             raise ConfigError(f"--comm horovod is for ssgd; {self.mode} exchanges through MPI")
+        if not 0 < self.lr_decay <= 1 or self.lr_warmup_epochs < 0 or self.weight_decay < 0:
+            raise ConfigError("lr_decay must be in (0, 1]; lr_warmup_epochs and weight_decay must be >= 0")
+        self._schedule_points()  # validates lr_schedule
         if self.pv_warmup_epochs < 0:
             raise ConfigError(f"pv_warmup_epochs must be >= 0, got {self.pv_warmup_epochs}")
+
+    def _schedule_points(self) -> tuple[str, list[float]]:
+        kind, _, points = self.lr_schedule.partition(":")
+        try:
+            values = [float(point) for point in points.split(",")] if points else []
+        except ValueError:
+            values = [-1.0]
+        valid = (
+            (kind == "constant" and not values)
+            or (kind == "step" and values and all(v > 0 for v in values))
+            or (kind == "cosine" and len(values) == 1 and values[0] > 0)
+        )
+        if not valid:
+            raise ConfigError(
+                f"unknown lr schedule {self.lr_schedule!r}; use constant, step:E1,E2,... or cosine:EPOCHS"
+            )
+        return kind, values
+
+    def lr_at(self, epoch: float) -> float:
+        """The learning rate at (fractional) ``epoch``: schedule, then linear warm-up."""
+        kind, points = self._schedule_points()
+        if kind == "step":
+            lr = self.lr * self.lr_decay ** sum(epoch >= point for point in points)
+        elif kind == "cosine":
+            lr = 0.5 * self.lr * (1.0 + math.cos(math.pi * min(epoch / points[0], 1.0)))
+        else:
+            lr = self.lr
+        if epoch < self.lr_warmup_epochs:
+            lr *= 0.1 + 0.9 * epoch / self.lr_warmup_epochs
+        return lr
 
     @property
     def effective_lambda(self) -> float:
@@ -103,9 +142,9 @@ class AlgorithmConfig:
         """theta as the mode fixes it: predict-only 1, clip-only 0, else the option."""
         return {"predict": 1.0, "clip": 0.0}.get(self.mode, self.theta)
 
-    @property
-    def effective_local_lr(self) -> float:
-        return self.lr if self.odsgd_local_lr is None else self.odsgd_local_lr
+    def local_lr_at(self, epoch: float) -> float:
+        """odsgd's local learning rate: ``odsgd_local_lr`` if given, else the scheduled lr."""
+        return self.lr_at(epoch) if self.odsgd_local_lr is None else self.odsgd_local_lr
 
     @property
     def family(self) -> str:

@@ -72,6 +72,7 @@ class ConsensusAgent:
         self.config = config
         self.params = params.detach().clone()
         self.velocity = torch.zeros_like(self.params)
+        self._lr = config.lr  # the scheduled lr of the step being taken
         self.iteration = 0
         self.segments = list(segments) if segments is not None else [0, self.params.numel()]
         if self.segments[0] != 0 or self.segments[-1] != self.params.numel():
@@ -98,9 +99,10 @@ class ConsensusAgent:
         """
         config = self.config
         own = self.params
+        self._lr = config.lr_at(epoch)
         self._history.append((self.iteration, own))  # parameters are replaced, never modified in place
         if local_update is None:
-            self.velocity = momentum_velocity(self.velocity, grad, config.lr, config.effective_momentum)
+            self.velocity = momentum_velocity(self.velocity, grad, self._lr, config.effective_momentum)
         step_vector = self.velocity if local_update is None else local_update
         self._track_mean_squares(reads)
         delayed = [r for r in reads if r.staleness > config.tau_fresh]
@@ -155,8 +157,8 @@ class ConsensusAgent:
         snapshot, lam = read.snapshot, self._lambda_for(read.source)
         if self.config.predictor == "draft":
             then = self._own_params_at(self.iteration - read.staleness)
-            return predict_draft(snapshot.params, snapshot.grad, own, then, self.config.lr, lam)
-        return predict_taylor(snapshot.params, snapshot.grad, own, read.staleness, self.config.lr, lam)
+            return predict_draft(snapshot.params, snapshot.grad, own, then, self._lr, lam)
+        return predict_taylor(snapshot.params, snapshot.grad, own, read.staleness, self._lr, lam)
 
     def _predict_mix(
         self, own: Tensor, self_weight: float, fresh: Sequence[NeighbourRead], delayed: Sequence[NeighbourRead]

@@ -55,7 +55,7 @@ class ParameterServer:
         """Remember what ``worker`` pulled (``w_bak``): the gradient it pushes next is taken there."""
         self._backup[worker] = (params, version)
 
-    def push(self, worker: int, grad: Tensor) -> PushReport:
+    def push(self, worker: int, grad: Tensor, epoch: float = 0.0) -> PushReport:
         if worker not in self._backup:
             raise ConfigError(f"worker {worker} pushed a gradient without pulling weights first")
         pulled, pulled_version = self._backup[worker]
@@ -68,7 +68,8 @@ class ParameterServer:
             self._pending = []
         else:
             direction = grad + self._compensation(worker, grad, pulled)
-        self.velocity = momentum_velocity(self.velocity, direction, self.config.lr, self.config.effective_momentum)
+        lr = self.config.lr_at(epoch)
+        self.velocity = momentum_velocity(self.velocity, direction, lr, self.config.effective_momentum)
         self.params = self.params + self.velocity
         self.version += 1
         return PushReport(staleness, applied=True)

@@ -1,8 +1,9 @@
 """One training run: data, model, engine, per-epoch metrics, and the files a run leaves.
 
-A run directory holds ``metrics.jsonl`` (one record per epoch, appended as it goes),
-``summary.json`` (effective configuration, final metrics, versions) and ``model.pt`` (the
-evaluated model's ``state_dict``). The last two are written atomically at the end.
+A run directory holds ``metrics.jsonl`` and ``metrics.csv`` (one record per epoch, appended as
+it goes; ``tensorboard/`` with ``--tensorboard``), ``summary.json`` (effective configuration,
+final metrics, versions) and ``model.pt`` (the evaluated model's ``state_dict``). The last two
+are written atomically at the end.
 """
 
 from __future__ import annotations
@@ -23,13 +24,26 @@ from torch import Tensor, nn
 
 from pcasgd import __version__, delays, topology
 from pcasgd.algorithms.config import AlgorithmConfig
-from pcasgd.app.data import Dataset, load, partition_iid
+from pcasgd.app.data import (
+    DATASETS,
+    Dataset,
+    label_histogram,
+    load,
+    parse_partition,
+    partition,
+    training_labels,
+)
+from pcasgd.app.metrics import METRICS_FILES, MetricsWriter
 from pcasgd.app.models import build_model, flat_gradient, flatten_parameters, load_flat_parameters, segment_offsets
 from pcasgd.errors import ConfigError
+from pcasgd.runtime.device import DEVICES, HOST_STAGING, select_device, stage_through_host
 from pcasgd.sim import EpochView, simulate
+from pcasgd.transport.staging import HostStaging
 
 BACKENDS = ("sim", "mpi")
-RUN_FILES = ("metrics.jsonl", "summary.json", "model.pt")
+RUN_FILES = (*METRICS_FILES, "summary.json", "model.pt")
+EVAL_BATCH = 1000
+DATA_PREPARATION_SECONDS = 1800.0  # a first decode (CIFAR-10: 60k JPEGs) or download may take minutes
 
 
 @dataclass(frozen=True)
@@ -43,14 +57,20 @@ class RunConfig:
     weights: str = "auto"
     delay: str = "none"
     dataset: str = "digits"
+    data_dir: str | None = None  # where the dataset's files are (default: the dataset's usual places)
+    download: bool = False  # fetch mnist / fashion-mnist / cifar10 with torchvision into data_dir
+    partition: str = "iid"  # or dirichlet:ALPHA (non-IID)
     model: str = "mlp"
     epochs: int = 10
     batch_size: int = 32
     seed: int = 0
     deterministic: bool = False  # mpi: lock-step iterations, reproduces the simulator
     deadline: float = 60.0  # mpi: seconds any wait may take before the run fails
-    progress_thread: bool = False  # mpi, odsgd: a helper thread advances the allreduce in flight
+    progress_thread: bool = False  # mpi: a helper thread keeps MPI transfers moving during the compute
     shared_windows: bool = False  # mpi, decentralized: MPI.Win.Allocate_shared (all ranks on one node)
+    device: str = "cpu"  # cpu | cuda (GPU local_rank % count) | auto
+    host_staging: str = "auto"  # mpi: copy GPU buffers through pinned host memory (auto: unless CUDA-aware)
+    tensorboard: bool = False  # also write the per-epoch scalars as TensorBoard events
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -63,27 +83,48 @@ class RunConfig:
             raise ConfigError("--comm horovod is for --backend mpi")
         if self.backend == "sim" and (self.deterministic or self.progress_thread or self.shared_windows):
             raise ConfigError("--deterministic, --progress-thread and --shared-windows are for --backend mpi")
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; available: {', '.join(DATASETS)}")
+        parse_partition(self.partition)
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown device {self.device!r}; available: {', '.join(DEVICES)}")
+        if self.host_staging not in HOST_STAGING:
+            raise ConfigError(f"unknown host staging {self.host_staging!r}; available: {', '.join(HOST_STAGING)}")
+        if self.algorithm.comm == "horovod" and self.progress_thread:
+            raise ConfigError("--progress-thread is for MPI transfers; Horovod progresses in its own thread")
 
 
 class BatchOracle:
     """Gradients of each agent's next mini-batch from its own shard, in a seeded order.
 
     Each agent walks a fresh permutation of its shard per pass; a pass's last batch may be
-    smaller. One model object is reused: the agent's flat parameters are loaded into it.
+    smaller. Augmentation (CIFAR-10) draws from the agent's own generator, so a run is
+    reproducible per seed on any backend. One model object is reused: the agent's flat
+    parameters are loaded into it. ``weight_decay`` adds ``weight_decay * x`` to the gradient.
     """
 
-    def __init__(self, model: nn.Module, data: Dataset, shards: list[np.ndarray], batch_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Dataset,
+        shards: list[np.ndarray],
+        batch_size: int,
+        seed: int,
+        weight_decay: float = 0.0,
+    ) -> None:
         self.model = model
         self.data = data
         self.shards = shards
         self.batch_size = batch_size
+        self.weight_decay = weight_decay
         self._rngs = [np.random.default_rng([seed, agent]) for agent in range(len(shards))]
+        self._generators = [torch.Generator().manual_seed(seed * 100_003 + agent) for agent in range(len(shards))]
         self._orders: list[np.ndarray] = [np.empty(0, dtype=np.int64) for _ in shards]
         self._positions = [0] * len(shards)
         self.samples = 0
         self.loss_fn = nn.CrossEntropyLoss()
 
-    def _next_indices(self, agent: int) -> np.ndarray:
+    def _next_rows(self, agent: int) -> np.ndarray:
         if self._positions[agent] >= len(self._orders[agent]):
             self._orders[agent] = self.shards[agent][self._rngs[agent].permutation(len(self.shards[agent]))]
             self._positions[agent] = 0
@@ -92,21 +133,32 @@ class BatchOracle:
         return self._orders[agent][start : start + self.batch_size]
 
     def __call__(self, agent: int, params: Tensor) -> tuple[Tensor, float]:
-        indices = torch.from_numpy(self._next_indices(agent))
+        x, y = self.data.train_batch(self._next_rows(agent))
+        inputs = self.data.inputs(x, self._generators[agent])
         load_flat_parameters(self.model, params)
+        self.model.train()
         self.model.zero_grad(set_to_none=False)
-        loss = self.loss_fn(self.model(self.data.train_x[indices]), self.data.train_y[indices])
+        loss = self.loss_fn(self.model(inputs), y)
         loss.backward()
-        self.samples += len(indices)
-        return flat_gradient(self.model).detach(), loss.item()  # torch.cat: a new tensor already
+        self.samples += len(y)
+        grad = flat_gradient(self.model).detach()  # torch.cat: a new tensor already
+        if self.weight_decay:
+            grad = grad + self.weight_decay * params
+        return grad, loss.item()
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, params: Tensor, x: Tensor, y: Tensor) -> tuple[float, float]:
-    """``(accuracy, mean cross-entropy)`` of ``params`` on ``(x, y)``."""
+def evaluate(model: nn.Module, params: Tensor, data: Dataset) -> tuple[float, float]:
+    """``(accuracy, mean cross-entropy)`` of ``params`` on the test set, in batches."""
     load_flat_parameters(model, params)
-    logits = model(x)
-    return float((logits.argmax(dim=1) == y).float().mean()), float(nn.functional.cross_entropy(logits, y))
+    model.eval()
+    correct, loss = 0.0, 0.0
+    for start in range(0, len(data.test_y), EVAL_BATCH):
+        x, y = data.test_x[start : start + EVAL_BATCH], data.test_y[start : start + EVAL_BATCH]
+        logits = model(data.inputs(x))
+        correct += float((logits.argmax(dim=1) == y).sum())
+        loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+    return correct / len(data.test_y), loss / len(data.test_y)
 
 
 def consensus_distance(agent_params: list[Tensor]) -> tuple[float, float]:
@@ -123,7 +175,7 @@ def versions() -> dict[str, str]:
         "torch": torch.__version__,
         "numpy": np.__version__,
     }
-    for module in ("sklearn", "mpi4py", "torchvision"):
+    for module in ("sklearn", "mpi4py", "torchvision", "horovod"):
         try:
             found[module] = __import__(module).__version__
         except ImportError:
@@ -163,17 +215,45 @@ def prepare_output(out: Path, overwrite: bool) -> None:
         (out / name).unlink()
 
 
+# Each agent's accuracy is measured on the first test samples only: evaluating every agent on a
+# full test set each epoch would cost more than the epoch itself for a ResNet on CIFAR-10.
+AGENT_EVAL_SAMPLES = 2000
+
+
+def _training_labels_everywhere(comm, deadline, config: RunConfig, data_dir: Path | None) -> np.ndarray:
+    """The training labels; under MPI rank 0 finds, downloads and decodes (caches) first, alone,
+    and a problem there is raised on every rank."""
+    if comm is None:
+        return training_labels(config.dataset, data_dir, config.download)
+    problem, labels = None, None
+    if comm.Get_rank() == 0:
+        try:
+            labels = training_labels(config.dataset, data_dir, config.download)
+        except ConfigError as error:
+            problem = str(error)
+    what = "waiting for rank 0 to find and decode the dataset"
+    deadline.wait(comm.Ibarrier(), what, DATA_PREPARATION_SECONDS)  # polled: the waiting ranks yield the CPU
+    with deadline.guard(what):
+        problem = comm.bcast(problem, root=0)
+    if problem is not None:
+        raise ConfigError(problem)
+    return labels if labels is not None else training_labels(config.dataset, data_dir)
+
+
+def _own_rows(rank: int, family: str, shards: list[np.ndarray]) -> np.ndarray:
+    """The training rows this rank trains on: its shard (workers: rank - 1; the server: none)."""
+    if family == "server":
+        return shards[rank - 1] if rank > 0 else np.empty(0, dtype=np.int64)
+    return shards[rank]
+
+
 def _world(config: RunConfig):
-    """MPI.COMM_WORLD for ``--backend mpi`` (imported only then), else None."""
+    """The run's process group for ``--backend mpi`` (imported only then), else None."""
     if config.backend != "mpi":
         return None
-    try:
-        from mpi4py import MPI
-    except ImportError as error:
-        raise ConfigError(
-            f"--backend mpi needs mpi4py and an MPI library ({error}); pip install 'pcasgd[mpi]'"
-        ) from None
-    return MPI.COMM_WORLD
+    from pcasgd.runtime.world import open_world
+
+    return open_world(config.algorithm.comm)
 
 
 def run_training(
@@ -201,6 +281,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
         schedule = topology.build(config.topology, config.agents, config.weights, config.seed)
         spectral_gap = schedule.spectral_gap()
     delay_model = delays.parse(config.delay, config.seed)
+    device = select_device(config.device)  # before any output is prepared: a missing GPU changes nothing
     ranks = config.agents + 1 if algorithm.family == "server" else config.agents
     delay_model.check_fits(ranks, schedule.adjacency if isinstance(schedule, topology.Topology) else None)
     if comm is not None:
@@ -211,30 +292,37 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
             check_same_everywhere(
                 comm, "the run configuration", json.dumps(asdict(config), sort_keys=True, default=str)
             )
-            _prepare_output_everywhere(comm, out, overwrite)
-    else:
-        _prepare_output_everywhere(comm, out, overwrite)
 
     torch.manual_seed(config.seed)
-    data = load(config.dataset)
-    shards = partition_iid(len(data.train_y), config.agents, config.seed)
-    model = build_model(config.model, data.input_shape, data.classes)
+    data_dir = Path(config.data_dir) if config.data_dir is not None else None
+    labels = _training_labels_everywhere(comm, deadline, config, data_dir)
+    shards = partition(labels, config.agents, config.partition, config.seed)
+    rows = None if comm is None else _own_rows(comm.Get_rank(), algorithm.family, shards)
+    data = load(config.dataset, data_dir, train_rows=rows).to(device)
+    model = build_model(config.model, data.input_shape, data.classes).to(device)
     if comm is not None:
         from pcasgd.runtime.checks import check_same_everywhere, model_signature
 
         with deadline.guard("comparing the model with the other ranks (collective)"):
             check_same_everywhere(comm, "the model's parameter shapes and dtypes", model_signature(model))
-    oracle = BatchOracle(model, data, shards, config.batch_size, config.seed)
+    # Only now, with the data found and the model built, is an earlier run's output replaced.
+    if comm is not None:
+        with deadline.guard("preparing the run directory (collective)"):
+            _prepare_output_everywhere(comm, out, overwrite)
+    else:
+        _prepare_output_everywhere(comm, out, overwrite)
+    oracle = BatchOracle(model, data, shards, config.batch_size, config.seed, algorithm.weight_decay)
     iterations_per_epoch = math.ceil(min(len(shard) for shard in shards) / config.batch_size)
-    metrics_path = out / "metrics.jsonl"
+    writer = MetricsWriter(out, config.tensorboard) if comm is None or comm.Get_rank() == 0 else None
+    agent_test = data.test_subset(AGENT_EVAL_SAMPLES)
     started = time.perf_counter()
     last = {"time": started, "samples": 0}
     records: list[dict[str, Any]] = []
 
     def record_epoch(view: EpochView) -> None:
         now = time.perf_counter()
-        accuracy, loss = evaluate(model, view.reference_params, data.test_x, data.test_y)
-        agent_accuracy = [evaluate(model, p, data.test_x, data.test_y)[0] for p in view.agent_params]
+        accuracy, loss = evaluate(model, view.reference_params, data)
+        agent_accuracy = [evaluate(model, p, agent_test)[0] for p in view.agent_params]
         distance_mean, distance_max = consensus_distance(view.agent_params)
         samples = view.samples - last["samples"]
         record = {
@@ -246,20 +334,22 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
             "agent_accuracy_std": float(np.std(agent_accuracy)),
             "train_loss": view.stats.mean_loss,
             "wall_seconds": now - started,
+            "eta_seconds": (now - started) / view.epoch * (config.epochs - view.epoch),
             "epoch_seconds": now - last["time"],
             "samples_per_second": samples / max(now - last["time"], 1e-9),
             "consensus_distance_mean": distance_mean,
             "consensus_distance_max": distance_max,
             "staleness_mean": view.stats.staleness_mean,
             "staleness_max": view.stats.staleness_max,
+            "staleness_histogram": {str(k): v for k, v in sorted(view.stats.staleness_histogram.items())},
             "predict_fraction": view.stats.predict_fraction,
+            "lr": algorithm.lr_at(float(view.epoch)),
             "iterations": view.iterations,
             "sim_time": view.sim_time,
         }
         last.update(time=now, samples=view.samples)
         records.append(record)
-        with metrics_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        writer.write(record)
         if on_epoch is not None:
             on_epoch(record)
 
@@ -285,12 +375,13 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
         run = SimRun(
             algorithm, delay_model, oracle, flatten_parameters(model), iterations_per_epoch, config.epochs, record_epoch
         )
+        staging = HostStaging(device, stage_through_host(device, config.host_staging))
         if algorithm.family == "collective":
-            result = run_collective(comm, run, deadline, progress_thread=config.progress_thread)
+            result = run_collective(comm, run, deadline, config.progress_thread, staging)
         elif algorithm.family == "server":
             result = run_parameter_server(comm, run, deadline, config.deterministic)
         else:
-            options = MpiOptions(deterministic=config.deterministic, shared_windows=config.shared_windows)
+            options = MpiOptions(config.deterministic, config.shared_windows, config.progress_thread, staging)
             result = DecentralizedRank(comm, run, schedule, segment_offsets(model), options, deadline).train()
         if result is None:
             return None
@@ -305,6 +396,11 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
             "effective_momentum": algorithm.effective_momentum,
         },
         "topology": {"spec": config.topology, "spectral_gap": spectral_gap} if schedule is not None else None,
+        "partition": {
+            "spec": config.partition,
+            "samples_per_agent": [len(shard) for shard in shards],
+            "classes_per_agent": label_histogram(labels, shards, data.classes),
+        },
         "iterations_per_epoch": iterations_per_epoch,
         "iterations": result.iterations,
         "staleness": {
@@ -316,5 +412,6 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
         "final": records[-1],
         "versions": versions(),
     }
+    writer.close()
     _write_atomically(out / "summary.json", lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"))
     return summary

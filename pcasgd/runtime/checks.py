@@ -2,24 +2,48 @@
 
 from __future__ import annotations
 
+import os
+
 from mpi4py import MPI
 from torch import nn
 
 from pcasgd.errors import ConfigError
 
+# Variables in which launchers tell each process how many they started.
+LAUNCHER_SIZES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS", "HOROVOD_SIZE")
+
+
+def _singleton_hint() -> str:
+    if "HOROVOD_RANK" in os.environ:
+        return (
+            " (horovodrun --gloo starts its processes without an MPI world: only `--mode ssgd --comm horovod` "
+            "runs there; launch the other modes with `mpirun -n N` or `srun --mpi=pmix`)"
+        )
+    return (
+        " (each process sees a world of 1: they were started as singletons; launch with `mpirun -n N`, "
+        "or `srun --mpi=pmix` with an MPI that matches mpi4py's)"
+    )
+
+
+def check_not_singletons(comm: MPI.Comm) -> None:
+    """A launcher that started N > 1 processes which each see an MPI world of 1 (wrong MPI, wrong launcher)."""
+    if comm.Get_size() != 1:
+        return
+    for name in LAUNCHER_SIZES:
+        started = os.environ.get(name, "1")
+        if started.isdigit() and int(started) > 1:
+            raise ConfigError(
+                f"the launcher started {started} processes ({name}) but the MPI world has 1" + _singleton_hint()
+            )
+
 
 def check_world_size(comm: MPI.Comm, ranks: int) -> None:
     """``ranks``: the agents, plus the server for parameter-server modes."""
     size = comm.Get_size()
-    if size == ranks:
-        return
-    hint = (
-        " (each process sees a world of 1: they were started as singletons; launch with `mpirun -n N`, "
-        "or `srun --mpi=pmix` with an MPI that matches mpi4py's)"
-        if size == 1
-        else ""
-    )
-    raise ConfigError(f"the run needs {ranks} ranks but the MPI world has {size}{hint}")
+    if size != ranks:
+        raise ConfigError(
+            f"the run needs {ranks} ranks but the MPI world has {size}" + (_singleton_hint() if size == 1 else "")
+        )
 
 
 def check_same_everywhere(comm: MPI.Comm, what: str, value: str) -> None:

@@ -12,53 +12,38 @@ completed under the run's deadline.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter, deque
 
-import numpy as np
-import torch
 from mpi4py import MPI
 from torch import Tensor
 
 from pcasgd.algorithms.collective import GlobalSGD, OneStepDelayAgent
-from pcasgd.errors import ConfigError
 from pcasgd.runtime.recording import RankState, Recorder
 from pcasgd.sim.common import EpochStats, SimResult, SimRun, check_finite
 from pcasgd.transport.deadline import POLL_SECONDS, Deadline
+from pcasgd.transport.progress import MpiProgress
+from pcasgd.transport.staging import HostStaging
 
 
 class PendingMean:
     """A non-blocking allreduce of one gradient, and the mean it yields.
 
-    Open MPI advances a non-blocking collective only inside MPI calls. With ``progress``, a
-    helper thread owns the request and tests it every half millisecond, so the reduction moves
-    while this rank computes (torch releases the GIL); the caller then only waits for the result.
+    Open MPI advances a non-blocking collective only inside MPI calls: the rank's
+    :class:`~pcasgd.transport.progress.MpiProgress` (its opt-in thread) moves it during the compute.
     """
 
-    def __init__(self, comm: MPI.Comm, grad: Tensor, progress: bool = False) -> None:
+    def __init__(self, comm: MPI.Comm, grad: Tensor, staging: HostStaging, iteration: int) -> None:
         self.size = comm.Get_size()
-        self.send = grad.detach().cpu().numpy().copy()
-        self.receive = np.empty_like(self.send)
+        self.staging = staging
+        # At most two reductions are in flight (odsgd's, and the one just started): two sets of buffers.
+        self.send = staging.to_host(grad, f"allreduce.send.{iteration % 2}")
+        self.receive = staging.host_buffer(f"allreduce.receive.{iteration % 2}", grad.shape, grad.dtype)
         self.request = comm.Iallreduce(self.send, self.receive, op=MPI.SUM)
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._progress, daemon=True) if progress else None
-        if self._thread is not None:
-            self._thread.start()
-
-    def _progress(self) -> None:
-        while not self.request.Test():
-            time.sleep(POLL_SECONDS)
-        self._done.set()
 
     def mean(self, deadline: Deadline, iteration: int) -> Tensor:
-        what = f"the gradient allreduce of iteration {iteration}"
-        if self._thread is None:
-            deadline.wait(self.request, what)
-        else:
-            with deadline.guard(what):
-                self._done.wait()
-        return torch.from_numpy(self.receive) / self.size
+        deadline.wait(self.request, f"the gradient allreduce of iteration {iteration}")
+        return self.staging.to_device(self.receive) / self.size
 
 
 class HorovodMean:
@@ -68,34 +53,31 @@ class HorovodMean:
         import horovod.torch as hvd
 
         self.hvd = hvd
-        self.handle = hvd.allreduce_async(grad.detach().cpu(), op=hvd.Average, name=f"pcasgd.grad.{iteration}")
+        self.device = grad.device
+        on_device = grad.device.type == "cuda" and hvd.cuda_built()  # else Horovod reduces host tensors
+        tensor = grad.detach() if on_device else grad.detach().cpu()
+        self.handle = hvd.allreduce_async(tensor, op=hvd.Average, name=f"pcasgd.grad.{iteration}")
 
     def mean(self, deadline: Deadline, iteration: int) -> Tensor:
         with deadline.guard(f"the Horovod allreduce of iteration {iteration}"):
             while not self.hvd.poll(self.handle):
                 time.sleep(POLL_SECONDS)
-        return self.hvd.synchronize(self.handle)
-
-
-def init_horovod(comm: MPI.Comm) -> None:
-    """Start Horovod on the same MPI world (it must be built against mpi4py's MPI)."""
-    try:
-        import horovod.torch as hvd
-    except ImportError as error:
-        raise ConfigError(f"--comm horovod needs Horovod ({error}); build it with launch/build-horovod.sh") from None
-    hvd.init(comm=comm)
-    if hvd.size() != comm.Get_size():
-        raise ConfigError(f"Horovod sees {hvd.size()} ranks but MPI has {comm.Get_size()}")
+        return self.hvd.synchronize(self.handle).to(self.device)
 
 
 class CollectiveRank:
     def __init__(
-        self, comm: MPI.Comm, run: SimRun, deadline: Deadline, straggle: bool = True, progress_thread: bool = False
+        self,
+        comm: MPI.Comm,
+        run: SimRun,
+        deadline: Deadline,
+        straggle: bool = True,
+        progress_thread: bool = False,
+        staging: HostStaging | None = None,
     ) -> None:
-        self.progress_thread = progress_thread
-        self.horovod = run.config.comm == "horovod"
-        if self.horovod:
-            init_horovod(comm)
+        self.staging = staging if staging is not None else HostStaging(run.initial_params.device, active=False)
+        self.horovod = run.config.comm == "horovod"  # comm is then a HorovodComm (pcasgd.runtime.world)
+        self.progress = None if self.horovod else MpiProgress(comm, thread=progress_thread)
         self.comm = comm
         self.rank = comm.Get_rank()
         self.run = run
@@ -110,6 +92,7 @@ class CollectiveRank:
         self.shared = GlobalSGD(self.config, run.initial_params) if self.config.mode == "ssgd" else None
         self.agent = OneStepDelayAgent(self.config, run.initial_params) if self.config.mode == "odsgd" else None
         self.in_flight: deque[tuple[int, PendingMean]] = deque()
+        self.step_time = max(run.delays.slowdown(r) for r in range(comm.Get_size()))  # the slowest sets the pace
 
     def _local(self) -> Tensor:
         return self.shared.params if self.shared is not None else self.agent.local_params
@@ -118,8 +101,15 @@ class CollectiveRank:
         return self.shared.params if self.shared is not None else self.agent.global_params
 
     def train(self) -> SimResult | None:
+        try:
+            return self._train()
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+
+    def _train(self) -> SimResult | None:
         run = self.run
-        step_time = max(run.delays.slowdown(r) for r in range(self.comm.Get_size()))
+        step_time = self.step_time
         next_epoch = 1
         t = 0
         while t * step_time < run.epochs * run.iterations_per_epoch:
@@ -133,7 +123,7 @@ class CollectiveRank:
             t += 1
         while self.in_flight:  # odsgd: reductions still in flight complete before the final weights
             started, pending = self.in_flight.popleft()
-            self.agent.complete(pending.mean(self.deadline, started))
+            self.agent.complete(pending.mean(self.deadline, started), self._epoch_of(t))
             self._record_staleness(1)
         self.steps = t
         states = self.recorder.gather(self._state(), "gathering the final weights")
@@ -141,19 +131,26 @@ class CollectiveRank:
 
     # -- steps ------------------------------------------------------------------------------
 
+    def _epoch_of(self, t: int) -> float:
+        """The (fractional) epoch of step ``t``, for the learning-rate schedule (as the simulator's clock)."""
+        return t * self.step_time / self.run.iterations_per_epoch
+
     def _gradient(self, params: Tensor) -> Tensor:
         if self.slowdown > 1.0:
-            time.sleep((self.slowdown - 1.0) * self._last_work_seconds)
+            pause = (self.slowdown - 1.0) * self._last_work_seconds
+            self.progress.sleep(pause) if self.progress is not None else time.sleep(pause)
         started = time.perf_counter()
         grad, loss = self.run.oracle(self.rank, params)
+        if self.progress is not None:
+            self.progress.poke()
         self._last_work_seconds = time.perf_counter() - started
         self.epoch_stats.add_loss(loss)
         return grad
 
     def _ssgd_step(self, t: int) -> None:
         grad = self._gradient(self.shared.params)
-        pending = HorovodMean(grad, t) if self.horovod else PendingMean(self.comm, grad)
-        self.shared.apply(pending.mean(self.deadline, t))
+        pending = HorovodMean(grad, t) if self.horovod else PendingMean(self.comm, grad, self.staging, t)
+        self.shared.apply(pending.mean(self.deadline, t), self._epoch_of(t))
         check_finite(self.shared.params, f"rank {self.rank}", t)
         self._record_staleness(0)
 
@@ -161,17 +158,17 @@ class CollectiveRank:
         agent, in_flight = self.agent, self.in_flight
         grad = self._gradient(agent.local_params)
         if t < self.config.odsgd_warmup:
-            agent.complete(PendingMean(self.comm, grad).mean(self.deadline, t))
+            agent.complete(PendingMean(self.comm, grad, self.staging, t).mean(self.deadline, t), self._epoch_of(t))
             agent.sync_local()
             self._record_staleness(0)
         else:
-            in_flight.append((t, PendingMean(self.comm, grad, self.progress_thread)))
+            in_flight.append((t, PendingMean(self.comm, grad, self.staging, t)))
             latency = 1 if self.config.odsgd_overlap else 0
             while in_flight and in_flight[0][0] + latency <= t:
                 started, pending = in_flight.popleft()
-                agent.complete(pending.mean(self.deadline, started))
+                agent.complete(pending.mean(self.deadline, started), self._epoch_of(t))
                 self._record_staleness(latency)
-            agent.local_step(grad)
+            agent.local_step(grad, self._epoch_of(t))
         check_finite(agent.global_params, f"rank {self.rank}", t)
 
     def _record_staleness(self, value: int) -> None:
@@ -192,9 +189,15 @@ class CollectiveRank:
         self.epoch_stats = EpochStats()
 
 
-def run_collective(comm: MPI.Comm, run: SimRun, deadline: Deadline, progress_thread: bool = False) -> SimResult | None:
+def run_collective(
+    comm: MPI.Comm,
+    run: SimRun,
+    deadline: Deadline,
+    progress_thread: bool = False,
+    staging: HostStaging | None = None,
+) -> SimResult | None:
     """Train with ssgd or odsgd over MPI allreduce; rank 0 gets the result, others None.
 
-    ``progress_thread``: odsgd's reduction in flight is advanced by a helper thread (opt-in).
+    ``progress_thread``: a helper thread advances odsgd's reduction in flight during the compute (opt-in).
     """
-    return CollectiveRank(comm, run, deadline, progress_thread=progress_thread).train()
+    return CollectiveRank(comm, run, deadline, progress_thread=progress_thread, staging=staging).train()

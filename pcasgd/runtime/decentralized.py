@@ -36,6 +36,8 @@ from pcasgd.runtime.recording import RankState, Recorder
 from pcasgd.sim.common import EpochStats, SimResult, SimRun, check_finite
 from pcasgd.topology import Schedule
 from pcasgd.transport.deadline import Deadline
+from pcasgd.transport.progress import MpiProgress
+from pcasgd.transport.staging import HostStaging
 from pcasgd.transport.windows import FLAG_FINISHED, ControlWindow, SnapshotWindow
 
 
@@ -43,6 +45,8 @@ from pcasgd.transport.windows import FLAG_FINISHED, ControlWindow, SnapshotWindo
 class MpiOptions:
     deterministic: bool = False
     shared_windows: bool = False  # MPI.Win.Allocate_shared (one node only)
+    progress_thread: bool = False  # a helper thread keeps one-sided transfers moving during compute
+    staging: HostStaging | None = None  # GPU ranks: host copies of what the windows hold (None: CPU)
 
 
 def _header_totals(overall: EpochStats, iterations: int, samples: int) -> dict[str, float]:
@@ -102,8 +106,10 @@ class DecentralizedRank:
         numel = run.initial_params.numel()
         with deadline.guard("allocating the snapshot windows (collective)"):
             slots = run.delays.max_lag + 2
-            self.window = SnapshotWindow(comm, numel, run.initial_params.dtype, slots, options.shared_windows)
+            dtype = run.initial_params.dtype
+            self.window = SnapshotWindow(comm, numel, dtype, slots, options.shared_windows, options.staging)
             self.control = ControlWindow(comm)
+        self.progress = MpiProgress(comm, thread=options.progress_thread)
         self.exchange = NeighbourExchange(
             comm, self.window, schedule, run.delays, run.config, deadline, options.deterministic
         )
@@ -117,6 +123,12 @@ class DecentralizedRank:
     # -- the loop -------------------------------------------------------------------------------
 
     def train(self) -> SimResult | None:
+        try:
+            return self._train()
+        finally:
+            self.progress.close()
+
+    def _train(self) -> SimResult | None:
         run = self.run
         budget = run.epochs * run.iterations_per_epoch
         k = 0
@@ -146,9 +158,10 @@ class DecentralizedRank:
         run, rank = self.run, self.rank
         slowdown = run.delays.slowdown(rank)
         if slowdown > 1.0 and not self.options.deterministic:
-            time.sleep((slowdown - 1.0) * self._last_iteration_seconds)
+            self.progress.sleep((slowdown - 1.0) * self._last_iteration_seconds)
         started = time.perf_counter()  # the work of the iteration, not the sleep, is what is scaled
         grad, loss = run.oracle(rank, self.agent.params)
+        self.progress.poke()  # serve neighbours' reads that waited on this rank during the compute
         self.epoch_stats.add_loss(loss)
         self.overall.add_loss(loss)
         reads, self_weight = self.exchange.exchange(k, self.agent.params, grad, self._totals(k))

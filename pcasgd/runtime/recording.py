@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from mpi4py import MPI
@@ -39,10 +39,14 @@ class Recorder:
         self.deadline = deadline
 
     def gather(self, state: RankState, what: str) -> list[RankState] | None:
-        """Every rank's state on rank 0 (None elsewhere); the barrier first makes the gather safe."""
+        """Every rank's state on rank 0 (None elsewhere); the barrier first makes the gather safe.
+
+        Parameters travel as CPU tensors: a GPU tensor would be unpickled onto rank 0's device of
+        the same index, which may not exist there.
+        """
         self.deadline.wait(self.comm.Ibarrier(), what)
         with self.deadline.guard(what):
-            return self.comm.gather(state, root=0)
+            return self.comm.gather(replace(state, params=state.params.cpu()), root=0)
 
     def fire(self, epoch: int, states: list[RankState], reference: Tensor | None = None) -> None:
         if self.run.hook is None:

@@ -49,7 +49,7 @@ def simulate_collective(run: SimRun, agents: int) -> SimResult:
         while iteration * step_time < clock.budget:
             clock.advance(iteration * step_time, view)
             mean, _ = _mean_gradient(oracle, clock, [shared.params] * agents)
-            shared.apply(mean)
+            shared.apply(mean, clock.epoch_at(iteration * step_time))
             check_finite(shared.params, "the shared weights", iteration)
             clock.record_staleness([0] * agents)
             iteration += 1
@@ -74,7 +74,7 @@ def simulate_collective(run: SimRun, agents: int) -> SimResult:
         while in_flight and in_flight[0][0] <= now:
             _, mean = in_flight.popleft()
             for peer in peers:
-                peer.complete(mean)
+                peer.complete(mean, clock.epoch_at(iteration * step_time))
             check_finite(peers[0].global_params, "the global weights", iteration)
             clock.record_staleness([latency] * agents)
 
@@ -83,14 +83,14 @@ def simulate_collective(run: SimRun, agents: int) -> SimResult:
         mean, grads = _mean_gradient(oracle, clock, [peer.local_params for peer in peers])
         if iteration < config.odsgd_warmup:
             for peer in peers:
-                peer.complete(mean)
+                peer.complete(mean, clock.epoch_at(iteration * step_time))
                 peer.sync_local()
             clock.record_staleness([0] * agents)
         else:
             in_flight.append((iteration + latency, mean))
             complete_due(iteration)
             for peer, grad in zip(peers, grads, strict=True):
-                peer.local_step(grad)
+                peer.local_step(grad, clock.epoch_at(iteration * step_time))
         iteration += 1
     complete_due(float("inf"))
     clock.finish(view)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -60,8 +60,10 @@ class EpochStats:
     loss_count: int = 0
     predict_share_sum: float = 0.0
     predict_share_count: int = 0
+    staleness_histogram: Counter[int] = field(default_factory=Counter)
 
     def add_staleness(self, values: tuple[int, ...] | list[int]) -> None:
+        self.staleness_histogram.update(values)
         self.staleness_sum += sum(values)
         self.staleness_count += len(values)
         self.staleness_top = max(self.staleness_top, *values) if values else self.staleness_top
@@ -74,6 +76,7 @@ class EpochStats:
         self.loss_count += other.loss_count
         self.predict_share_sum += other.predict_share_sum
         self.predict_share_count += other.predict_share_count
+        self.staleness_histogram.update(other.staleness_histogram)
 
     def add_loss(self, loss: float) -> None:
         self.loss_sum += loss

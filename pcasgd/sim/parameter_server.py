@@ -65,7 +65,7 @@ def simulate_parameter_server(
         clock.advance(time, view, ends=True)
         grad, loss = oracle(worker, pulled[worker])
         clock.stats.add_loss(loss)
-        report = server.push(worker, grad)
+        report = server.push(worker, grad, clock.epoch_at(time))
         clock.record_staleness([report.staleness])
         done[worker] += 1
         if report.applied:

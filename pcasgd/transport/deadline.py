@@ -28,8 +28,9 @@ if TYPE_CHECKING:  # the watchdog process must not import mpi4py (that would ini
 
 POLL_SECONDS = 0.0005
 WATCH_SECONDS = 0.05
-# seq (uint64, odd while being written), armed (uint8), started (float64, CLOCK_MONOTONIC), what
-LAYOUT = struct.Struct("<QBd")
+# seq (uint64, odd while being written), armed (uint8), started (float64, CLOCK_MONOTONIC),
+# limit (float64 seconds), what
+LAYOUT = struct.Struct("<QBdd")
 WHAT_BYTES = 400
 SIZE = LAYOUT.size + WHAT_BYTES
 
@@ -44,9 +45,9 @@ class Deadline:
         self._memory = mmap.mmap(descriptor, SIZE)
         os.close(descriptor)
         self._seq = 0
-        self._write(False, 0.0, "")
+        self._write(False, 0.0, "", seconds)
         command = [sys.executable, "-m", "pcasgd.transport.deadline", self._path, str(os.getpid()), str(rank)]
-        self._watchdog = subprocess.Popen([*command, str(seconds)], stdin=subprocess.DEVNULL)
+        self._watchdog = subprocess.Popen(command, stdin=subprocess.DEVNULL)
 
     def close(self) -> None:
         """Stop the watchdog and release the shared memory."""
@@ -58,31 +59,33 @@ class Deadline:
             os.unlink(self._path)
 
     @contextmanager
-    def guard(self, what: str) -> Iterator[None]:
-        """Run the block under the deadline; ``what`` names the wait in the error."""
-        self._write(True, time.monotonic(), what)
+    def guard(self, what: str, seconds: float | None = None) -> Iterator[None]:
+        """Run the block under the deadline (``seconds`` for this block only, if given);
+        ``what`` names the wait in the error."""
+        limit = self.seconds if seconds is None else seconds
+        self._write(True, time.monotonic(), what, limit)
         try:
             yield
         finally:
-            self._write(False, 0.0, "")
+            self._write(False, 0.0, "", limit)
 
-    def wait(self, request: MPI.Request, what: str) -> None:
+    def wait(self, request: MPI.Request, what: str, seconds: float | None = None) -> None:
         """Complete a non-blocking request without spinning a core, under the deadline."""
-        with self.guard(what):
+        with self.guard(what, seconds):
             while not request.Test():
                 time.sleep(POLL_SECONDS)
 
-    def _write(self, armed: bool, started: float, what: str) -> None:
+    def _write(self, armed: bool, started: float, what: str, limit: float) -> None:
         buffer = self._memory
         self._seq += 1  # odd: being written
-        LAYOUT.pack_into(buffer, 0, self._seq, 0, 0.0)
+        LAYOUT.pack_into(buffer, 0, self._seq, 0, 0.0, limit)
         text = what.encode()[:WHAT_BYTES].ljust(WHAT_BYTES, b"\0")
         buffer[LAYOUT.size : LAYOUT.size + WHAT_BYTES] = text
         self._seq += 1  # even: consistent
-        LAYOUT.pack_into(buffer, 0, self._seq, int(armed), started)
+        LAYOUT.pack_into(buffer, 0, self._seq, int(armed), started, limit)
 
 
-def _watch(path: str, parent: int, rank: int, seconds: float) -> None:
+def _watch(path: str, parent: int, rank: int) -> None:
     with open(path, "r+b") as handle:
         memory = mmap.mmap(handle.fileno(), SIZE)
     try:
@@ -92,7 +95,7 @@ def _watch(path: str, parent: int, rank: int, seconds: float) -> None:
                 os.kill(parent, 0)
             except ProcessLookupError:
                 return
-            seq, armed, started = LAYOUT.unpack_from(memory, 0)
+            seq, armed, started, seconds = LAYOUT.unpack_from(memory, 0)
             what = bytes(memory[LAYOUT.size : LAYOUT.size + WHAT_BYTES]).rstrip(b"\0").decode(errors="replace")
             if seq % 2 or LAYOUT.unpack_from(memory, 0)[0] != seq:
                 continue  # caught mid-write: look again next time
@@ -112,4 +115,4 @@ def _watch(path: str, parent: int, rank: int, seconds: float) -> None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    _watch(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+    _watch(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

@@ -24,6 +24,7 @@ from mpi4py import MPI
 from torch import Tensor
 
 from pcasgd.algorithms.consensus import Snapshot
+from pcasgd.transport.staging import HostStaging
 
 #: Header fields (float64 each; integers stay exact below 2**53).
 HEADER_FIELDS = (
@@ -57,8 +58,17 @@ class Read:
 class SnapshotWindow:
     """A ring of ``slots`` snapshots per rank (``slots = max_lag + 2`` makes injected lags exact)."""
 
-    def __init__(self, comm: MPI.Comm, numel: int, dtype: torch.dtype, slots: int, shared: bool = False) -> None:
+    def __init__(
+        self,
+        comm: MPI.Comm,
+        numel: int,
+        dtype: torch.dtype,
+        slots: int,
+        shared: bool = False,
+        staging: HostStaging | None = None,
+    ) -> None:
         self.comm = comm
+        self.staging = staging if staging is not None else HostStaging(torch.device("cpu"), active=False)
         self.rank = comm.Get_rank()
         self.numel = numel
         self.dtype = dtype
@@ -74,7 +84,6 @@ class SnapshotWindow:
         self._stamp = np.zeros(1, dtype=np.int64)
         self._read_header = np.zeros(HEADER)
         self._read_stamp = np.zeros(1, dtype=np.int64)
-        self._buffers: dict[int, tuple[Tensor, Tensor]] = {}
         self._write_header()
         comm.Barrier()
 
@@ -83,10 +92,11 @@ class SnapshotWindow:
     def publish(self, stamp: int, params: Tensor, grad: Tensor, totals: dict[str, float] | None = None) -> None:
         """Write snapshot ``stamp`` into its slot and the header, atomically for readers.
 
-        The payload goes straight from the tensors' memory (no staging copy on the CPU).
+        The payload goes straight from the tensors' memory (no copy on the CPU; a pinned host copy
+        of GPU tensors unless MPI reads GPU memory: :class:`~pcasgd.transport.staging.HostStaging`).
         """
-        params_bytes = params.detach().contiguous().cpu().numpy()
-        grad_bytes = grad.detach().contiguous().cpu().numpy()
+        params_bytes = self.staging.to_host(params.contiguous(), "publish.params")
+        grad_bytes = self.staging.to_host(grad.contiguous(), "publish.grad")
         self._stamp[0] = stamp
         self._header[0] = stamp
         self._set_totals(totals)
@@ -115,7 +125,7 @@ class SnapshotWindow:
 
         The snapshot's tensors are this window's buffers for ``source``, reused (not reallocated:
         fresh pages cost more than the copy) and overwritten by the next read of ``source``:
-        clone them to keep them longer.
+        clone them to keep them longer. With host staging they are device copies of those buffers.
         """
         win = self._open()
         win.Lock(source, MPI.LOCK_SHARED)
@@ -127,22 +137,18 @@ class SnapshotWindow:
             base = latest if newest is None else min(newest, latest)
             stamp = max(0, base - lag, latest - self.slots + 1)
             offset = self._slot_offset(stamp)
-            if source not in self._buffers:
-                self._buffers[source] = (
-                    torch.empty(self.numel, dtype=self.dtype),
-                    torch.empty(self.numel, dtype=self.dtype),
-                )
-            params, grad = self._buffers[source]
+            params = self.staging.host_buffer(f"read.{source}.params", (self.numel,), self.dtype)
+            grad = self.staging.host_buffer(f"read.{source}.grad", (self.numel,), self.dtype)
             win.Get([self._read_stamp, MPI.BYTE], source, target=(offset, 8, MPI.BYTE))
-            win.Get([params.numpy(), MPI.BYTE], source, target=(offset + 8, self._payload_bytes, MPI.BYTE))
+            win.Get([params, MPI.BYTE], source, target=(offset + 8, self._payload_bytes, MPI.BYTE))
             target = (offset + 8 + self._payload_bytes, self._payload_bytes, MPI.BYTE)
-            win.Get([grad.numpy(), MPI.BYTE], source, target=target)
+            win.Get([grad, MPI.BYTE], source, target=target)
         win.Unlock(source)
         header = dict(zip(HEADER_FIELDS, self._read_header.tolist(), strict=True))
         if latest >= 0:
             if int(self._read_stamp[0]) != stamp:
                 raise RuntimeError(f"rank {source}'s slot holds stamp {int(self._read_stamp[0])}, expected {stamp}")
-            snapshot = Snapshot(params, grad, stamp)
+            snapshot = Snapshot(self.staging.to_device(params), self.staging.to_device(grad), stamp)
         return Read(snapshot, header)
 
     def read_header(self, source: int) -> dict[str, float]:

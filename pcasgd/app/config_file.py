@@ -1,0 +1,51 @@
+"""``--config FILE``: every ``pcasgd train`` flag from a YAML mapping.
+
+Keys are the flag names without the dashes (``batch-size`` or ``batch_size``); values are what
+the flag takes (``true`` for a switch). The file's settings go first on the command line, so a
+flag given there wins, and every value goes through the same checks as a typed flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pcasgd.errors import ConfigError
+
+
+def config_argv(path: Path, parser: argparse.ArgumentParser) -> list[str]:
+    """The command-line arguments that ``path`` stands for, checked against ``parser``'s flags."""
+    try:
+        import yaml
+    except ImportError as error:
+        raise ConfigError(f"--config needs PyYAML ({error}); pip install 'pcasgd[config]'") from None
+    try:
+        settings = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"config file {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if settings is None:
+        return []
+    if not isinstance(settings, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of flag names to values")
+    flags = {
+        option.removeprefix("--"): action
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--") and option not in ("--help", "--config")
+    }
+    argv: list[str] = []
+    for key, value in settings.items():
+        name = str(key).replace("_", "-")
+        action = flags.get(name)
+        if action is None:
+            known = ", ".join(sorted(flags))
+            raise ConfigError(f"config file {path}: unknown key {key!r} (known: {known})")
+        if action.nargs == 0:  # a switch
+            if not isinstance(value, bool):
+                raise ConfigError(f"config file {path}: {key} is a switch: true or false, got {value!r}")
+            argv += [f"--{name}"] if value else []
+        elif value is not None:
+            argv += [f"--{name}", str(value)]
+    return argv

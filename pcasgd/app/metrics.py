@@ -1,0 +1,50 @@
+"""Per-epoch records written as they come: JSON lines, CSV, and optionally TensorBoard."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from pcasgd.errors import ConfigError
+
+METRICS_FILES = ("metrics.jsonl", "metrics.csv")
+
+
+class MetricsWriter:
+    """Appends each record to ``metrics.jsonl`` and ``metrics.csv`` (scalars only) in ``out``.
+
+    ``tensorboard``: also write the scalars as TensorBoard events under ``out/tensorboard``.
+    """
+
+    def __init__(self, out: Path, tensorboard: bool = False) -> None:
+        self.out = out
+        self._columns: list[str] | None = None
+        self._board = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:
+                raise ConfigError(f"--tensorboard needs the tensorboard package ({error})") from None
+            self._board = SummaryWriter(str(out / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with (self.out / "metrics.jsonl").open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        scalars = {key: value for key, value in record.items() if not isinstance(value, (dict, list))}
+        if self._columns is None:
+            self._columns = list(scalars)
+            with (self.out / "metrics.csv").open("w", newline="") as handle:
+                csv.writer(handle).writerow(self._columns)
+        with (self.out / "metrics.csv").open("a", newline="") as handle:
+            csv.writer(handle).writerow([scalars.get(column, "") for column in self._columns])
+        if self._board is not None:
+            for key, value in scalars.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self._board.add_scalar(key, value, record["epoch"])
+            self._board.flush()
+
+    def close(self) -> None:
+        if self._board is not None:
+            self._board.close()

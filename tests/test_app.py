@@ -1,0 +1,164 @@
+"""The training application: models, schedules, config files, metrics files, plots, comparisons."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from pcasgd import cli
+from pcasgd.algorithms.config import AlgorithmConfig
+from pcasgd.app.models import build_model
+from pcasgd.errors import ConfigError
+
+
+def parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_models_have_the_published_sizes_and_run_on_their_inputs():
+    assert parameters(build_model("resnet20", (3, 32, 32), 10)) == 272_474  # projection shortcuts
+    assert parameters(build_model("resnet20a", (3, 32, 32), 10)) == 269_722  # zero-padded identity shortcuts
+    assert parameters(build_model("lenet5", (1, 28, 28), 10)) == 61_706
+    for name, shape in (("lenet5", (1, 28, 28)), ("resnet20", (3, 32, 32)), ("torchvision:resnet18", (1, 28, 28))):
+        assert build_model(name, shape, 10)(torch.zeros(2, *shape)).shape == (2, 10)
+
+
+def test_bad_models_are_named():
+    with pytest.raises(ConfigError, match="unknown model 'resnet21'"):
+        build_model("resnet21", (3, 32, 32), 10)
+    with pytest.raises(ConfigError, match="needs images"):
+        build_model("lenet5", (64,), 10)
+
+
+def test_learning_rate_schedules():
+    step = AlgorithmConfig(lr=0.1, lr_schedule="step:2,4", lr_decay=0.5)
+    assert [step.lr_at(e) for e in (0, 1.99, 2, 4.5)] == [0.1, 0.1, 0.05, 0.025]
+    cosine = AlgorithmConfig(lr=0.1, lr_schedule="cosine:10")
+    assert cosine.lr_at(0) == 0.1 and math.isclose(cosine.lr_at(5), 0.05) and cosine.lr_at(12) == 0.0
+    warm = AlgorithmConfig(lr=0.1, lr_warmup_epochs=2)
+    assert math.isclose(warm.lr_at(0), 0.01) and math.isclose(warm.lr_at(1), 0.055) and warm.lr_at(2) == 0.1
+    for spec in ("step", "cosine:x", "linear", "step:-1"):
+        with pytest.raises(ConfigError, match="unknown lr schedule"):
+            AlgorithmConfig(lr_schedule=spec)
+
+
+def test_a_schedule_changes_the_run_and_weight_decay_shrinks_the_weights(tmp_path):
+    finals = {}
+    for name, extra in (("plain", []), ("step", ["--lr-schedule", "step:1"]), ("wd", ["--weight-decay", "0.05"])):
+        assert cli.main(["train", "--epochs", "2", "--out", str(tmp_path / name), *extra]) == 0
+        finals[name] = torch.load(tmp_path / name / "model.pt")
+    records = [json.loads(line) for line in (tmp_path / "step" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in records] == [0.1 * 0.1, 0.1 * 0.1]  # the lr in force at the end of each epoch
+    norm = {name: sum(float(t.norm() ** 2) for t in state.values()) for name, state in finals.items()}
+    assert norm["wd"] < norm["plain"] and not torch.equal(finals["step"]["1.weight"], finals["plain"]["1.weight"])
+
+
+def test_config_file_sets_flags_and_the_command_line_wins(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("epochs: 3\nbatch_size: 16\nmode: asgd\ntensorboard: true\n")
+    out = tmp_path / "run"
+    assert cli.main(["train", "--config", str(config), "--epochs", "2", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    effective = summary["config"]
+    assert effective["epochs"] == 2 and effective["batch_size"] == 16 and effective["algorithm"]["mode"] == "asgd"
+    assert any((out / "tensorboard").iterdir())
+    assert '"batch_size": 16' in capsys.readouterr().err  # the effective config is printed at start
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("bogus: 1\n", "unknown key 'bogus'"),
+        ("tensorboard: 3\n", "is a switch"),
+        ("- a list\n", "must hold a mapping"),
+        ("epochs: [\n", "not valid YAML"),
+        ("epochs: many\n", "expected an integer"),
+    ],
+)
+def test_bad_config_files_are_refused_before_anything_is_written(tmp_path, capsys, text, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) if "integer" in message else _no_exit():
+        code = cli.main(["train", "--config", str(config), "--out", str(out)])
+        assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+class _no_exit:  # noqa: N801 - used as a context manager like pytest.raises
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+        (["--model", "resnet21"], "unknown model 'resnet21'"),
+        (["--mode", "fastest"], "invalid choice: 'fastest'"),
+        (["--dataset", "fashion-mnist", "--data-dir", "EMPTY"], "fashion-mnist not found"),
+        (["--dataset", "cifar10", "--data-dir", "CORRUPT"], "not a readable .tar.gz"),
+        (["--partition", "dirichlet:0"], "unknown partition"),
+        (["--lr-schedule", "linear"], "unknown lr schedule"),
+    ],
+)
+def test_bad_training_input_is_one_clear_error_and_writes_nothing(tmp_path, capsys, monkeypatch, flags, message):
+    monkeypatch.setenv("PCASGD_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "EMPTY").mkdir()
+    (tmp_path / "CORRUPT.tar.gz").write_bytes(b"\x1f\x8b broken")
+    flags = [
+        f.replace("EMPTY", str(tmp_path / "EMPTY")).replace("CORRUPT", str(tmp_path / "CORRUPT.tar.gz")) for f in flags
+    ]
+    previous = tmp_path / "run"
+    previous.mkdir()
+    (previous / "metrics.jsonl").write_text("keep\n")
+    try:
+        code = cli.main(["train", "--epochs", "1", "--out", str(previous), "--overwrite", *flags])
+    except SystemExit as stop:  # argparse's own choices
+        code = stop.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert (previous / "metrics.jsonl").read_text() == "keep\n"
+
+
+def test_metrics_files_plots_and_compare_from_real_runs(tmp_path, capsys):
+    runs = []
+    for mode in ("pcasgd", "asgd"):
+        out = tmp_path / mode
+        assert cli.main(["train", "--mode", mode, "--delay", "fixed:3", "--epochs", "3", "--out", str(out)]) == 0
+        runs.append(out)
+    rows = list(csv.DictReader((runs[0] / "metrics.csv").open()))
+    jsonl = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and float(rows[-1]["test_accuracy"]) == jsonl[-1][
+        "test_accuracy"
+    ]
+    assert jsonl[-1]["staleness_histogram"] == {"3": sum(jsonl[-1]["staleness_histogram"].values())}
+    assert jsonl[0]["eta_seconds"] > 0 and jsonl[-1]["eta_seconds"] == 0
+    figures = tmp_path / "figures"
+    assert cli.main(["plot", *map(str, runs), "--out", str(figures)]) == 0
+    for name in ("accuracy_epoch.png", "accuracy_time.png", "consensus.png", "staleness.png"):
+        assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    grid = tmp_path / "grid"
+    argv = ["compare", "--modes", "pcasgd", "asgd", "--delays", "none", "fixed:3", "--seeds", "0", "1"]
+    assert cli.main([*argv, "--epochs", "2", "--out", str(grid)]) == 0
+    table = (grid / "compare.md").read_text().splitlines()
+    assert table[0].startswith("| mode | none: accuracy | fixed:3: accuracy")
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["pcasgd", "asgd"]
+    assert " ± " in table[2] and (grid / "compare.png").is_file()
+    assert len(json.loads((grid / "compare.json").read_text())) == 8
+    assert json.loads((grid / "asgd__fixed_3__seed1" / "summary.json").read_text())["config"]["epochs"] == 2
+
+
+def test_plot_and_compare_refuse_bad_input(tmp_path, capsys):
+    assert cli.main(["plot", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert cli.main(["compare", "--modes", "pcasgd", "--delays", "fixed:x", "--out", str(tmp_path / "g")]) == 2
+    assert not (tmp_path / "g").exists()
