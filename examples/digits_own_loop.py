@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import pcasgd
-from pcasgd.app.data import load_digits, partition_iid
+from pcasgd.app.data import load, partition_iid
 
 
 def main() -> None:
@@ -23,7 +23,7 @@ def main() -> None:
     comm = pcasgd.init()
     rank, size = comm.Get_rank(), comm.Get_size()
     torch.manual_seed(rank)  # different on purpose: broadcast_parameters makes them equal
-    data = load_digits()
+    data = load("digits")
     shard = torch.from_numpy(partition_iid(len(data.train_y), size, seed=0)[rank])
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
     pcasgd.broadcast_parameters(model)

@@ -22,7 +22,7 @@ from pcasgd.app.progress import EpochProgress
 from pcasgd.app.train import BACKENDS, RunConfig, run_training
 from pcasgd.delays import ACCEPTED_FORMS
 from pcasgd.delays import parse as parse_delays
-from pcasgd.errors import PcasgdError, TrainingFailedError
+from pcasgd.errors import ConfigError, PcasgdError, TrainingFailedError
 from pcasgd.runtime.device import DEVICES, HOST_STAGING
 from pcasgd.topology import TOPOLOGY_FORMS, WEIGHT_SCHEMES
 
@@ -147,6 +147,20 @@ def _add_train_arguments(train: argparse.ArgumentParser, grid: bool = False) -> 
     train.add_argument("--out", type=Path, default=None, help=where)
     if not grid:
         train.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+        train.add_argument(
+            "--resume",
+            type=Path,
+            default=None,
+            metavar="RUN_DIR",
+            help="continue the run in RUN_DIR from its newest checkpoint (same settings; --epochs may grow)",
+        )
+    train.add_argument(
+        "--checkpoint-every",
+        type=_number(int, 0),
+        default=run.checkpoint_every,
+        metavar="K",
+        help="checkpoint every K epochs (0: never); each rank writes RUN/checkpoints/rank-R/",
+    )
     train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events (OUT/tensorboard)")
     train.add_argument(
         "--deterministic", action="store_true", help="mpi: lock-step iterations that reproduce --backend sim"
@@ -224,6 +238,7 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
         device=args.device,
         host_staging=args.host_staging,
         tensorboard=args.tensorboard,
+        checkpoint_every=args.checkpoint_every,
     )
 
 
@@ -255,10 +270,11 @@ def _train(args: argparse.Namespace) -> int:
             where = f" (rank {rank})"
             signal.signal(signal.SIGTERM, lambda signum, _: _stopped_by_launcher(rank, signum))
         config = run_config_from(args)
-        out = args.out if args.out is not None else Path("runs") / f"{config.algorithm.mode}-seed{config.seed}"
+        out = _train_out(args, config)
         if rank == 0:
             print(f"pcasgd {__version__} -> {out}: {json.dumps(asdict(config))}", file=sys.stderr)
-        summary = run_training(config, out, overwrite=args.overwrite, on_epoch=EpochProgress(config.epochs))
+        progress = EpochProgress(config.epochs)
+        summary = run_training(config, out, args.overwrite, progress, resume=args.resume is not None)
     except TrainingFailedError as error:
         print(f"pcasgd: run failed{where}: {error}; metrics so far are in the run directory", file=sys.stderr)
         if args.backend == "mpi" and args.comm == "mpi" and _world(args).Get_size() > 1:
@@ -281,6 +297,14 @@ def _train(args: argparse.Namespace) -> int:
         f"{final['wall_seconds']:.1f}s; run files in {out}"
     )
     return 0
+
+
+def _train_out(args: argparse.Namespace, config: RunConfig) -> Path:
+    if args.resume is not None:
+        if args.out is not None and args.out.resolve() != args.resume.resolve():
+            raise ConfigError(f"--resume continues the run in {args.resume}; --out {args.out} names another")
+        return args.resume
+    return args.out if args.out is not None else Path("runs") / f"{config.algorithm.mode}-seed{config.seed}"
 
 
 def _plot(args: argparse.Namespace) -> int:

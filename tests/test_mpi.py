@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pcasgd.app import checkpoint as checkpoints
 from pcasgd.runtime.launch import OSC_UCX_ENV
 from tests.mpi_support import MPIRUN, PYTHON, ROOT, assert_reproduces_simulator, mpi_env, mpirun, needs_mpirun, train
 
@@ -273,3 +274,62 @@ def test_host_staging_copies_change_nothing_in_the_weights(tmp_path, flags):
         assert result.returncode == 0, result.stderr[-3000:]
         weights.append(torch.load(out / "model.pt"))
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    first, second = torch.load(a / "model.pt"), torch.load(b / "model.pt")
+    return all(torch.equal(first[key], second[key]) for key in first)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--mode", "pcasgd", "--delay", "fixed:2", "--deterministic"],
+        ["--mode", "odsgd", "--odsgd-warmup", "5"],
+        ["--mode", "dcasgd-a", "--delay", "fixed:2", "--deterministic"],
+    ],
+)
+def test_mpi_runs_resume_to_the_weights_of_an_uninterrupted_run(tmp_path, flags):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    for out, epochs in ((whole, "6"), (split, "3")):
+        result = train(4, *flags, "--epochs", epochs, "--out", str(out))
+        assert result.returncode == 0, result.stderr[-3000:]
+    result = train(4, *flags, "--epochs", "6", "--resume", str(split))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert same_weights(whole, split)
+    epochs = [json.loads(line)["epoch"] for line in (split / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_deterministic_mpi_run_killed_mid_epoch_resumes_exactly(tmp_path):
+    flags = ["--mode", "pcasgd", "--delay", "fixed:2", "--deterministic", "--epochs", "40"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    result = train(4, *flags, "--out", str(whole), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    command = [MPIRUN, "-n", "4", PYTHON, "-m", "pcasgd.cli", "train", "--backend", "mpi", *flags]
+    job = subprocess.Popen([*command, "--out", str(killed)], cwd=ROOT, env=mpi_env(), stderr=subprocess.DEVNULL)
+    give_up = time.monotonic() + 240
+    while min(max(checkpoints.available_epochs(killed, r), default=0) for r in range(4)) < 3:
+        assert job.poll() is None and time.monotonic() < give_up, "the job ended before it could be stopped"
+        time.sleep(0.02)
+    job.send_signal(signal.SIGTERM)  # mpirun passes it on to every rank
+    assert job.wait(timeout=60) != 0
+    assert not (killed / "summary.json").exists()
+    result = train(4, *flags, "--resume", str(killed), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert same_weights(whole, killed)
+    records = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, 41))
+
+
+def test_an_asynchronous_run_resumes_and_completes(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--mode", "pcasgd", "--delay", "straggler:2=2.0"]
+    result = train(4, *flags, "--epochs", "3", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = train(4, *flags, "--epochs", "8", "--resume", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 9)) and summary["final"]["epoch"] == 8
+    assert summary["final"]["test_accuracy"] >= 0.85

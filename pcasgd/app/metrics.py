@@ -32,18 +32,35 @@ class MetricsWriter:
     def write(self, record: dict[str, Any]) -> None:
         with (self.out / "metrics.jsonl").open("a") as handle:
             handle.write(json.dumps(record) + "\n")
-        scalars = {key: value for key, value in record.items() if not isinstance(value, (dict, list))}
-        if self._columns is None:
-            self._columns = list(scalars)
-            with (self.out / "metrics.csv").open("w", newline="") as handle:
-                csv.writer(handle).writerow(self._columns)
-        with (self.out / "metrics.csv").open("a", newline="") as handle:
-            csv.writer(handle).writerow([scalars.get(column, "") for column in self._columns])
+        scalars = self._write_csv(record)
         if self._board is not None:
             for key, value in scalars.items():
                 if isinstance(value, (int, float)) and key != "epoch":
                     self._board.add_scalar(key, value, record["epoch"])
             self._board.flush()
+
+    @staticmethod
+    def rewrite_csv(out: Path, records: list[dict[str, Any]]) -> None:
+        """``metrics.csv`` holding exactly ``records`` (a resumed run drops the epochs it redoes)."""
+        (out / "metrics.csv").unlink(missing_ok=True)
+        writer = MetricsWriter(out)
+        for record in records:
+            writer._write_csv(record)
+
+    def _write_csv(self, record: dict[str, Any]) -> dict[str, Any]:
+        scalars = {key: value for key, value in record.items() if not isinstance(value, (dict, list))}
+        if self._columns is None:
+            csv_path = self.out / "metrics.csv"
+            if csv_path.is_file() and csv_path.stat().st_size:  # a resumed run: keep the header it has
+                with csv_path.open(newline="") as handle:
+                    self._columns = next(csv.reader(handle))
+            else:
+                self._columns = list(scalars)
+                with csv_path.open("w", newline="") as handle:
+                    csv.writer(handle).writerow(self._columns)
+        with (self.out / "metrics.csv").open("a", newline="") as handle:
+            csv.writer(handle).writerow([scalars.get(column, "") for column in self._columns])
+        return scalars
 
     def close(self) -> None:
         if self._board is not None:

@@ -12,6 +12,8 @@ import json
 import math
 import os
 import platform
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 
 from pcasgd import __version__, delays, topology
 from pcasgd.algorithms.config import AlgorithmConfig
+from pcasgd.app import checkpoint as checkpoints
 from pcasgd.app.data import (
     DATASETS,
     Dataset,
@@ -71,12 +74,15 @@ class RunConfig:
     device: str = "cpu"  # cpu | cuda (GPU local_rank % count) | auto
     host_staging: str = "auto"  # mpi: copy GPU buffers through pinned host memory (auto: unless CUDA-aware)
     tensorboard: bool = False  # also write the per-epoch scalars as TensorBoard events
+    checkpoint_every: int = 1  # epochs between checkpoints (0: none); every rank writes its own
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; available: {', '.join(BACKENDS)}")
         if self.agents < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("agents, epochs and batch size must be >= 1")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be >= 0 (0: no checkpoints), got {self.checkpoint_every}")
         if self.deadline <= 0:
             raise ConfigError(f"deadline must be > 0 seconds, got {self.deadline}")
         if self.backend == "sim" and self.algorithm.comm == "horovod":
@@ -123,6 +129,23 @@ class BatchOracle:
         self._positions = [0] * len(shards)
         self.samples = 0
         self.loss_fn = nn.CrossEntropyLoss()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where each agent is in its data and its random streams (for checkpoints)."""
+        return {
+            "rngs": [rng.bit_generator.state for rng in self._rngs],
+            "generators": [generator.get_state() for generator in self._generators],
+            "orders": self._orders,
+            "positions": self._positions,
+            "samples": self.samples,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for rng, saved in zip(self._rngs, state["rngs"], strict=True):
+            rng.bit_generator.state = saved
+        for generator, saved in zip(self._generators, state["generators"], strict=True):
+            generator.set_state(saved)
+        self._orders, self._positions, self.samples = state["orders"], state["positions"], state["samples"]
 
     def _next_rows(self, agent: int) -> np.ndarray:
         if self._positions[agent] >= len(self._orders[agent]):
@@ -189,12 +212,16 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(temporary, path)
 
 
-def _prepare_output_everywhere(comm, out: Path, overwrite: bool) -> None:
-    """Rank 0 prepares ``out``; every rank raises the same error if that failed."""
+def _prepare_output_everywhere(comm, out: Path, overwrite: bool, resumed: list[dict[str, Any]] | None) -> None:
+    """Rank 0 prepares ``out`` (``resumed``: the metrics records a resumed run keeps); every rank
+    raises the same error if that failed."""
     problem = None
     if comm is None or comm.Get_rank() == 0:
         try:
-            prepare_output(out, overwrite)
+            if resumed is None:
+                prepare_output(out, overwrite)
+            else:
+                prepare_resumed_output(out, resumed)
         except (ConfigError, OSError) as error:
             problem = str(error)
     if comm is not None:
@@ -205,14 +232,22 @@ def _prepare_output_everywhere(comm, out: Path, overwrite: bool) -> None:
 
 def prepare_output(out: Path, overwrite: bool) -> None:
     """Create ``out``; refuse to touch an earlier run's files unless ``overwrite``."""
-    existing = [name for name in RUN_FILES if (out / name).exists()]
+    existing = [name for name in (*RUN_FILES, "checkpoints", "tensorboard") if (out / name).exists()]
     if existing and not overwrite:
         raise ConfigError(
-            f"{out} already holds a run ({', '.join(existing)}); pass --overwrite or choose another --out"
+            f"{out} already holds a run ({', '.join(existing)}); pass --overwrite, --resume, or choose another --out"
         )
     out.mkdir(parents=True, exist_ok=True)
     for name in existing:
-        (out / name).unlink()
+        shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+
+
+def prepare_resumed_output(out: Path, records: list[dict[str, Any]]) -> None:
+    """Keep the metrics of the epochs the checkpoint covers; drop the rest and the final files."""
+    (out / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    MetricsWriter.rewrite_csv(out, records)
+    for name in ("summary.json", "model.pt"):
+        (out / name).unlink(missing_ok=True)
 
 
 # Each agent's accuracy is measured on the first test samples only: evaluating every agent on a
@@ -257,22 +292,80 @@ def _world(config: RunConfig):
 
 
 def run_training(
-    config: RunConfig, out: Path, overwrite: bool = False, on_epoch: Callable[[dict], None] | None = None
+    config: RunConfig,
+    out: Path,
+    overwrite: bool = False,
+    on_epoch: Callable[[dict], None] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any] | None:
-    """Train as ``config`` says, write the run files into ``out``; return the summary (rank 0; others None)."""
+    """Train as ``config`` says, write the run files into ``out``; return the summary (rank 0; others None).
+
+    ``resume``: continue the run in ``out`` from its newest checkpoint (under MPI: the newest one
+    every rank holds, except in asynchronous decentralized runs, where each rank takes its own).
+    """
     comm = _world(config)
     if comm is None:
-        return _run(config, out, overwrite, on_epoch, None, None)
+        return _run(config, out, overwrite, on_epoch, None, None, resume)
     from pcasgd.transport.deadline import Deadline
 
     deadline = Deadline(comm.Get_rank(), config.deadline)
     try:
-        return _run(config, out, overwrite, on_epoch, comm, deadline)
+        return _run(config, out, overwrite, on_epoch, comm, deadline, resume)
     finally:
         deadline.close()
 
 
-def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline) -> dict[str, Any] | None:
+def _config_record(config: RunConfig) -> dict[str, Any]:
+    """The effective configuration as plain JSON values (what checkpoints compare)."""
+    return json.loads(json.dumps(asdict(config), default=str))
+
+
+def _resume_payload(comm, deadline, config: RunConfig, out: Path) -> dict[str, Any] | None:
+    """This rank's checkpoint to resume from; a problem on any rank is raised on every rank.
+
+    Asynchronous decentralized ranks each take their own newest checkpoint; a rank that wrote
+    none (a straggler stopped before its first epoch ended) starts again from the beginning.
+    """
+    rank = 0 if comm is None else comm.Get_rank()
+    epochs = checkpoints.available_epochs(out, rank)
+    independent = comm is not None and not config.deterministic and config.algorithm.family == "decentralized"
+    fresh = False
+    if comm is not None:
+        with deadline.guard("agreeing on the checkpoint to resume from (collective)"):
+            held = comm.allgather(epochs)
+        if not independent:
+            epochs = sorted(set.intersection(*(set(e) for e in held)))
+        elif not epochs and any(held):
+            print(
+                f"pcasgd: warning: rank {rank} has no checkpoint in {out}: it starts again from the beginning",
+                file=sys.stderr,
+                flush=True,
+            )
+            fresh = True
+    problem, payload = None, None
+    if fresh:
+        pass
+    elif not epochs:
+        problem = (
+            f"nothing to resume in {out}: no checkpoints/rank-{rank}/epoch-*.pt common to every rank "
+            "(the run wrote none: --checkpoint-every 0, or it stopped before its first checkpoint)"
+        )
+    else:
+        try:
+            payload = checkpoints.load(out, rank, epochs[-1])
+            checkpoints.check_same_run(payload, _config_record(config), out)
+        except ConfigError as error:
+            problem = str(error)
+    if comm is not None:
+        with deadline.guard("agreeing that every rank can resume (collective)"):
+            problems = [p for p in comm.allgather(problem) if p is not None]
+        problem = problems[0] if problems else None
+    if problem is not None:
+        raise ConfigError(problem)
+    return payload
+
+
+def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline, resume) -> dict[str, Any] | None:
     """The body of :func:`run_training`; ``comm`` and ``deadline`` are None in the simulator."""
     algorithm = config.algorithm
     schedule = None
@@ -305,12 +398,14 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
 
         with deadline.guard("comparing the model with the other ranks (collective)"):
             check_same_everywhere(comm, "the model's parameter shapes and dtypes", model_signature(model))
-    # Only now, with the data found and the model built, is an earlier run's output replaced.
+    payload = _resume_payload(comm, deadline, config, out) if resume else None
+    resumed_records = payload["records"] if payload is not None else ([] if resume else None)
+    # Only now, with the data found, the model built and the checkpoint read, is an earlier run's output touched.
     if comm is not None:
         with deadline.guard("preparing the run directory (collective)"):
-            _prepare_output_everywhere(comm, out, overwrite)
+            _prepare_output_everywhere(comm, out, overwrite, resumed_records)
     else:
-        _prepare_output_everywhere(comm, out, overwrite)
+        _prepare_output_everywhere(comm, out, overwrite, resumed_records)
     oracle = BatchOracle(model, data, shards, config.batch_size, config.seed, algorithm.weight_decay)
     iterations_per_epoch = math.ceil(min(len(shard) for shard in shards) / config.batch_size)
     writer = MetricsWriter(out, config.tensorboard) if comm is None or comm.Get_rank() == 0 else None
@@ -318,6 +413,30 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
     started = time.perf_counter()
     last = {"time": started, "samples": 0}
     records: list[dict[str, Any]] = []
+    rank = 0 if comm is None else comm.Get_rank()
+    if payload is not None:
+        oracle.load_state_dict(payload["oracle"])
+        for name, buffer in payload["buffers"].items():
+            model.get_buffer(name).copy_(buffer)
+        torch.set_rng_state(payload["torch_rng"])
+        records = list(payload["records"])
+        started -= payload["wall_seconds"]
+        last.update(time=time.perf_counter(), samples=payload["samples"])
+
+    def save_checkpoint(epoch: int, engine_state: dict[str, Any]) -> None:
+        if epoch % config.checkpoint_every:
+            return
+        state = {
+            "config": _config_record(config),
+            "engine": engine_state,
+            "oracle": oracle.state_dict(),
+            "buffers": {name: buffer.detach().cpu().clone() for name, buffer in model.named_buffers()},
+            "torch_rng": torch.get_rng_state(),
+            "records": list(records),
+            "wall_seconds": time.perf_counter() - started,
+            "samples": last["samples"],
+        }
+        checkpoints.save(out, rank, epoch, state)
 
     def record_epoch(view: EpochView) -> None:
         now = time.perf_counter()
@@ -365,6 +484,8 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
             hook=record_epoch,
             topology=schedule,
             segments=segment_offsets(model),
+            checkpoint=save_checkpoint if config.checkpoint_every else None,
+            resume=payload["engine"] if payload is not None else None,
         )
     else:
         from pcasgd.runtime.collective import run_collective
@@ -373,7 +494,15 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
         from pcasgd.sim import SimRun
 
         run = SimRun(
-            algorithm, delay_model, oracle, flatten_parameters(model), iterations_per_epoch, config.epochs, record_epoch
+            algorithm,
+            delay_model,
+            oracle,
+            flatten_parameters(model),
+            iterations_per_epoch,
+            config.epochs,
+            record_epoch,
+            checkpoint=save_checkpoint if config.checkpoint_every else None,
+            resume=payload["engine"] if payload is not None else None,
         )
         staging = HostStaging(device, stage_through_host(device, config.host_staging))
         if algorithm.family == "collective":

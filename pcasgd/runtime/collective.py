@@ -46,6 +46,16 @@ class PendingMean:
         return self.staging.to_device(self.receive) / self.size
 
 
+class CompletedMean:
+    """A reduction that completed before a checkpoint, kept in flight as it was."""
+
+    def __init__(self, mean: Tensor) -> None:
+        self._mean = mean
+
+    def mean(self, deadline: Deadline, iteration: int) -> Tensor:
+        return self._mean
+
+
 class HorovodMean:
     """The same mean through Horovod (``hvd.DistributedOptimizer``'s averaging), polled under the deadline."""
 
@@ -91,7 +101,11 @@ class CollectiveRank:
         self._last_work_seconds = 0.0
         self.shared = GlobalSGD(self.config, run.initial_params) if self.config.mode == "ssgd" else None
         self.agent = OneStepDelayAgent(self.config, run.initial_params) if self.config.mode == "odsgd" else None
-        self.in_flight: deque[tuple[int, PendingMean]] = deque()
+        self.in_flight: deque[tuple[int, PendingMean | CompletedMean]] = deque()
+        self.first_step = 0
+        self.next_epoch = 1
+        if run.resume is not None:
+            self._restore(run.resume)
         self.step_time = max(run.delays.slowdown(r) for r in range(comm.Get_size()))  # the slowest sets the pace
 
     def _local(self) -> Tensor:
@@ -110,8 +124,8 @@ class CollectiveRank:
     def _train(self) -> SimResult | None:
         run = self.run
         step_time = self.step_time
-        next_epoch = 1
-        t = 0
+        t = self.first_step
+        next_epoch = self.next_epoch
         while t * step_time < run.epochs * run.iterations_per_epoch:
             while next_epoch < run.epochs and next_epoch * run.iterations_per_epoch <= t * step_time:
                 self._epoch(next_epoch, t)
@@ -187,6 +201,30 @@ class CollectiveRank:
         if states is not None:
             self.recorder.fire(epoch, states, self._reference())
         self.epoch_stats = EpochStats()
+        if self.run.checkpoint is not None:
+            self.run.checkpoint(epoch, self._checkpoint_state(epoch, t))
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _checkpoint_state(self, epoch: int, t: int) -> dict:
+        """The weights and optimizer state before step ``t``; a reduction in flight is completed
+        (its result is what step ``t`` would use) and kept as done."""
+        self.in_flight = deque(
+            (started, CompletedMean(pending.mean(self.deadline, started))) for started, pending in self.in_flight
+        )
+        return {
+            "step": t,
+            "next_epoch": epoch + 1,
+            "shared": self.shared,
+            "agent": self.agent,
+            "in_flight": [(started, done.mean(self.deadline, started)) for started, done in self.in_flight],
+            "staleness": self.staleness,
+        }
+
+    def _restore(self, state: dict) -> None:
+        self.first_step, self.next_epoch = state["step"], state["next_epoch"]
+        self.shared, self.agent, self.staleness = state["shared"], state["agent"], state["staleness"]
+        self.in_flight = deque((started, CompletedMean(mean)) for started, mean in state["in_flight"])
 
 
 def run_collective(

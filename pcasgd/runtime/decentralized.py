@@ -116,9 +116,13 @@ class DecentralizedRank:
         self.epoch_stats = EpochStats()
         self.overall = EpochStats()
         self.staleness: Counter[int] = Counter()
-        self.samples = 0
         self._last_totals: list[dict[str, float]] = [{} for _ in range(self.size)]
         self._last_iteration_seconds = 0.0
+        self.first_iteration = 0
+        if run.resume is not None:
+            self._restore(run.resume)
+        # Every rank, resumed or not: neighbours read restored snapshots only after this.
+        deadline.wait(comm.Ibarrier(), "the barrier after setting up the windows (collective)")
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -131,9 +135,9 @@ class DecentralizedRank:
     def _train(self) -> SimResult | None:
         run = self.run
         budget = run.epochs * run.iterations_per_epoch
-        k = 0
+        k = self.first_iteration
         while True:
-            if k and k % run.iterations_per_epoch == 0 and k < budget:
+            if k > self.first_iteration and k % run.iterations_per_epoch == 0 and k < budget:
                 self._epoch(k // run.iterations_per_epoch, k)
             if k >= budget:
                 if not self.options.deterministic:
@@ -193,6 +197,36 @@ class DecentralizedRank:
         elif self.rank == 0:
             self.recorder.fire(epoch, self._with_remote_stats(self._remote_states(k, epoch)))
         self.epoch_stats = EpochStats()
+        if self.run.checkpoint is not None:
+            self.run.checkpoint(epoch, self._checkpoint_state(k))
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def _checkpoint_state(self, k: int) -> dict:
+        """Everything this rank needs to go on from iteration ``k``, its window's ring included."""
+        oldest = max(0, k - self.window.slots + 1)
+        ring = []
+        for stamp in range(oldest, k):
+            with self.deadline.guard(f"reading this rank's own snapshot {stamp} for a checkpoint"):
+                snapshot = self.window.read(self.rank, newest=stamp).snapshot
+            ring.append((stamp, snapshot.params.cpu().clone(), snapshot.grad.cpu().clone()))
+        return {
+            "iteration": k,
+            "agent": self.agent,
+            "overall": self.overall,
+            "staleness": self.staleness,
+            "last_totals": self._last_totals,
+            "ring": ring,
+        }
+
+    def _restore(self, state: dict) -> None:
+        self.first_iteration = state["iteration"]
+        self.agent = state["agent"]
+        self.overall, self.staleness, self._last_totals = state["overall"], state["staleness"], state["last_totals"]
+        device = self.run.initial_params.device
+        for stamp, params, grad in state["ring"]:
+            with self.deadline.guard(f"republishing snapshot {stamp} from the checkpoint"):
+                self.window.publish(stamp, params.to(device), grad.to(device), self._totals(stamp + 1))
 
     def _remote_states(self, k: int, epoch: int) -> list[RankState]:
         """Asynchronous mode: every rank's newest snapshot and totals, read without stopping it."""

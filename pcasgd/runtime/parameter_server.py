@@ -31,7 +31,7 @@ from pcasgd.sim.common import EpochStats, SimResult, SimRun, check_finite
 from pcasgd.sim.parameter_server import SERVER_RANK, simulate_parameter_server
 from pcasgd.transport.deadline import POLL_SECONDS, Deadline
 
-TAG_WEIGHTS, TAG_STOP, TAG_GRAD, TAG_META = 11, 12, 13, 14
+TAG_WEIGHTS, TAG_STOP, TAG_GRAD, TAG_META, TAG_CHECKPOINT = 11, 12, 13, 14, 15
 
 
 class _Link:
@@ -50,6 +50,10 @@ class _Link:
 
     def send_stop(self, rank: int) -> None:
         self._send(np.zeros(0), rank, TAG_STOP)
+
+    def send_checkpoint(self, rank: int, epoch: int) -> None:
+        """Tell a worker to checkpoint itself (its data position) when it next waits for weights."""
+        self._send(np.array([epoch], dtype=np.int64), rank, TAG_CHECKPOINT)
 
     def _send(self, buffer: np.ndarray, rank: int, tag: int) -> None:
         self._sends = [(request, kept) for request, kept in self._sends if not request.Test()]
@@ -79,31 +83,65 @@ class _Link:
 
 
 class RemoteGradients:
-    """The simulator engine's gradient oracle, answered by the worker ranks."""
+    """The simulator engine's gradient oracle, answered by the worker ranks.
+
+    ``received``: gradients already taken in from workers (at a checkpoint) but not yet used.
+    """
 
     def __init__(self, link: _Link) -> None:
         self.link = link
         self.samples = 0
         self.outstanding: set[int] = set()
+        self.received: dict[int, tuple[Tensor, float, int]] = {}
 
     def pulled(self, worker: int, weights: Tensor) -> None:
         self.link.send_weights(worker + 1, weights)
         self.outstanding.add(worker)
 
     def __call__(self, worker: int, params: Tensor) -> tuple[Tensor, float]:
-        grad, loss, samples = self.link.receive_gradient(worker + 1)
+        if worker in self.received:
+            grad, loss, samples = self.received.pop(worker)
+        else:
+            grad, loss, samples = self.link.receive_gradient(worker + 1)
         self.outstanding.discard(worker)
         self.samples += samples
         return grad, loss
 
+    def take_in_outstanding(self) -> None:
+        """Receive every gradient asked for and not yet in: the workers are then between gradients."""
+        for worker in sorted(self.outstanding - set(self.received)):
+            self.received[worker] = self.link.receive_gradient(worker + 1)
+
 
 def _serve_deterministic(comm: MPI.Comm, run: SimRun, link: _Link) -> SimResult:
+    """The simulator's engine on rank 0. A checkpoint first takes in the gradients the workers owe
+    (so each worker checkpoints between gradients) and keeps them with the engine's state."""
     remote = RemoteGradients(link)
+    engine_state = None
+    if run.resume is not None:
+        engine_state = run.resume["engine"]
+        remote.received, remote.outstanding = run.resume["received"], set(run.resume["received"])
+        remote.samples = run.resume["samples"]
+
+    def checkpoint(epoch: int, state: dict) -> None:
+        remote.take_in_outstanding()
+        for rank in range(1, comm.Get_size()):
+            link.send_checkpoint(rank, epoch)
+        run.checkpoint(epoch, {"engine": state, "received": dict(remote.received), "samples": remote.samples})
+
     local_run = SimRun(
-        run.config, run.delays, remote, run.initial_params, run.iterations_per_epoch, run.epochs, run.hook
+        run.config,
+        run.delays,
+        remote,
+        run.initial_params,
+        run.iterations_per_epoch,
+        run.epochs,
+        run.hook,
+        checkpoint if run.checkpoint is not None else None,
+        engine_state,
     )
     result = simulate_parameter_server(local_run, comm.Get_size() - 1, on_pull=remote.pulled)
-    for worker in sorted(remote.outstanding):  # gradients asked for after the budget: not applied
+    for worker in sorted(remote.outstanding - set(remote.received)):  # asked for after the budget: not applied
         link.receive_gradient(worker + 1)
     for rank in range(1, comm.Get_size()):
         link.send_stop(rank)
@@ -124,6 +162,16 @@ class _AsynchronousServer:
         self.samples = 0
         self.stats = EpochStats()
         self.staleness: Counter[int] = Counter()
+        self.next_epoch = 1
+        if run.resume is not None:  # the workers pull afresh: gradients in flight at the checkpoint are lost
+            for name in ("server", "versions", "pulled", "done", "samples", "staleness", "next_epoch"):
+                setattr(self, name, run.resume[name])
+
+    def _checkpoint(self, epoch: int) -> None:
+        for worker in range(self.workers):
+            self.link.send_checkpoint(worker + 1, epoch)
+        state = {name: getattr(self, name) for name in ("server", "versions", "pulled", "done", "samples", "staleness")}
+        self.run.checkpoint(epoch, {**state, "next_epoch": epoch + 1})
 
     def pull(self, worker: int) -> None:
         server = self.server
@@ -140,7 +188,7 @@ class _AsynchronousServer:
             self.pull(worker)
         waiting: list[int] = []
         stopped: set[int] = set()
-        next_epoch = 1
+        next_epoch = self.next_epoch
         while len(stopped) < self.workers:
             worker = self.link.next_sender("waiting for any worker's gradient") - 1
             grad, loss, samples = self.link.receive_gradient(worker + 1)
@@ -172,6 +220,8 @@ class _AsynchronousServer:
             while next_epoch < run.epochs and max(self.done) >= next_epoch * run.iterations_per_epoch:
                 self.recorder.fire(next_epoch, self._states(), server.params)
                 self.stats = EpochStats()
+                if run.checkpoint is not None:
+                    self._checkpoint(next_epoch)
                 next_epoch += 1
         self.link.flush()
         return self.recorder.result(self._states(), server.params)
@@ -197,6 +247,12 @@ def _work(comm: MPI.Comm, run: SimRun, link: _Link, deadline: Deadline, asynchro
         if status.Get_tag() == TAG_STOP:
             comm.Recv(np.zeros(0), source=0, tag=TAG_STOP)
             return
+        if status.Get_tag() == TAG_CHECKPOINT:  # between two gradients: where this worker's data stands
+            epoch = np.zeros(1, dtype=np.int64)
+            comm.Recv(epoch, source=0, tag=TAG_CHECKPOINT)
+            if run.checkpoint is not None:
+                run.checkpoint(int(epoch[0]), {})
+            continue
         deadline.wait(comm.Irecv(weights.numpy(), source=0, tag=TAG_WEIGHTS), "receiving weights from rank 0")
         if slowdown > 1.0:
             time.sleep((slowdown - 1.0) * last_work)

@@ -7,6 +7,7 @@ against. Each family's step order is documented in its module.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -14,7 +15,7 @@ from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.delays import DelayModel
 from pcasgd.errors import ConfigError
 from pcasgd.sim.collective import simulate_collective
-from pcasgd.sim.common import EpochHook, EpochStats, EpochView, GradientOracle, SimResult, SimRun
+from pcasgd.sim.common import Checkpoint, EpochHook, EpochStats, EpochView, GradientOracle, SimResult, SimRun
 from pcasgd.sim.decentralized import simulate_decentralized
 from pcasgd.sim.parameter_server import simulate_parameter_server
 from pcasgd.topology import Schedule
@@ -33,11 +34,16 @@ def simulate(
     hook: EpochHook | None = None,
     topology: Schedule | None = None,
     segments: Sequence[int] | None = None,
+    checkpoint: Checkpoint | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> SimResult:
-    """Run ``config.mode`` with ``agents`` agents (workers, for parameter-server modes)."""
+    """Run ``config.mode`` with ``agents`` agents (workers, for parameter-server modes).
+
+    ``checkpoint`` and ``resume``: see :class:`~pcasgd.sim.common.SimRun`.
+    """
     if iterations_per_epoch < 1 or epochs < 1:
         raise ConfigError("iterations per epoch and epochs must be >= 1")
-    run = SimRun(config, delays, oracle, initial_params, iterations_per_epoch, epochs, hook)
+    run = SimRun(config, delays, oracle, initial_params, iterations_per_epoch, epochs, hook, checkpoint, resume)
     if config.family == "decentralized":
         if topology is None:
             raise ConfigError(f"mode {config.mode!r} needs a topology")

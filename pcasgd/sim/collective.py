@@ -39,15 +39,16 @@ def simulate_collective(run: SimRun, agents: int) -> SimResult:
     delays.check_fits(agents)
     step_time = max(delays.slowdown(i) for i in range(agents))
     clock = run.clock()
-    iteration = 0
+    resumed = run.resume or {}
+    iteration = resumed.get("iteration", 0)
     if config.mode == "ssgd":
-        shared = GlobalSGD(config, initial_params)
+        shared = resumed["shared"] if resumed else GlobalSGD(config, initial_params)
 
         def view() -> tuple[list[Tensor], Tensor, list[int]]:
             return [shared.params] * agents, shared.params, [iteration] * agents
 
         while iteration * step_time < clock.budget:
-            clock.advance(iteration * step_time, view)
+            clock.advance(iteration * step_time, view, state=lambda t=iteration: {"shared": shared, "iteration": t})
             mean, _ = _mean_gradient(oracle, clock, [shared.params] * agents)
             shared.apply(mean, clock.epoch_at(iteration * step_time))
             check_finite(shared.params, "the shared weights", iteration)
@@ -63,9 +64,12 @@ def simulate_collective(run: SimRun, agents: int) -> SimResult:
             clock.budget,
         )
 
-    peers = [OneStepDelayAgent(config, initial_params) for _ in range(agents)]
+    peers = resumed["peers"] if resumed else [OneStepDelayAgent(config, initial_params) for _ in range(agents)]
     latency = 1 if config.odsgd_overlap else 0
-    in_flight: deque[tuple[int, Tensor]] = deque()
+    in_flight: deque[tuple[int, Tensor]] = resumed["in_flight"] if resumed else deque()
+
+    def state() -> dict:
+        return {"peers": peers, "in_flight": in_flight, "iteration": iteration}
 
     def view() -> tuple[list[Tensor], Tensor, list[int]]:
         return [peer.local_params for peer in peers], peers[0].global_params, [iteration] * agents
@@ -79,7 +83,7 @@ def simulate_collective(run: SimRun, agents: int) -> SimResult:
             clock.record_staleness([latency] * agents)
 
     while iteration * step_time < clock.budget:
-        clock.advance(iteration * step_time, view)
+        clock.advance(iteration * step_time, view, state=state)
         mean, grads = _mean_gradient(oracle, clock, [peer.local_params for peer in peers])
         if iteration < config.odsgd_warmup:
             for peer in peers:

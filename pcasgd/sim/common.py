@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -44,9 +44,22 @@ class SimRun:
     iterations_per_epoch: int
     epochs: int
     hook: EpochHook | None = None
+    # checkpoint(epoch, state): called after the hook at each epoch boundary but the last, with the
+    # engine's whole state (picklable); resume: such a state, to continue from instead of starting.
+    checkpoint: Checkpoint | None = None
+    resume: dict[str, Any] | None = None
 
     def clock(self) -> EpochClock:
-        return EpochClock(self.iterations_per_epoch, self.epochs, self.hook, lambda: getattr(self.oracle, "samples", 0))
+        clock = EpochClock(
+            self.iterations_per_epoch,
+            self.epochs,
+            self.hook,
+            lambda: getattr(self.oracle, "samples", 0),
+            self.checkpoint,
+        )
+        if self.resume is not None:
+            clock.restore(self.resume["clock"])
+        return clock
 
 
 @dataclass
@@ -119,6 +132,7 @@ class EpochView:
 
 
 EpochHook = Callable[[EpochView], None]
+Checkpoint = Callable[[int, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -135,12 +149,18 @@ class EpochClock:
     """Fires the hook for every epoch boundary that simulated time has reached."""
 
     def __init__(
-        self, iterations_per_epoch: int, epochs: int, hook: EpochHook | None, samples: Callable[[], int] = lambda: 0
+        self,
+        iterations_per_epoch: int,
+        epochs: int,
+        hook: EpochHook | None,
+        samples: Callable[[], int] = lambda: 0,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self.iterations_per_epoch = iterations_per_epoch
         self.samples = samples
         self.epochs = epochs
         self.hook = hook
+        self.checkpoint = checkpoint
         self.next_epoch = 1
         self.stats = EpochStats()
         self.total_staleness: Counter[int] = Counter()
@@ -157,18 +177,33 @@ class EpochClock:
         self.total_staleness.update(values)
 
     def advance(
-        self, time: float, view: Callable[[], tuple[list[Tensor], Tensor, list[int]]], ends: bool = False
+        self,
+        time: float,
+        view: Callable[[], tuple[list[Tensor], Tensor, list[int]]],
+        ends: bool = False,
+        state: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         """Fire the hook for the boundaries passed, before processing the events at ``time``.
 
         Events that start an iteration at a boundary belong to the next epoch; events that end
         an iteration there (``ends=True``: parameter-server pushes) belong to the epoch it closes.
+        ``state``: the engine's state at this point, for the checkpoint callback.
         """
         while self.next_epoch <= self.epochs and (
             self.next_epoch * self.iterations_per_epoch < time
             or (not ends and self.next_epoch * self.iterations_per_epoch == time)
         ):
             self._fire(view, self.next_epoch * self.iterations_per_epoch)
+            if self.checkpoint is not None and state is not None and self.next_epoch <= self.epochs:
+                self.checkpoint(self.next_epoch - 1, {**state(), "clock": self.state()})
+
+    def state(self) -> dict[str, Any]:
+        return {"next_epoch": self.next_epoch, "stats": self.stats, "total_staleness": self.total_staleness}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.next_epoch = state["next_epoch"]
+        self.stats = state["stats"]
+        self.total_staleness = state["total_staleness"]
 
     def finish(self, view: Callable[[], tuple[list[Tensor], Tensor, list[int]]]) -> None:
         while self.next_epoch <= self.epochs:

@@ -50,14 +50,17 @@ def simulate_decentralized(run: SimRun, schedule: Schedule, segments: Sequence[i
     config, delays, oracle = run.config, run.delays, run.oracle
     n = schedule.size
     delays.check_fits(n)
-    agents = [ConsensusAgent(config, run.initial_params, segments) for _ in range(n)]
-    rings = [SnapshotRing(delays.max_lag + 1) for _ in range(n)]
+    if run.resume is not None:
+        agents, rings, next_iteration = run.resume["agents"], run.resume["rings"], run.resume["next_iteration"]
+    else:
+        agents = [ConsensusAgent(config, run.initial_params, segments) for _ in range(n)]
+        rings = [SnapshotRing(delays.max_lag + 1) for _ in range(n)]
+        next_iteration = [0] * n
     if config.synchronous:
         durations = [max(delays.slowdown(i) for i in range(n))] * n
     else:
         durations = [delays.slowdown(i) for i in range(n)]
     clock = run.clock()
-    next_iteration = [0] * n
 
     def view() -> tuple[list[Tensor], Tensor, list[int]]:
         params = [agent.params for agent in agents]
@@ -68,7 +71,7 @@ def simulate_decentralized(run: SimRun, schedule: Schedule, segments: Sequence[i
         time = min(start_times)
         if time >= clock.budget:
             break
-        clock.advance(time, view)
+        clock.advance(time, view, state=lambda: {"agents": agents, "rings": rings, "next_iteration": next_iteration})
         group = [i for i in range(n) if start_times[i] == time]
         grads = {}
         for i in group:

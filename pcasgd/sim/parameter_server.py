@@ -36,13 +36,18 @@ def simulate_parameter_server(
     runtime's deterministic mode sends the weights to the worker's rank there)."""
     config, delays, oracle, initial_params = run.config, run.delays, run.oracle, run.initial_params
     delays.check_fits(workers + 1)
-    server = ParameterServer(config, initial_params, workers)
-    versions: dict[int, Tensor] = {0: server.params}
     durations = [delays.slowdown(w + 1) for w in range(workers)]
-    pulled: list[Tensor] = [initial_params] * workers
-    done = [0] * workers
-    waiting: list[int] = []
-    arrivals: list[tuple[float, int]] = []
+    if run.resume is not None:
+        server, versions, pulled = run.resume["server"], run.resume["versions"], run.resume["pulled"]
+        done, waiting, arrivals = run.resume["done"], run.resume["waiting"], run.resume["arrivals"]
+        heapq.heapify(arrivals)
+    else:
+        server = ParameterServer(config, initial_params, workers)
+        versions: dict[int, Tensor] = {0: server.params}
+        pulled: list[Tensor] = [initial_params] * workers
+        done = [0] * workers
+        waiting: list[int] = []
+        arrivals: list[tuple[float, int]] = []
     clock = run.clock()
     wait = config.synchronous
 
@@ -58,11 +63,23 @@ def simulate_parameter_server(
             on_pull(worker, versions[version])
         heapq.heappush(arrivals, (time + durations[worker], worker))
 
-    for worker in range(workers):
-        pull(worker, 0.0)
+    def state() -> dict:
+        """Everything, with the event being processed put back among the arrivals."""
+        return {
+            "server": server,
+            "versions": versions,
+            "pulled": pulled,
+            "done": done,
+            "waiting": waiting,
+            "arrivals": [*arrivals, (time, worker)],
+        }
+
+    if run.resume is None:
+        for worker in range(workers):
+            pull(worker, 0.0)
     while arrivals and arrivals[0][0] <= clock.budget:
         time, worker = heapq.heappop(arrivals)
-        clock.advance(time, view, ends=True)
+        clock.advance(time, view, ends=True, state=state)
         grad, loss = oracle(worker, pulled[worker])
         clock.stats.add_loss(loss)
         report = server.push(worker, grad, clock.epoch_at(time))

@@ -1,0 +1,84 @@
+"""Checkpoints of a run, one file per rank and epoch, and choosing which to resume from.
+
+Layout: ``RUN/checkpoints/rank-R/epoch-EEEEE.pt``. Each file is written to a temporary name and
+renamed, so a file under its final name is always whole: a crash mid-write leaves the previous
+checkpoint as the newest. Each rank keeps its newest :data:`KEEP` checkpoints.
+
+A checkpoint holds the engine's whole state (algorithm state: weights, momentum, predictor
+history, MeanSquare; snapshot rings or in-flight reductions; counters), the data position and
+RNG states of the batch oracle, torch's RNG, the model's buffers, the metrics so far (rank 0)
+and the effective configuration, which a resume compares with its own.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pcasgd.errors import ConfigError
+
+KEEP = 2
+FORMAT = 1
+# Settings a resumed run may change: they do not alter what was computed so far.
+RESUMABLE = ("epochs", "deadline", "progress_thread", "tensorboard", "host_staging", "device", "checkpoint_every")
+FILE = re.compile(r"epoch-(\d+)\.pt")
+
+
+def rank_folder(out: Path, rank: int) -> Path:
+    return out / "checkpoints" / f"rank-{rank}"
+
+
+def available_epochs(out: Path, rank: int) -> list[int]:
+    """Epochs this rank holds a complete checkpoint of, oldest first."""
+    folder = rank_folder(out, rank)
+    if not folder.is_dir():
+        return []
+    return sorted(int(match.group(1)) for path in folder.iterdir() if (match := FILE.fullmatch(path.name)))
+
+
+def save(out: Path, rank: int, epoch: int, payload: dict[str, Any]) -> Path:
+    folder = rank_folder(out, rank)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"epoch-{epoch:05d}.pt"
+    temporary = folder / f".epoch-{epoch:05d}.pt.tmp"
+    torch.save({"format": FORMAT, "epoch": epoch, **payload}, temporary)
+    os.replace(temporary, path)
+    for old in available_epochs(out, rank)[:-KEEP]:
+        (folder / f"epoch-{old:05d}.pt").unlink(missing_ok=True)
+    return path
+
+
+def load(out: Path, rank: int, epoch: int) -> dict[str, Any]:
+    path = rank_folder(out, rank) / f"epoch-{epoch:05d}.pt"
+    try:
+        payload = torch.load(path, weights_only=False)  # our own file: it holds the engine's objects
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        raise ConfigError(f"checkpoint {path} cannot be read: {error}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ConfigError(f"{path} is not a pcasgd checkpoint of format {FORMAT}")
+    return payload
+
+
+def differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """What differs between two effective configurations, besides :data:`RESUMABLE` settings."""
+    found = []
+    for key in sorted(set(saved) | set(current)):
+        if key in RESUMABLE:
+            continue
+        before, now = saved.get(key), current.get(key)
+        if isinstance(before, dict) and isinstance(now, dict):
+            found += differences(before, now, f"{prefix}{key}.")
+        elif before != now:
+            found.append(f"{prefix}{key}: {before!r} in the checkpoint, {now!r} now")
+    return found
+
+
+def check_same_run(payload: dict[str, Any], current: dict[str, Any], where: Path) -> None:
+    found = differences(payload["config"], current)
+    if found:
+        raise ConfigError(f"the checkpoint in {where} comes from another configuration: " + "; ".join(found))
