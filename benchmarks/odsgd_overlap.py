@@ -54,6 +54,7 @@ def worker(numel: int, compute_ms: float, steps: int) -> None:
     from pcasgd.runtime.collective import PendingMean, run_collective
     from pcasgd.sim.common import SimRun
     from pcasgd.transport.deadline import Deadline
+    from pcasgd.transport.staging import HostStaging
 
     torch.set_num_threads(1)
     comm = MPI.COMM_WORLD
@@ -70,10 +71,11 @@ def worker(numel: int, compute_ms: float, steps: int) -> None:
             results[name] = statistics.median(gaps)
         alone = []
         grad = torch.randn(numel)
+        staging = HostStaging(torch.device("cpu"), active=False)
         for step in range(steps):
             comm.Barrier()
             started = time.perf_counter()
-            PendingMean(comm, grad).mean(deadline, step)
+            PendingMean(comm, grad, staging, step).mean(deadline, step)
             alone.append(time.perf_counter() - started)
         results["allreduce"] = statistics.median(alone)
     finally:

@@ -162,3 +162,17 @@ def test_plot_and_compare_refuse_bad_input(tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     assert cli.main(["compare", "--modes", "pcasgd", "--delays", "fixed:x", "--out", str(tmp_path / "g")]) == 2
     assert not (tmp_path / "g").exists()
+
+
+def test_every_flag_is_documented_in_docs_cli_md():
+    text = (cli.Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    _, commands = cli.command_parsers()
+    flags = {
+        option
+        for parser in commands.values()
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    }
+    missing = sorted(flag for flag in flags if f"`{flag}" not in text)
+    assert not missing, missing

@@ -180,3 +180,11 @@ def test_sources_refuse_non_idx_magic(tmp_path):
     (tmp_path / "f").write_bytes(b"\x01\x02\x03\x04rest")
     with pytest.raises(ConfigError, match="bad magic number"):
         sources.read_idx(tmp_path / "f")
+
+
+def test_the_agents_test_subset_is_spread_over_the_classes():
+    data = load("digits")
+    ordered = type(data)(**{**data.__dict__, "test_y": data.test_y.sort().values})  # stored class by class
+    subset = ordered.test_subset(100)
+    assert len(subset.test_y) == 100 and len(torch.unique(subset.test_y)) == 10
+    assert ordered.test_subset(10_000) is ordered

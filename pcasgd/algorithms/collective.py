@@ -11,12 +11,15 @@ from torch import Tensor
 
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.prediction import update_mean_square
-from pcasgd.algorithms.sgd import momentum_velocity
 from pcasgd.errors import ConfigError
 
 
 class GlobalSGD:
-    """Replicated weights moved by the mean gradient: ssgd, and odsgd's global optimizer."""
+    """Replicated weights moved by the mean gradient: ssgd, and odsgd's global optimizer.
+
+    Updated in place: these vectors are as large as the model and change every step, so a new
+    tensor per step would cost more than the arithmetic (fresh pages). Callers copy what they keep.
+    """
 
     def __init__(self, config: AlgorithmConfig, params: Tensor) -> None:
         if config.family != "collective":
@@ -27,8 +30,8 @@ class GlobalSGD:
 
     def apply(self, mean_grad: Tensor, epoch: float = 0.0) -> None:
         lr = self.config.lr_at(epoch)
-        self.velocity = momentum_velocity(self.velocity, mean_grad, lr, self.config.effective_momentum)
-        self.params = self.params + self.velocity
+        self.velocity.mul_(self.config.effective_momentum).add_(mean_grad, alpha=-lr)  # v <- mu v - lr g
+        self.params.add_(self.velocity)
 
 
 class OneStepDelayAgent:
@@ -42,7 +45,8 @@ class OneStepDelayAgent:
         self.config = config
         self.global_opt = GlobalSGD(config, params)
         self.local_params = params.detach().clone()
-        self._base = self.global_opt.params  # the W that local_params were derived from
+        # The W that local_params were derived from (the dc local optimizer's reference).
+        self._base = self.global_opt.params.clone() if config.odsgd_local_opt == "dc" else None
         self._mean_square: Tensor | None = None
 
     @property
@@ -55,8 +59,9 @@ class OneStepDelayAgent:
 
     def sync_local(self) -> None:
         """Warm-up (plain SSGD): local weights follow the global ones."""
-        self.local_params = self.global_opt.params.clone()
-        self._base = self.global_opt.params
+        self.local_params.copy_(self.global_opt.params)
+        if self._base is not None:
+            self._base.copy_(self.global_opt.params)
 
     def local_step(self, grad: Tensor, epoch: float = 0.0) -> None:
         """``W~ <- W - alpha_l * g_hat`` from the last completed ``W``."""
@@ -66,5 +71,5 @@ class OneStepDelayAgent:
             self._mean_square = update_mean_square(self._mean_square, grad, config.odsgd_dc_decay)
             scale = config.odsgd_dc_lambda / torch.sqrt(self._mean_square + config.eps)
             direction = grad + scale * grad * grad * (self.global_opt.params - self._base)
-        self.local_params = self.global_opt.params - config.local_lr_at(epoch) * direction
-        self._base = self.global_opt.params
+            self._base.copy_(self.global_opt.params)
+        torch.add(self.global_opt.params, direction, alpha=-config.local_lr_at(epoch), out=self.local_params)

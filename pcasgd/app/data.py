@@ -74,8 +74,13 @@ class Dataset:
         return x
 
     def test_subset(self, samples: int) -> Dataset:
-        """The same dataset with only its first ``samples`` test samples."""
-        return Dataset(**{**self.__dict__, "test_x": self.test_x[:samples], "test_y": self.test_y[:samples]})
+        """The same dataset with ``samples`` test samples drawn once with a fixed seed (test sets
+        stored class by class would make the first ones all one class)."""
+        if samples >= len(self.test_y):
+            return self
+        chosen = torch.randperm(len(self.test_y), generator=torch.Generator().manual_seed(0))[:samples]
+        chosen = chosen.sort().values.to(self.test_y.device)
+        return Dataset(**{**self.__dict__, "test_x": self.test_x[chosen], "test_y": self.test_y[chosen]})
 
     def train_batch(self, rows: np.ndarray) -> tuple[Tensor, Tensor]:
         """Stored images and labels of training rows ``rows`` (indices into the full training set)."""

@@ -250,8 +250,8 @@ def prepare_resumed_output(out: Path, records: list[dict[str, Any]]) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-# Each agent's accuracy is measured on the first test samples only: evaluating every agent on a
-# full test set each epoch would cost more than the epoch itself for a ResNet on CIFAR-10.
+# Each agent's accuracy is measured on a fixed random subset of the test set: evaluating every
+# agent on all of it each epoch would cost more than the epoch itself for a ResNet on CIFAR-10.
 AGENT_EVAL_SAMPLES = 2000
 
 

@@ -43,7 +43,7 @@ class PendingMean:
 
     def mean(self, deadline: Deadline, iteration: int) -> Tensor:
         deadline.wait(self.request, f"the gradient allreduce of iteration {iteration}")
-        return self.staging.to_device(self.receive) / self.size
+        return self.staging.to_device(self.receive).div_(self.size)  # the buffer itself, unless staged
 
 
 class CompletedMean:

@@ -1,0 +1,55 @@
+"""Training on the real datasets: Fashion-MNIST (Debian's package, which the test setup installs)
+under mpirun, and the CIFAR-10 JPEG copy in ../shared/data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from pcasgd.app.data import load
+from pcasgd.app.models import build_model
+from tests.mpi_support import ROOT, needs_mpirun, train
+
+CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def fashion_mnist():
+    done = subprocess.run(["bash", ".ci/datasets.sh"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        message = f"Fashion-MNIST could not be installed (.ci/datasets.sh): {done.stderr[-1500:]}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@needs_mpirun
+@pytest.mark.timeout(900)
+def test_fashion_mnist_lenet5_on_four_mpi_ranks_reaches_085(fashion_mnist, tmp_path):
+    """Acceptance: 4 agents under mpirun, 5 epochs, pcasgd. Lock-step, so the figure is the same every run."""
+    out = tmp_path / "run"
+    flags = ["--mode", "pcasgd", "--dataset", "fashion-mnist", "--model", "lenet5", "--epochs", "5", "--deterministic"]
+    result = train(4, *flags, "--out", str(out), timeout=800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final"]["test_accuracy"] >= 0.85, summary["final"]
+    assert summary["partition"]["samples_per_agent"] == [15_000] * 4
+
+
+@pytest.mark.skipif(not CIFAR_ARCHIVE.is_file(), reason=f"{CIFAR_ARCHIVE} is missing (../shared/data)")
+def test_cifar10_jpeg_copy_loads_whole_and_a_resnet20_step_runs():
+    data = load("cifar10", CIFAR_ARCHIVE)
+    assert tuple(data.train_x.shape) == (50_000, 3, 32, 32) and tuple(data.test_x.shape) == (10_000, 3, 32, 32)
+    assert np.bincount(data.train_y.numpy()).tolist() == [5000] * 10
+    assert np.bincount(data.test_y.numpy()).tolist() == [1000] * 10
+    inputs = data.inputs(data.train_x[:64], torch.Generator().manual_seed(0))
+    assert abs(float(inputs.mean())) < 0.3 and 0.7 < float(inputs.std()) < 1.3  # normalized
+    model = build_model("resnet20", data.input_shape, data.classes)
+    loss = torch.nn.functional.cross_entropy(model(inputs), data.train_y[:64])
+    loss.backward()
+    assert 1.5 < float(loss) < 4.0  # about ln 10 at initialization
