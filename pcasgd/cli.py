@@ -163,6 +163,13 @@ def _add_train_arguments(train: argparse.ArgumentParser, grid: bool = False) -> 
     )
     train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events (OUT/tensorboard)")
     train.add_argument(
+        "--eval-every",
+        type=_number(int, 0),
+        default=run.eval_every,
+        metavar="K",
+        help="also record metrics every K iterations inside an epoch (0: once per epoch)",
+    )
+    train.add_argument(
         "--deterministic", action="store_true", help="mpi: lock-step iterations that reproduce --backend sim"
     )
     train.add_argument(
@@ -239,6 +246,7 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
         host_staging=args.host_staging,
         tensorboard=args.tensorboard,
         checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every,
     )
 
 

@@ -176,3 +176,14 @@ def test_every_flag_is_documented_in_docs_cli_md():
     }
     missing = sorted(flag for flag in flags if f"`{flag}" not in text)
     assert not missing, missing
+
+
+def test_records_every_k_iterations_between_the_epochs(tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "2", "--eval-every", "5", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    per_epoch = json.loads((out / "summary.json").read_text())["iterations_per_epoch"]  # 12 on digits
+    expected = sorted({*(k / per_epoch for k in range(5, 2 * per_epoch, 5)), 1, 2})
+    assert [r["epoch"] for r in records] == pytest.approx(expected)
+    assert [r["sim_time"] for r in records if r["epoch"] not in (1, 2)] == [5, 10, 15, 20]
+    assert records[-1]["epoch"] == 2 and isinstance(records[2]["epoch"], int)  # epoch boundaries stay integers

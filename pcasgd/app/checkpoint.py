@@ -25,7 +25,16 @@ from pcasgd.errors import ConfigError
 KEEP = 2
 FORMAT = 1
 # Settings a resumed run may change: they do not alter what was computed so far.
-RESUMABLE = ("epochs", "deadline", "progress_thread", "tensorboard", "host_staging", "device", "checkpoint_every")
+RESUMABLE = (
+    "epochs",
+    "deadline",
+    "progress_thread",
+    "tensorboard",
+    "host_staging",
+    "device",
+    "checkpoint_every",
+    "eval_every",
+)
 FILE = re.compile(r"epoch-(\d+)\.pt")
 
 

@@ -18,7 +18,7 @@ class EpochProgress:
         epoch = record["epoch"]
         eta = record["wall_seconds"] / epoch * (self.epochs - epoch)
         text = (
-            f"epoch {epoch}/{self.epochs}  acc {record['test_accuracy']:.4f}  loss {record['train_loss']:.4f}  "
+            f"epoch {epoch:.4g}/{self.epochs}  acc {record['test_accuracy']:.4f}  loss {record['train_loss']:.4f}  "
             f"consensus {record['consensus_distance_mean']:.3g}  staleness {record['staleness_mean']:.2f}"
             f"  {record['samples_per_second']:.0f} samples/s  {record['wall_seconds']:.1f}s  eta {eta:.0f}s"
         )

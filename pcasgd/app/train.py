@@ -75,12 +75,15 @@ class RunConfig:
     host_staging: str = "auto"  # mpi: copy GPU buffers through pinned host memory (auto: unless CUDA-aware)
     tensorboard: bool = False  # also write the per-epoch scalars as TensorBoard events
     checkpoint_every: int = 1  # epochs between checkpoints (0: none); every rank writes its own
+    eval_every: int = 0  # also record every K iterations inside an epoch (0: once per epoch)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; available: {', '.join(BACKENDS)}")
         if self.agents < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("agents, epochs and batch size must be >= 1")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every must be >= 0 (0: once per epoch), got {self.eval_every}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0 (0: no checkpoints), got {self.checkpoint_every}")
         if self.deadline <= 0:
@@ -486,6 +489,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
             segments=segment_offsets(model),
             checkpoint=save_checkpoint if config.checkpoint_every else None,
             resume=payload["engine"] if payload is not None else None,
+            record_every=config.eval_every,
         )
     else:
         from pcasgd.runtime.collective import run_collective
@@ -503,6 +507,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
             record_epoch,
             checkpoint=save_checkpoint if config.checkpoint_every else None,
             resume=payload["engine"] if payload is not None else None,
+            record_every=config.eval_every,
         )
         staging = HostStaging(device, stage_through_host(device, config.host_staging))
         if algorithm.family == "collective":

@@ -102,11 +102,11 @@ class CollectiveRank:
         self.shared = GlobalSGD(self.config, run.initial_params) if self.config.mode == "ssgd" else None
         self.agent = OneStepDelayAgent(self.config, run.initial_params) if self.config.mode == "odsgd" else None
         self.in_flight: deque[tuple[int, PendingMean | CompletedMean]] = deque()
+        self.step_time = max(run.delays.slowdown(r) for r in range(comm.Get_size()))  # the slowest sets the pace
         self.first_step = 0
-        self.next_epoch = 1
+        self.records = run.records()
         if run.resume is not None:
             self._restore(run.resume)
-        self.step_time = max(run.delays.slowdown(r) for r in range(comm.Get_size()))  # the slowest sets the pace
 
     def _local(self) -> Tensor:
         return self.shared.params if self.shared is not None else self.agent.local_params
@@ -125,11 +125,9 @@ class CollectiveRank:
         run = self.run
         step_time = self.step_time
         t = self.first_step
-        next_epoch = self.next_epoch
         while t * step_time < run.epochs * run.iterations_per_epoch:
-            while next_epoch < run.epochs and next_epoch * run.iterations_per_epoch <= t * step_time:
-                self._epoch(next_epoch, t)
-                next_epoch += 1
+            for epoch, is_epoch in self.records.due(t * step_time):
+                self._epoch(epoch, t, is_epoch)
             if self.shared is not None:
                 self._ssgd_step(t)
             else:
@@ -195,18 +193,18 @@ class CollectiveRank:
         samples = getattr(self.run.oracle, "samples", 0)
         return RankState(self._local(), self.epoch_stats, self.steps, samples, {}, self.staleness, Counter())
 
-    def _epoch(self, epoch: int, t: int) -> None:
+    def _epoch(self, epoch: float, t: int, is_epoch: bool) -> None:
         self.steps = t
         states = self.recorder.gather(self._state(), f"gathering epoch {epoch}")
         if states is not None:
             self.recorder.fire(epoch, states, self._reference())
         self.epoch_stats = EpochStats()
-        if self.run.checkpoint is not None:
-            self.run.checkpoint(epoch, self._checkpoint_state(epoch, t))
+        if is_epoch and self.run.checkpoint is not None:
+            self.run.checkpoint(int(epoch), self._checkpoint_state(t))
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def _checkpoint_state(self, epoch: int, t: int) -> dict:
+    def _checkpoint_state(self, t: int) -> dict:
         """The weights and optimizer state before step ``t``; a reduction in flight is completed
         (its result is what step ``t`` would use) and kept as done."""
         self.in_flight = deque(
@@ -214,7 +212,6 @@ class CollectiveRank:
         )
         return {
             "step": t,
-            "next_epoch": epoch + 1,
             "shared": self.shared,
             "agent": self.agent,
             "in_flight": [(started, done.mean(self.deadline, started)) for started, done in self.in_flight],
@@ -222,7 +219,9 @@ class CollectiveRank:
         }
 
     def _restore(self, state: dict) -> None:
-        self.first_step, self.next_epoch = state["step"], state["next_epoch"]
+        self.first_step = state["step"]
+        for _ in self.records.due(self.first_step * self.step_time):  # recorded before the checkpoint
+            pass
         self.shared, self.agent, self.staleness = state["shared"], state["agent"], state["staleness"]
         self.in_flight = deque((started, CompletedMean(mean)) for started, mean in state["in_flight"])
 

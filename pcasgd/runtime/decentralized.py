@@ -119,6 +119,7 @@ class DecentralizedRank:
         self._last_totals: list[dict[str, float]] = [{} for _ in range(self.size)]
         self._last_iteration_seconds = 0.0
         self.first_iteration = 0
+        self.records = run.records()
         if run.resume is not None:
             self._restore(run.resume)
         # Every rank, resumed or not: neighbours read restored snapshots only after this.
@@ -137,8 +138,8 @@ class DecentralizedRank:
         budget = run.epochs * run.iterations_per_epoch
         k = self.first_iteration
         while True:
-            if k > self.first_iteration and k % run.iterations_per_epoch == 0 and k < budget:
-                self._epoch(k // run.iterations_per_epoch, k)
+            for epoch, is_epoch in self.records.due(k):
+                self._epoch(epoch, k, is_epoch)
             if k >= budget:
                 if not self.options.deterministic:
                     with self.deadline.guard("signalling the end of training to rank 0"):
@@ -189,7 +190,7 @@ class DecentralizedRank:
             self.agent.params, self.epoch_stats, k, int(totals["samples"]), totals, self.staleness, self.agent.decisions
         )
 
-    def _epoch(self, epoch: int, k: int) -> None:
+    def _epoch(self, epoch: float, k: int, is_epoch: bool) -> None:
         if self.options.deterministic:
             states = self.recorder.gather(self._state(k), f"gathering epoch {epoch}")
             if self.rank == 0:
@@ -197,8 +198,8 @@ class DecentralizedRank:
         elif self.rank == 0:
             self.recorder.fire(epoch, self._with_remote_stats(self._remote_states(k, epoch)))
         self.epoch_stats = EpochStats()
-        if self.run.checkpoint is not None:
-            self.run.checkpoint(epoch, self._checkpoint_state(k))
+        if is_epoch and self.run.checkpoint is not None:
+            self.run.checkpoint(int(epoch), self._checkpoint_state(k))
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -221,6 +222,8 @@ class DecentralizedRank:
 
     def _restore(self, state: dict) -> None:
         self.first_iteration = state["iteration"]
+        for _ in self.records.due(self.first_iteration):  # recorded before the checkpoint
+            pass
         self.agent = state["agent"]
         self.overall, self.staleness, self._last_totals = state["overall"], state["staleness"], state["last_totals"]
         device = self.run.initial_params.device

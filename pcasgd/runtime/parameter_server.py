@@ -139,6 +139,7 @@ def _serve_deterministic(comm: MPI.Comm, run: SimRun, link: _Link) -> SimResult:
         run.hook,
         checkpoint if run.checkpoint is not None else None,
         engine_state,
+        run.record_every,
     )
     result = simulate_parameter_server(local_run, comm.Get_size() - 1, on_pull=remote.pulled)
     for worker in sorted(remote.outstanding - set(remote.received)):  # asked for after the budget: not applied
@@ -162,16 +163,18 @@ class _AsynchronousServer:
         self.samples = 0
         self.stats = EpochStats()
         self.staleness: Counter[int] = Counter()
-        self.next_epoch = 1
+        self.records = run.records()
         if run.resume is not None:  # the workers pull afresh: gradients in flight at the checkpoint are lost
-            for name in ("server", "versions", "pulled", "done", "samples", "staleness", "next_epoch"):
+            for name in ("server", "versions", "pulled", "done", "samples", "staleness"):
                 setattr(self, name, run.resume[name])
+            for _ in self.records.due(max(self.done)):  # recorded before the checkpoint
+                pass
 
     def _checkpoint(self, epoch: int) -> None:
         for worker in range(self.workers):
             self.link.send_checkpoint(worker + 1, epoch)
         state = {name: getattr(self, name) for name in ("server", "versions", "pulled", "done", "samples", "staleness")}
-        self.run.checkpoint(epoch, {**state, "next_epoch": epoch + 1})
+        self.run.checkpoint(epoch, state)
 
     def pull(self, worker: int) -> None:
         server = self.server
@@ -188,7 +191,6 @@ class _AsynchronousServer:
             self.pull(worker)
         waiting: list[int] = []
         stopped: set[int] = set()
-        next_epoch = self.next_epoch
         while len(stopped) < self.workers:
             worker = self.link.next_sender("waiting for any worker's gradient") - 1
             grad, loss, samples = self.link.receive_gradient(worker + 1)
@@ -217,12 +219,11 @@ class _AsynchronousServer:
                     stopped.add(other)
                 else:
                     self.pull(other)
-            while next_epoch < run.epochs and max(self.done) >= next_epoch * run.iterations_per_epoch:
-                self.recorder.fire(next_epoch, self._states(), server.params)
+            for epoch, is_epoch in self.records.due(max(self.done)):
+                self.recorder.fire(epoch, self._states(), server.params)
                 self.stats = EpochStats()
-                if run.checkpoint is not None:
-                    self._checkpoint(next_epoch)
-                next_epoch += 1
+                if is_epoch and run.checkpoint is not None:
+                    self._checkpoint(int(epoch))
         self.link.flush()
         return self.recorder.result(self._states(), server.params)
 

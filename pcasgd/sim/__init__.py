@@ -36,14 +36,17 @@ def simulate(
     segments: Sequence[int] | None = None,
     checkpoint: Checkpoint | None = None,
     resume: dict[str, Any] | None = None,
+    record_every: int = 0,
 ) -> SimResult:
     """Run ``config.mode`` with ``agents`` agents (workers, for parameter-server modes).
 
-    ``checkpoint`` and ``resume``: see :class:`~pcasgd.sim.common.SimRun`.
+    ``checkpoint``, ``resume`` and ``record_every``: see :class:`~pcasgd.sim.common.SimRun`.
     """
     if iterations_per_epoch < 1 or epochs < 1:
         raise ConfigError("iterations per epoch and epochs must be >= 1")
-    run = SimRun(config, delays, oracle, initial_params, iterations_per_epoch, epochs, hook, checkpoint, resume)
+    run = SimRun(
+        config, delays, oracle, initial_params, iterations_per_epoch, epochs, hook, checkpoint, resume, record_every
+    )
     if config.family == "decentralized":
         if topology is None:
             raise ConfigError(f"mode {config.mode!r} needs a topology")

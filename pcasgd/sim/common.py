@@ -9,7 +9,7 @@ under a wall-clock budget. The epoch hook fires when simulated time crosses each
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -48,6 +48,10 @@ class SimRun:
     # engine's whole state (picklable); resume: such a state, to continue from instead of starting.
     checkpoint: Checkpoint | None = None
     resume: dict[str, Any] | None = None
+    record_every: int = 0  # iterations between records inside an epoch (0: at epoch boundaries only)
+
+    def records(self) -> RecordSchedule:
+        return RecordSchedule(self.iterations_per_epoch, self.epochs, self.record_every)
 
     def clock(self) -> EpochClock:
         clock = EpochClock(
@@ -56,6 +60,7 @@ class SimRun:
             self.hook,
             lambda: getattr(self.oracle, "samples", 0),
             self.checkpoint,
+            self.record_every,
         )
         if self.resume is not None:
             clock.restore(self.resume["clock"])
@@ -122,7 +127,7 @@ class EpochStats:
 class EpochView:
     """What the epoch hook sees at a boundary."""
 
-    epoch: int
+    epoch: float  # an int at epoch boundaries; fractional for the records between them
     agent_params: list[Tensor]
     reference_params: Tensor  # the model to evaluate: mean of agents, server, or global weights
     iterations: list[int]  # iterations done so far, per agent
@@ -145,8 +150,52 @@ class SimResult:
     sim_time: float
 
 
+class RecordSchedule:
+    """When a run records: at every epoch boundary, and every ``interval`` iterations between them.
+
+    Positions are in iterations (simulated time for the simulator). :meth:`due` never yields the
+    run's last boundary: engines record that one when they finish.
+    """
+
+    def __init__(self, iterations_per_epoch: int, epochs: int, interval: int = 0) -> None:
+        self.iterations_per_epoch = iterations_per_epoch
+        self.epochs = epochs
+        self.interval = interval
+        self.next_epoch = 1
+        self.next_mark = 1
+
+    def _next(self) -> tuple[float, bool] | None:
+        ipe = self.iterations_per_epoch
+        candidates = []
+        if self.next_epoch < self.epochs:
+            candidates.append((float(self.next_epoch * ipe), True))
+        if self.interval:
+            while (self.next_mark * self.interval) % ipe == 0:  # an epoch boundary: recorded as such
+                self.next_mark += 1
+            if self.next_mark * self.interval < self.epochs * ipe:
+                candidates.append((float(self.next_mark * self.interval), False))
+        return min(candidates) if candidates else None
+
+    def due(self, position: float, ends: bool = False) -> Iterator[tuple[float, bool]]:
+        """The records ``position`` has reached, in order: ``(epoch, is_epoch_boundary)``.
+
+        Work that starts at a boundary belongs after it; work that ends there (``ends=True``:
+        parameter-server pushes) belongs before it.
+        """
+        while (upcoming := self._next()) is not None and (
+            upcoming[0] < position or (not ends and upcoming[0] == position)
+        ):
+            at, is_epoch = upcoming
+            if is_epoch:
+                self.next_epoch += 1
+            else:
+                self.next_mark += 1
+            yield (self.next_epoch - 1 if is_epoch else at / self.iterations_per_epoch), is_epoch
+
+
 class EpochClock:
-    """Fires the hook for every epoch boundary that simulated time has reached."""
+    """Fires the hook for every record (epoch boundary, and every ``record_every`` iterations)
+    that simulated time has reached, and the checkpoint callback after epoch boundaries."""
 
     def __init__(
         self,
@@ -155,13 +204,14 @@ class EpochClock:
         hook: EpochHook | None,
         samples: Callable[[], int] = lambda: 0,
         checkpoint: Checkpoint | None = None,
+        record_every: int = 0,
     ) -> None:
         self.iterations_per_epoch = iterations_per_epoch
         self.samples = samples
         self.epochs = epochs
         self.hook = hook
         self.checkpoint = checkpoint
-        self.next_epoch = 1
+        self.records = RecordSchedule(iterations_per_epoch, epochs, record_every)
         self.stats = EpochStats()
         self.total_staleness: Counter[int] = Counter()
 
@@ -189,30 +239,33 @@ class EpochClock:
         an iteration there (``ends=True``: parameter-server pushes) belong to the epoch it closes.
         ``state``: the engine's state at this point, for the checkpoint callback.
         """
-        while self.next_epoch <= self.epochs and (
-            self.next_epoch * self.iterations_per_epoch < time
-            or (not ends and self.next_epoch * self.iterations_per_epoch == time)
-        ):
-            self._fire(view, self.next_epoch * self.iterations_per_epoch)
-            if self.checkpoint is not None and state is not None and self.next_epoch <= self.epochs:
-                self.checkpoint(self.next_epoch - 1, {**state(), "clock": self.state()})
+        for epoch, is_epoch in self.records.due(time, ends):
+            self._fire(view, epoch)
+            if is_epoch and self.checkpoint is not None and state is not None:
+                self.checkpoint(int(epoch), {**state(), "clock": self.state()})
 
     def state(self) -> dict[str, Any]:
-        return {"next_epoch": self.next_epoch, "stats": self.stats, "total_staleness": self.total_staleness}
+        return {
+            "next_epoch": self.records.next_epoch,
+            "next_mark": self.records.next_mark,
+            "stats": self.stats,
+            "total_staleness": self.total_staleness,
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.next_epoch = state["next_epoch"]
+        self.records.next_epoch, self.records.next_mark = state["next_epoch"], state["next_mark"]
         self.stats = state["stats"]
         self.total_staleness = state["total_staleness"]
 
     def finish(self, view: Callable[[], tuple[list[Tensor], Tensor, list[int]]]) -> None:
-        while self.next_epoch <= self.epochs:
-            self._fire(view, self.next_epoch * self.iterations_per_epoch)
+        for epoch, _ in self.records.due(float("inf")):
+            self._fire(view, epoch)
+        self._fire(view, self.epochs)
 
-    def _fire(self, view: Callable[[], tuple[list[Tensor], Tensor, list[int]]], time: float) -> None:
+    def _fire(self, view: Callable[[], tuple[list[Tensor], Tensor, list[int]]], epoch: float) -> None:
         if self.hook is not None:
             agent_params, reference, iterations = view()
-            view = EpochView(self.next_epoch, agent_params, reference, iterations, self.stats, time, self.samples())
+            time = epoch * self.iterations_per_epoch
+            view = EpochView(epoch, agent_params, reference, iterations, self.stats, time, self.samples())
             self.hook(view)
         self.stats = EpochStats()
-        self.next_epoch += 1
