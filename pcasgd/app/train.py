@@ -346,14 +346,12 @@ def _resume_payload(comm, deadline, config: RunConfig, out: Path) -> dict[str, A
             )
             fresh = True
     problem, payload = None, None
-    if fresh:
-        pass
-    elif not epochs:
+    if not epochs and not fresh:
         problem = (
             f"nothing to resume in {out}: no checkpoints/rank-{rank}/epoch-*.pt common to every rank "
             "(the run wrote none: --checkpoint-every 0, or it stopped before its first checkpoint)"
         )
-    else:
+    elif epochs:
         try:
             payload = checkpoints.load(out, rank, epochs[-1])
             checkpoints.check_same_run(payload, _config_record(config), out)

@@ -150,7 +150,10 @@ class CollectiveRank:
     def _gradient(self, params: Tensor) -> Tensor:
         if self.slowdown > 1.0:
             pause = (self.slowdown - 1.0) * self._last_work_seconds
-            self.progress.sleep(pause) if self.progress is not None else time.sleep(pause)
+            if self.progress is not None:
+                self.progress.sleep(pause)
+            else:
+                time.sleep(pause)
         started = time.perf_counter()
         grad, loss = self.run.oracle(self.rank, params)
         if self.progress is not None:
