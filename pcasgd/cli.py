@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pcasgd import __version__
 from pcasgd.algorithms.config import CHOICES, MODES, AlgorithmConfig
-from pcasgd.app.compare import compare, strip_options
+from pcasgd.app.compare import Variant, compare, parse_variant, strip_options
 from pcasgd.app.config_file import config_argv
 from pcasgd.app.data import DATASETS
 from pcasgd.app.models import MODELS
@@ -112,7 +112,14 @@ def command_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argum
         help="run a grid of modes x delays x seeds; write a Markdown table and a figure",
         formatter_class=formatter,
     )
-    compare.add_argument("--modes", nargs="+", required=True, metavar="MODE", help="modes to compare")
+    compare.add_argument("--modes", nargs="+", default=[], metavar="MODE", help="modes to compare")
+    compare.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="a named set of train flags to compare, e.g. 'theta 0.25=--mode pcasgd --theta 0.25' (repeatable)",
+    )
     compare.add_argument("--delays", nargs="+", default=["none"], metavar="SPEC", help="delay specs to compare")
     compare.add_argument("--seeds", nargs="+", type=_number(int, 0), default=[0], metavar="SEED")
     _add_train_arguments(compare, grid=True)
@@ -324,18 +331,22 @@ def _plot(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     """Each cell runs ``pcasgd train`` with this command's other flags; bad settings fail before any run."""
-    for mode in args.modes:
-        run_config_from(argparse.Namespace(**{**vars(args), "mode": mode, "delay": args.delays[0], "seed": 0}))
+    variants = [Variant(mode, ("--mode", mode)) for mode in args.modes] + [parse_variant(v) for v in args.variant]
+    base = strip_options(
+        argv[argv.index("compare") + 1 :], ("--modes", "--variant", "--delays", "--seeds", "--out", "--config")
+    )
+    train_parser = command_parsers()[1]["train"]
+    for variant in variants:
+        cell_flags = [*base, *variant.flags, "--delay", args.delays[0]]
+        try:
+            run_config_from(train_parser.parse_args(cell_flags))
+        except SystemExit:
+            raise ConfigError(f"variant {variant.name!r}: pcasgd train refuses these flags (see above)") from None
     for delay in args.delays:
         parse_delays(delay, 0)
-    base = strip_options(argv[argv.index("compare") + 1 :], ("--modes", "--delays", "--seeds", "--out", "--config"))
     out = args.out if args.out is not None else Path("runs") / "compare"
     agents = args.agents if args.agents is not None else RunConfig().agents
-    try:
-        table = compare(args.modes, args.delays, args.seeds, base, out, args.backend, agents, main)
-    except TrainingFailedError as error:
-        print(f"pcasgd: compare failed: {error}", file=sys.stderr)
-        return 1
+    table = compare(variants, args.delays, args.seeds, base, out, args.backend, agents, main)
     print(table, end="")
     print(f"table, figure and runs in {out}")
     return 0

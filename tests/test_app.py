@@ -144,17 +144,46 @@ def test_metrics_files_plots_and_compare_from_real_runs(tmp_path, capsys):
     argv = ["compare", "--modes", "pcasgd", "asgd", "--delays", "none", "fixed:3", "--seeds", "0", "1"]
     assert cli.main([*argv, "--epochs", "2", "--out", str(grid)]) == 0
     table = (grid / "compare.md").read_text().splitlines()
-    assert table[0].startswith("| mode | none: accuracy | fixed:3: accuracy")
-    assert [line.split("|")[1].strip() for line in table[2:]] == ["pcasgd", "asgd"]
+    assert table[0].startswith("| variant | delay | test accuracy")
+    rows = [[cell.strip() for cell in line.split("|")[1:3]] for line in table[2:]]
+    assert rows == [["pcasgd", "none"], ["pcasgd", "fixed:3"], ["asgd", "none"], ["asgd", "fixed:3"]]
     assert " ± " in table[2] and (grid / "compare.png").is_file()
     assert len(json.loads((grid / "compare.json").read_text())) == 8
     assert json.loads((grid / "asgd__fixed_3__seed1" / "summary.json").read_text())["config"]["epochs"] == 2
+
+
+def test_compare_variants_count_failed_cells_and_reuse_finished_ones(tmp_path, capsys):
+    grid = tmp_path / "grid"
+    argv = ["compare", "--variant", "theta 0.25=--mode pcasgd --theta 0.25", "--variant", "blows up=--lr 1e12"]
+    argv += ["--delays", "fixed:2", "--epochs", "2", "--out", str(grid)]
+    assert cli.main(argv) == 0
+    assert "cell blows_up__fixed_2__seed0 failed while training" in capsys.readouterr().err
+    cells = {cell["variant"]: cell for cell in json.loads((grid / "compare.json").read_text())}
+    assert cells["blows up"]["failed"] and not cells["theta 0.25"]["failed"]
+    config = json.loads((grid / "theta_0.25__fixed_2__seed0" / "summary.json").read_text())["config"]
+    assert config["algorithm"]["theta"] == 0.25 and config["delay"] == "fixed:2"
+    assert (grid / "compare.md").read_text().splitlines()[3].endswith("| 1/1 |")
+    summary = grid / "theta_0.25__fixed_2__seed0" / "summary.json"
+    before = summary.stat().st_mtime_ns
+    assert cli.main(argv) == 0  # the finished cell is read back, not run again
+    assert summary.stat().st_mtime_ns == before
+    assert json.loads((grid / "compare.json").read_text())[0]["accuracy"] == cells["theta 0.25"]["accuracy"]
 
 
 def test_plot_and_compare_refuse_bad_input(tmp_path, capsys):
     assert cli.main(["plot", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
     assert cli.main(["compare", "--modes", "pcasgd", "--delays", "fixed:x", "--out", str(tmp_path / "g")]) == 2
+    assert not (tmp_path / "g").exists()
+    for variant, message in [
+        ("no equals sign", "expected NAME=FLAGS"),
+        ("x=--seed 3", "compare sets those per cell"),
+        ("x=--theta 7", "7 is outside [0.0, 1.0]"),
+    ]:
+        assert cli.main(["compare", "--variant", variant, "--out", str(tmp_path / "g")]) == 2
+        assert message in capsys.readouterr().err
+    assert cli.main(["compare", "--out", str(tmp_path / "g")]) == 2
+    assert "at least one mode or variant" in capsys.readouterr().err
     assert not (tmp_path / "g").exists()
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -13,20 +12,6 @@ import torch
 from tests.mpi_support import PYTHON, ROOT, mpi_env, needs_mpirun, train
 
 pytestmark = needs_mpirun
-
-
-@pytest.fixture(scope="module")
-def horovod():
-    """Build (first time: 5-10 minutes, then cached outside the repository) and install Horovod."""
-    env = {**os.environ, "PCASGD_VENV": str(Path(PYTHON).parents[1])}
-    built = subprocess.run(
-        ["bash", "launch/build-horovod.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500
-    )
-    if built.returncode != 0:
-        message = f"Horovod could not be built: {built.stderr[-2000:]}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def horovodrun_gloo(*flags: str) -> subprocess.CompletedProcess:

@@ -53,6 +53,17 @@ def test_asynchronous_run_with_a_straggler(tmp_path):
     assert records[-1] == summary["final"] and records[-1]["epoch"] == 10
 
 
+def test_asynchronous_dsgd_ends_when_a_rank_it_waits_for_has_stopped(tmp_path):
+    """dsgd waits for each neighbour's snapshot of the same iteration; when the run ends, a rank
+    may stop while a neighbour waits for it: that neighbour must stop too, not wait out the deadline."""
+    out = tmp_path / "run"
+    flags = ["--mode", "dsgd", "--delay", "straggler:3=2.0", "--epochs", "4", "--deadline", "30"]
+    for _ in range(3):  # where each rank stands when the run ends varies from run to run
+        result = train(8, *flags, "--out", str(out), "--overwrite", timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads((out / "summary.json").read_text())["final"]["test_accuracy"] > 0.5
+
+
 def test_singleton_processes_are_caught():
     result = subprocess.run(
         [PYTHON, "-m", "pcasgd.cli", "train", "--backend", "mpi", "--agents", "4", "--epochs", "1"],

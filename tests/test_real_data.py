@@ -4,8 +4,6 @@ under mpirun, and the CIFAR-10 JPEG copy in ../shared/data."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -16,16 +14,6 @@ from pcasgd.app.models import build_model
 from tests.mpi_support import ROOT, needs_mpirun, train
 
 CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-
-
-@pytest.fixture(scope="module")
-def fashion_mnist():
-    done = subprocess.run(["bash", ".ci/datasets.sh"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        message = f"Fashion-MNIST could not be installed (.ci/datasets.sh): {done.stderr[-1500:]}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @needs_mpirun

@@ -1,42 +1,75 @@
-"""``pcasgd compare``: a grid of runs (modes x delays x seeds), a Markdown table and a figure.
+"""``pcasgd compare``: a grid of runs (variants x delays x seeds), a Markdown table and a figure.
 
-Each cell is an ordinary ``pcasgd train`` run with its own run directory under ``--out``; the
-simulator runs in this process, ``--backend mpi`` cells are launched with ``mpirun`` (one rank
-per agent, plus the server for parameter-server modes).
+A variant is a named set of ``pcasgd train`` flags (``--modes M`` gives the variants
+``M = --mode M``). Each cell is an ordinary ``pcasgd train`` run with its own run directory
+under ``--out``; the simulator runs in this process, ``--backend mpi`` cells are launched with
+``mpirun`` (one rank per agent, plus the server for parameter-server modes).
+
+A cell whose run fails during training (it diverged, exit 1) is counted as failed and the grid
+goes on; a cell already finished with the same flags (an interrupted grid started again) is
+read back instead of run again.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import shlex
 import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pcasgd.algorithms.config import SERVER_MODES
-from pcasgd.errors import ConfigError, TrainingFailedError
+from pcasgd.errors import ConfigError
+
+EXIT_TRAINING_FAILED = 1  # pcasgd train's exit status for a run that failed while training (e.g. diverged)
+CELL_FILE = "compare-cell.json"  # the flags a finished cell ran with, beside its summary.json
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    flags: tuple[str, ...]
+
+    @property
+    def mode(self) -> str | None:
+        """The mode the flags set (the last ``--mode``), or None for the default mode."""
+        modes = [self.flags[i + 1] for i, flag in enumerate(self.flags[:-1]) if flag == "--mode"]
+        modes += [flag.split("=", 1)[1] for flag in self.flags if flag.startswith("--mode=")]
+        return modes[-1] if modes else None
 
 
 @dataclass(frozen=True)
 class Cell:
-    mode: str
+    variant: Variant
     delay: str
     seed: int
 
     @property
     def name(self) -> str:
-        safe_delay = "".join(c if c.isalnum() or c in "-." else "_" for c in self.delay)
-        return f"{self.mode}__{safe_delay}__seed{self.seed}"
+        def safe(text: str) -> str:
+            return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
+
+        return f"{safe(self.variant.name)}__{safe(self.delay)}__seed{self.seed}"
 
 
 @dataclass(frozen=True)
 class CellResult:
-    cell: Cell
-    accuracy: float
-    wall_seconds: float
-    staleness_mean: float
+    """Final figures of one cell (NaN and ``failed`` when the run failed while training)."""
+
+    variant: str
+    delay: str
+    seed: int
+    failed: bool
+    accuracy: float = math.nan
+    worst_agent_accuracy: float = math.nan
+    consensus_distance: float = math.nan
+    staleness_mean: float = math.nan
+    staleness_max: int = 0
+    wall_seconds: float = math.nan
 
 
 def strip_options(argv: Sequence[str], options: Sequence[str]) -> list[str]:
@@ -54,6 +87,34 @@ def strip_options(argv: Sequence[str], options: Sequence[str]) -> list[str]:
     return kept
 
 
+def parse_variant(text: str) -> Variant:
+    """``NAME=FLAGS`` (flags in shell syntax) as a :class:`Variant`."""
+    name, equals, flags = text.partition("=")
+    if not equals or not name.strip():
+        raise ConfigError(f"--variant {text!r}: expected NAME=FLAGS, e.g. 'theta 0.25=--theta 0.25'")
+    split = tuple(shlex.split(flags))
+    reserved = {flag.split("=", 1)[0] for flag in split} & {"--delay", "--seed", "--out", "--overwrite", "--resume"}
+    if reserved:
+        raise ConfigError(f"--variant {name!r} sets {', '.join(sorted(reserved))}: compare sets those per cell")
+    return Variant(name.strip(), split)
+
+
+def cell_argv(cell: Cell, base_argv: Sequence[str], out: Path) -> list[str]:
+    """The ``pcasgd train`` flags of ``cell`` (after ``train``)."""
+    argv = [*base_argv, *cell.variant.flags, "--delay", cell.delay, "--seed", str(cell.seed)]
+    return [*argv, "--out", str(out / cell.name), "--overwrite"]
+
+
+def _finished(folder: Path, argv: list[str]) -> dict | None:
+    """The summary of a cell already run with exactly ``argv``, else None."""
+    try:
+        if json.loads((folder / CELL_FILE).read_text()) == argv:
+            return json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def run_cell(
     cell: Cell,
     base_argv: list[str],
@@ -63,68 +124,87 @@ def run_cell(
     train: Callable[[list[str]], int],
 ) -> CellResult:
     folder = out / cell.name
-    argv = [*base_argv, "--mode", cell.mode, "--delay", cell.delay, "--seed", str(cell.seed)]
-    argv += ["--out", str(folder), "--overwrite"]
-    if backend == "mpi":
-        from pcasgd.runtime.launch import mpirun_path, open_mpi_env
+    argv = cell_argv(cell, base_argv, out)
+    summary = _finished(folder, argv)
+    if summary is None:
+        if backend == "mpi":
+            from pcasgd.runtime.launch import mpirun_path, open_mpi_env
 
-        ranks = agents + (1 if cell.mode in SERVER_MODES else 0)
-        command = [mpirun_path() or "mpirun", "-n", str(ranks), sys.executable, "-m", "pcasgd.cli", "train", *argv]
-        code = subprocess.run(command, env=open_mpi_env(), check=False).returncode
-    else:
-        code = train(["train", *argv])
-    summary_path = folder / "summary.json"
-    if code != 0 or not summary_path.is_file():
-        raise TrainingFailedError(f"the run {cell.name} failed (exit {code}); its files are in {folder}")
-    summary = json.loads(summary_path.read_text())
+            ranks = agents + (1 if cell.variant.mode in SERVER_MODES else 0)
+            command = [mpirun_path() or "mpirun", "-n", str(ranks), sys.executable, "-m", "pcasgd.cli", "train"]
+            code = subprocess.run([*command, *argv], env=open_mpi_env(), check=False).returncode
+        else:
+            code = train(["train", *argv])
+        if code == EXIT_TRAINING_FAILED:
+            print(f"pcasgd: compare: cell {cell.name} failed while training; the grid goes on", file=sys.stderr)
+            return CellResult(cell.variant.name, cell.delay, cell.seed, failed=True)
+        if code != 0 or not (folder / "summary.json").is_file():
+            raise ConfigError(f"the run {cell.name} did not start (exit {code}); its messages are above")
+        summary = json.loads((folder / "summary.json").read_text())
+        (folder / CELL_FILE).write_text(json.dumps(argv))
     final = summary["final"]
-    return CellResult(cell, final["test_accuracy"], final["wall_seconds"], summary["staleness"]["mean"])
+    return CellResult(
+        cell.variant.name,
+        cell.delay,
+        cell.seed,
+        failed=False,
+        accuracy=final["test_accuracy"],
+        worst_agent_accuracy=final["agent_accuracy_min"],
+        consensus_distance=final["consensus_distance_mean"],
+        staleness_mean=summary["staleness"]["mean"],
+        staleness_max=summary["staleness"]["max"],
+        wall_seconds=final["wall_seconds"],
+    )
 
 
-def _mean_std(values: list[float]) -> str:
+def _spread(values: list[float], digits: int) -> str:
+    if not values:
+        return "-"
     if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def markdown_table(results: list[CellResult], modes: Sequence[str], delays: Sequence[str]) -> str:
-    """Final test accuracy of the averaged model (mean ± std over seeds), then wall time, per mode and delay."""
+def markdown_table(results: list[CellResult], variants: Sequence[str], delays: Sequence[str]) -> str:
+    """One row per variant and delay: final figures, mean ± std over the seeds that finished."""
     lines = [
-        "| mode | "
-        + " | ".join(f"{delay}: accuracy" for delay in delays)
-        + " | "
-        + " | ".join(f"{delay}: wall s" for delay in delays)
-        + " |",
-        "|---|" + "---|" * (2 * len(delays)),
+        "| variant | delay | test accuracy (evaluated model) | worst agent | consensus distance "
+        "| staleness mean / max | wall s | failed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for mode in modes:
-        accuracy, wall = [], []
+    for variant in variants:
         for delay in delays:
-            cells = [r for r in results if r.cell.mode == mode and r.cell.delay == delay]
-            accuracy.append(_mean_std([r.accuracy for r in cells]))
-            wall.append(f"{statistics.mean(r.wall_seconds for r in cells):.1f}")
-        lines.append(f"| {mode} | " + " | ".join(accuracy) + " | " + " | ".join(wall) + " |")
+            cells = [r for r in results if r.variant == variant and r.delay == delay]
+            done = [r for r in cells if not r.failed]
+            top = max((r.staleness_max for r in done), default=0)
+            lines.append(
+                f"| {variant} | {delay} | {_spread([r.accuracy for r in done], 4)} | "
+                f"{_spread([r.worst_agent_accuracy for r in done], 4)} | "
+                f"{_spread([r.consensus_distance for r in done], 3)} | "
+                f"{_spread([r.staleness_mean for r in done], 2)} / {top} | "
+                f"{_spread([r.wall_seconds for r in done], 1)} | {len(cells) - len(done)}/{len(cells)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def plot_grid(results: list[CellResult], modes: Sequence[str], delays: Sequence[str], path: Path) -> None:
+def plot_grid(results: list[CellResult], variants: Sequence[str], delays: Sequence[str], path: Path) -> None:
     from pcasgd.app.plots import _pyplot
 
     plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(max(6.4, 1.2 * len(modes) * len(delays) ** 0.5), 4.2))
+    figure, axes = plt.subplots(figsize=(max(6.4, 1.2 * len(variants) * len(delays) ** 0.5), 4.2))
     width = 0.8 / len(delays)
     for index, delay in enumerate(delays):
         means, stds = [], []
-        for mode in modes:
-            values = [r.accuracy for r in results if r.cell.mode == mode and r.cell.delay == delay]
-            means.append(statistics.mean(values))
+        for variant in variants:
+            values = [r.accuracy for r in results if r.variant == variant and r.delay == delay and not r.failed]
+            means.append(statistics.mean(values) if values else 0.0)
             stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
-        positions = [m + index * width for m in range(len(modes))]
+        positions = [m + index * width for m in range(len(variants))]
         axes.bar(positions, means, width=width, yerr=stds, capsize=3, label=f"delay {delay}")
-    axes.set_xticks([m + width * (len(delays) - 1) / 2 for m in range(len(modes))], modes, rotation=20)
-    axes.set_ylabel("final test accuracy (averaged model)")
-    low = min(r.accuracy for r in results)
-    axes.set_ylim(max(0.0, low - 0.1), min(1.0, max(r.accuracy for r in results) + 0.03))
+    axes.set_xticks([m + width * (len(delays) - 1) / 2 for m in range(len(variants))], variants, rotation=20)
+    axes.set_ylabel("final test accuracy (evaluated model)")
+    finished = [r.accuracy for r in results if not r.failed] or [0.0, 1.0]
+    axes.set_ylim(max(0.0, min(finished) - 0.1), min(1.0, max(finished) + 0.03))
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(delays), frameon=False)
     figure.tight_layout()
@@ -133,7 +213,7 @@ def plot_grid(results: list[CellResult], modes: Sequence[str], delays: Sequence[
 
 
 def compare(
-    modes: Sequence[str],
+    variants: Sequence[Variant],
     delays: Sequence[str],
     seeds: Sequence[int],
     base_argv: list[str],
@@ -143,19 +223,20 @@ def compare(
     train: Callable[[list[str]], int],
 ) -> str:
     """Run the grid; write ``compare.md``, ``compare.json`` and ``compare.png`` into ``out``; return the table."""
-    if not modes or not delays or not seeds:
-        raise ConfigError("compare needs at least one mode, one delay and one seed")
+    if not variants or not delays or not seeds:
+        raise ConfigError("compare needs at least one mode or variant, one delay and one seed")
+    names = [variant.name for variant in variants]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"variant names must differ: {names}")
     out.mkdir(parents=True, exist_ok=True)
     results = [
-        run_cell(Cell(mode, delay, seed), base_argv, out, backend, agents, train)
-        for mode in modes
+        run_cell(Cell(variant, delay, seed), base_argv, out, backend, agents, train)
+        for variant in variants
         for delay in delays
         for seed in seeds
     ]
-    table = markdown_table(results, modes, delays)
+    table = markdown_table(results, names, delays)
     (out / "compare.md").write_text(table)
-    (out / "compare.json").write_text(
-        json.dumps([{**r.cell.__dict__, **{k: v for k, v in r.__dict__.items() if k != "cell"}} for r in results])
-    )
-    plot_grid(results, modes, delays, out / "compare.png")
+    (out / "compare.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
+    plot_grid(results, names, delays, out / "compare.png")
     return table

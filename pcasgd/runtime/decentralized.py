@@ -10,7 +10,8 @@ its window, reads its in-neighbours' snapshots, and applies the same
   ``straggler`` term makes a rank sleep ``(f - 1)`` times its previous iteration's duration, so
   its iterations take about ``f`` times as long. The run ends when a
   rank finishes ``epochs`` epochs of iterations: it raises a shared counter and the others stop
-  at their next iteration, so faster ranks do more iterations than slower ones.
+  at their next iteration, so faster ranks do more iterations than slower ones (a ``dsgd`` rank
+  waiting for a neighbour that has stopped stops too, without that iteration's update).
 * **deterministic**: every rank runs ``epochs * iterations_per_epoch`` iterations in lock-step
   (a barrier after each publish) with the injected lags read from each ring, which reproduces the
   simulator's step order and therefore its weights.
@@ -31,7 +32,7 @@ from mpi4py import MPI
 
 from pcasgd.algorithms.consensus import ConsensusAgent
 from pcasgd.errors import ConfigError
-from pcasgd.runtime.exchange import NeighbourExchange
+from pcasgd.runtime.exchange import NeighbourExchange, NeighbourFinishedError
 from pcasgd.runtime.recording import RankState, Recorder
 from pcasgd.sim.common import EpochStats, SimResult, SimRun, check_finite
 from pcasgd.topology import Schedule
@@ -147,7 +148,10 @@ class DecentralizedRank:
                 break
             if not self.options.deterministic and self.control.finished():
                 break
-            self._iterate(k)
+            try:
+                self._iterate(k)
+            except NeighbourFinishedError:  # dsgd: the neighbour it waits for has stopped; the run is over
+                break
             k += 1
         self.window.set_flags(FLAG_FINISHED, self._totals(k))
         self.deadline.wait(self.comm.Ibarrier(), "the end-of-training barrier")

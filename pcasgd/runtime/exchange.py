@@ -23,6 +23,11 @@ from pcasgd.transport.deadline import Deadline
 from pcasgd.transport.windows import FLAG_FINISHED, SnapshotWindow
 
 
+class NeighbourFinishedError(Exception):
+    """``dsgd``, asynchronous: a neighbour this rank waits for has ended its run and will publish
+    nothing more. The run is over (a rank finished its iterations), so this rank ends it too."""
+
+
 class NeighbourExchange:
     """Publishes this rank's snapshot and returns its in-neighbours' reads for the mix.
 
@@ -85,6 +90,8 @@ class NeighbourExchange:
             self._check_alive(j, int(read.header["stamp"]), read.header)
             if read.snapshot is not None and not (must_wait and read.snapshot.stamp < k):
                 return read.snapshot
+            if must_wait and int(read.header["flags"]) & FLAG_FINISHED:
+                raise NeighbourFinishedError(f"rank {j} ended its run before publishing iteration {k}")
             time.sleep(0.0002)
 
     def _check_alive(self, j: int, stamp: int, header: dict[str, float]) -> None:

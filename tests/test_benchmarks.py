@@ -1,0 +1,96 @@
+"""The benchmarks behind docs/RESULTS.md: their arithmetic on made-up stamps, and each one run
+for real on a small setting (what they print is measured, so only what holds under load is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from benchmarks.protocol import measure
+from benchmarks.real_compute import samples_per_second
+from tests.mpi_support import PYTHON, ROOT, mpi_env, needs_mpirun
+
+
+def stamps(period: float, until: float) -> list[float]:
+    return [k * period for k in range(1, int(until / period) + 1)]
+
+
+def rank_record(rank: int, period: float, synchronous: bool = False, server: bool = False) -> dict:
+    return {
+        "rank": rank,
+        "step_seconds": period,
+        "stamps": [] if server and rank == 0 else stamps(period, 10.0),
+        "exchange_seconds": [],
+        "synchronous": synchronous,
+        "server": server,
+    }
+
+
+def test_protocol_rate_and_ideal_from_stamps():
+    asynchronous = measure([rank_record(0, 0.1), rank_record(1, 0.4)])
+    assert asynchronous["ideal"] == pytest.approx(12.5) and asynchronous["rate"] == pytest.approx(12.5)
+    waiting = measure([rank_record(0, 0.4, synchronous=True), rank_record(1, 0.4, synchronous=True)])
+    assert waiting["ideal"] == pytest.approx(5.0) and waiting["ratio"] == pytest.approx(1.0)
+    # A parameter server's rank 0 computes nothing: only the workers count.
+    served = [rank_record(0, 0.1, server=True), rank_record(1, 0.2, server=True), rank_record(2, 0.4, server=True)]
+    served = measure(served)
+    assert served["ideal"] == pytest.approx(7.5) and served["ratio"] == pytest.approx(1.0)
+    with pytest.raises(RuntimeError, match="raise --seconds"):
+        measure([{**rank_record(0, 0.1), "stamps": [0.1, 0.2]}, rank_record(1, 0.1)])
+
+
+def test_real_compute_rate_counts_the_common_span():
+    total, per_rank = samples_per_second([stamps(0.125, 10.0), stamps(0.25, 6.0)], batch_size=10)
+    # Common span (0.25 + 0.5 s settling, 6.0]: rank 0 finishes 42 steps there, rank 1 21.
+    assert per_rank == pytest.approx([420 / 5.25, 210 / 5.25]) and total == pytest.approx(630 / 5.25)
+
+
+def run_benchmark(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, *argv], cwd=ROOT, env=mpi_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@needs_mpirun
+@pytest.mark.timeout(600)
+def test_protocol_benchmark_runs_and_asynchronous_beats_waiting_with_a_straggler(tmp_path, horovod):
+    out = tmp_path / "protocol.json"
+    flags = ["--ranks", "2", "--stragglers", "4", "--modes", "ssgd-horovod", "ssgd", "pcasgd", "ps-asgd"]
+    done = run_benchmark("benchmarks/protocol.py", *flags, "--seconds", "2", "--step-ms", "50", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    cells = {cell["mode"]: cell for cell in json.loads(out.read_text())["cells"]}
+    assert sorted(cells) == ["pcasgd", "ps-asgd", "ssgd", "ssgd-horovod"], done.stdout
+    assert "| pcasgd | 2 | 4x |" in done.stdout
+    # With rank 1 four times slower, ssgd cannot pass 2 / 0.2 s = 10 iterations/s; pcasgd's rank 0 runs on.
+    assert cells["ssgd"]["ideal"] == pytest.approx(10.0) and cells["pcasgd"]["ideal"] == pytest.approx(25.0)
+    assert cells["pcasgd"]["rate"] > cells["ssgd"]["rate"] and cells["pcasgd"]["rate"] > cells["ssgd-horovod"]["rate"]
+    assert cells["pcasgd"]["exchange_seconds"] > 0
+
+
+@needs_mpirun
+@pytest.mark.timeout(900)
+def test_real_compute_benchmark_runs_every_contender(tmp_path, horovod, fashion_mnist):
+    out = tmp_path / "real.json"
+    flags = ["--workloads", "lenet5-fashion-mnist", "--steps", "120", "--json", str(out)]
+    done = run_benchmark("benchmarks/real_compute.py", *flags, timeout=850)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    measured = {(row["contender"], row["straggler"]) for row in rows}
+    expected = {("single-1", 1.0), ("single-2", 1.0)}
+    expected |= {(name, factor) for name in ("pcasgd", "horovod", "horovod-yield", "ddp") for factor in (1.0, 2.0)}
+    assert measured == expected, done.stdout
+    assert all(row["rate"] > 0 for row in rows)
+    assert "Total img/sec on 2 CPU(s):" in done.stdout and "| pcasgd (asynchronous, MPI windows) | 2x |" in done.stdout
+
+
+@needs_mpirun
+@pytest.mark.timeout(600)
+def test_time_to_accuracy_benchmark_runs(tmp_path):
+    flags = ["--dataset", "digits", "--model", "mlp", "--seeds", "0", "--ssgd-epochs", "2", "--pcasgd-epochs", "3"]
+    done = run_benchmark("benchmarks/time_to_accuracy.py", *flags, "--eval-every", "4", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "time_to_accuracy.json").read_text())
+    assert row["ssgd_accuracy"] > 0.5 and len(row["curves"]["pcasgd"]) > 3
+    assert (tmp_path / "pcasgd-seed0" / "summary.json").is_file()
