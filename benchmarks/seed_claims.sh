@@ -18,8 +18,8 @@ if [ "$which" != cifar ]; then
   # learning rate and with alpha / tau. Claim: fixed alpha degrades as n grows, alpha / tau holds.
   variants=()
   for n in 1 4 16; do
-    variants+=(--variant "n=$n, fixed lr=--mode sasgd --sasgd-n $n --sasgd-lr constant")
-    variants+=(--variant "n=$n, lr/tau=--mode sasgd --sasgd-n $n --sasgd-lr inverse")
+    variants+=(--variant "n $n, fixed lr=--mode sasgd --sasgd-n $n --sasgd-lr constant")
+    variants+=(--variant "n $n, lr/tau=--mode sasgd --sasgd-n $n --sasgd-lr inverse")
   done
   python -m pcasgd.cli compare "${fm[@]}" --agents 16 --out "$out/sasgd" "${variants[@]}"
   # OD-SGD (Xu et al. 2020): accuracy equal to or above SSGD (speed: benchmarks/protocol.py, odsgd_overlap.py).

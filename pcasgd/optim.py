@@ -30,7 +30,7 @@ from pcasgd import delays as delay_models
 from pcasgd import topology as topologies
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.consensus import ConsensusAgent, StepReport
-from pcasgd.app.models import segment_offsets
+from pcasgd.app.models import copy_into_parameters, segment_offsets
 from pcasgd.errors import ConfigError
 from pcasgd.sim.common import check_finite
 
@@ -49,7 +49,7 @@ def broadcast_parameters(module_or_params: nn.Module | Iterable[Tensor], root: i
     with torch.no_grad():
         flat = torch.nn.utils.parameters_to_vector(params).detach().cpu().contiguous()
         comm.Bcast(flat.numpy(), root=root)
-        torch.nn.utils.vector_to_parameters(flat.to(params[0].device), params)
+        copy_into_parameters(params, flat)
 
 
 class DecentralizedOptimizer:
@@ -149,8 +149,7 @@ class DecentralizedOptimizer:
         self.agent.params = before
         self.last_report = self.agent.step(grad, reads, self_weight, epoch, local_update=local_update)
         check_finite(self.agent.params, f"rank {self.rank}", self.iteration)
-        with torch.no_grad():
-            torch.nn.utils.vector_to_parameters(self.agent.params.to(self.params[0].device), self.params)
+        copy_into_parameters(self.params, self.agent.params)
         self.iteration += 1
         return loss
 

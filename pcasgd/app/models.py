@@ -15,6 +15,7 @@ model object keeps its own statistics (in the simulator, one model object serves
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -154,14 +155,27 @@ def flatten_parameters(model: nn.Module) -> Tensor:
     return torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
 
 
+@torch.no_grad()
+def copy_into_parameters(params: Iterable[Tensor], flat: Tensor) -> None:
+    """Copy the flat vector ``flat`` into ``params`` in order (onto their device).
+
+    Each parameter keeps its own storage (``vector_to_parameters`` would make it a view into
+    ``flat``, which measured a few per cent slower in ResNet-20's backward pass on the CPU).
+    """
+    offset = 0
+    for parameter in params:
+        parameter.copy_(flat[offset : offset + parameter.numel()].view_as(parameter))
+        offset += parameter.numel()
+
+
 def load_flat_parameters(model: nn.Module, flat: Tensor) -> None:
     """Copy ``flat`` into the model's parameters (on the model's device, wherever ``flat`` is)."""
-    device = next(model.parameters()).device
-    torch.nn.utils.vector_to_parameters(flat.to(device), model.parameters())
+    copy_into_parameters(model.parameters(), flat)
 
 
 def flat_gradient(model: nn.Module) -> Tensor:
-    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    """All parameters' gradients in one vector (zeros for a parameter the loss did not reach)."""
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in model.parameters()])
 
 
 def segment_offsets(model: nn.Module) -> list[int]:
