@@ -1,7 +1,9 @@
 """The figures of docs/RESULTS.md, drawn from the JSON the benchmarks write.
 
     python benchmarks/figures.py --protocol runs/protocol.json [more.json...] --real runs/real_compute.json \\
-        --tta runs/tta/time_to_accuracy.json --out docs/figures
+        --tta runs/tta/time_to_accuracy.json --out docs/figures \\
+        --accuracy "4 agents=runs/accuracy-4/modes" "8 agents=runs/accuracy-8/modes" \\
+        --claims "DC-ASGD, 4 workers=runs/claims/dcasgd-4" ...
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pcasgd.app.compare import CellResult, draw_grid  # noqa: E402
 from pcasgd.app.plots import _pyplot  # noqa: E402
 
 
@@ -108,11 +111,29 @@ def time_to_accuracy_figure(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def grids_figure(grids: list[str], path: Path) -> None:
+    """One panel per ``TITLE=FOLDER`` of a ``pcasgd compare`` run, drawn from its compare.json."""
+    plt = _pyplot()
+    figure, all_axes = plt.subplots(len(grids), 1, figsize=(11.0, 3.6 * len(grids)), squeeze=False)
+    for axes, grid in zip(all_axes[:, 0], grids, strict=True):
+        title, _, folder = grid.partition("=")
+        results = [CellResult(**cell) for cell in json.loads((Path(folder) / "compare.json").read_text())]
+        variants = list(dict.fromkeys(r.variant for r in results))
+        delays = list(dict.fromkeys(r.delay for r in results))
+        draw_grid(axes, results, variants, delays)
+        axes.set_title(title, fontsize=10, loc="left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocol", type=Path, nargs="+", help="protocol.json files (later ones win)")
     parser.add_argument("--real", type=Path)
     parser.add_argument("--tta", type=Path)
+    parser.add_argument("--accuracy", nargs="+", metavar="TITLE=FOLDER", help="compare runs, one panel each")
+    parser.add_argument("--claims", nargs="+", metavar="TITLE=FOLDER", help="compare runs, one panel each")
     parser.add_argument("--out", type=Path, default=Path("docs/figures"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +145,10 @@ def main() -> int:
         real_compute_figure(json.loads(args.real.read_text()), args.out / "real_compute.png")
     if args.tta:
         time_to_accuracy_figure(json.loads(args.tta.read_text()), args.out / "time_to_accuracy.png")
+    if args.accuracy:
+        grids_figure(args.accuracy, args.out / "accuracy_under_delay.png")
+    if args.claims:
+        grids_figure(args.claims, args.out / "seed_claims.png")
     for path in sorted(args.out.glob("*.png")):
         print(path)
     return 0

@@ -16,10 +16,15 @@ if [ "$which" != cifar ]; then
   done
   # Staleness-aware ASGD (Zhang et al. 2016): 16 workers, n-softsync for n = 1, 4, 16, with a fixed
   # learning rate and with alpha / tau. Claim: fixed alpha degrades as n grows, alpha / tau holds.
+  # At momentum 0.9 (ssgd's) and 0 (the default of the asynchronous server modes, softsync included).
   variants=()
-  for n in 1 4 16; do
-    variants+=(--variant "n $n, fixed lr=--mode sasgd --sasgd-n $n --sasgd-lr constant")
-    variants+=(--variant "n $n, lr/tau=--mode sasgd --sasgd-n $n --sasgd-lr inverse")
+  for momentum in 0.9 0; do
+    for n in 1 4 16; do
+      for rule in "fixed lr:constant" "lr/tau:inverse"; do
+        variants+=(--variant
+          "n $n, ${rule%%:*}, momentum $momentum=--mode sasgd --sasgd-n $n --sasgd-lr ${rule##*:} --momentum $momentum")
+      done
+    done
   done
   python -m pcasgd.cli compare "${fm[@]}" --agents 16 --out "$out/sasgd" "${variants[@]}"
   # OD-SGD (Xu et al. 2020): accuracy equal to or above SSGD (speed: benchmarks/protocol.py, odsgd_overlap.py).

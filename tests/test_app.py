@@ -46,6 +46,20 @@ def test_learning_rate_schedules():
             AlgorithmConfig(lr_schedule=spec)
 
 
+def test_default_momentum_is_zero_where_updates_are_asynchronous_at_a_server():
+    defaults = {
+        ("ssgd", 1): 0.9,
+        ("pcasgd", 1): 0.9,
+        ("sasgd", 1): 0.9,  # hardsync: ssgd
+        ("sasgd", 4): 0.0,
+        ("ps-asgd", 1): 0.0,
+        ("dcasgd-a", 1): 0.0,
+    }
+    for (mode, n), momentum in defaults.items():
+        assert AlgorithmConfig(mode=mode, sasgd_n=n).effective_momentum == momentum, mode
+    assert AlgorithmConfig(mode="sasgd", sasgd_n=4, momentum=0.5).effective_momentum == 0.5
+
+
 def test_a_schedule_changes_the_run_and_weight_decay_shrinks_the_weights(tmp_path):
     finals = {}
     for name, extra in (("plain", []), ("step", ["--lr-schedule", "step:1"]), ("wd", ["--weight-decay", "0.05"])):

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from benchmarks.figures import protocol_cells, protocol_pivot
 from benchmarks.protocol import measure
 from benchmarks.real_compute import samples_per_second
 from tests.mpi_support import PYTHON, ROOT, mpi_env, needs_mpirun
@@ -45,6 +46,33 @@ def test_real_compute_rate_counts_the_common_span():
     total, per_rank = samples_per_second([stamps(0.125, 10.0), stamps(0.25, 6.0)], batch_size=10)
     # Common span (0.25 + 0.5 s settling, 6.0]: rank 0 finishes 42 steps there, rank 1 21.
     assert per_rank == pytest.approx([420 / 5.25, 210 / 5.25]) and total == pytest.approx(630 / 5.25)
+
+
+def test_protocol_pivot_takes_the_later_file_and_marks_missing_cells(tmp_path):
+    def cell(mode: str, ranks: int, ratio: float) -> dict:
+        return {"mode": mode, "ranks": ranks, "straggler": 4.0, "ratio": ratio}
+
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text(json.dumps({"cells": [cell("ssgd", 2, 0.5), cell("ssgd", 8, 0.1), cell("pcasgd", 2, 0.9)]}))
+    second.write_text(json.dumps({"cells": [cell("ssgd", 8, 0.98)]}))
+    rows = protocol_pivot(protocol_cells([first, second])).splitlines()
+    assert rows[0] == "| mode | 2 ranks, 4x | 8 ranks, 4x |"
+    assert rows[2:] == ["| ssgd | 0.500 | 0.980 |", "| pcasgd | 0.900 | - |"]
+
+
+def test_figures_draw_compare_grids_from_their_json(tmp_path):
+    grid = tmp_path / "grid"
+    grid.mkdir()
+    cells = [
+        {"variant": variant, "delay": "none", "seed": seed, "failed": False, "accuracy": 0.8 + seed / 100}
+        for variant in ("ssgd", "dcasgd-a")
+        for seed in (0, 1)
+    ]
+    (grid / "compare.json").write_text(json.dumps(cells))
+    args = ["benchmarks/figures.py", "--claims", f"made up={grid}", "--out", str(tmp_path / "figures")]
+    done = run_benchmark(*args, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "figures" / "seed_claims.png").stat().st_size > 10_000
 
 
 def run_benchmark(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -19,6 +19,7 @@ DEFAULT_LAMBDA = {"dcasgd-c": 0.04, "dcasgd-a": 2.0, "pcasgd": 1.0, "pcasgd-pv":
 
 #: Momentum when the user gives none. The asynchronous server modes use the papers' plain rule:
 #: staleness already acts as momentum there, and mu = 0.9 diverged on digits (docs/algorithms.md).
+#: Softsync sasgd (n > 1) joins them; hardsync sasgd is ssgd and keeps 0.9 (effective_momentum).
 DEFAULT_MOMENTUM = {"ps-asgd": 0.0, "dcasgd-c": 0.0, "dcasgd-a": 0.0}
 
 CHOICES = {
@@ -135,7 +136,11 @@ class AlgorithmConfig:
 
     @property
     def effective_momentum(self) -> float:
-        return DEFAULT_MOMENTUM.get(self.mode, 0.9) if self.momentum is None else self.momentum
+        if self.momentum is not None:
+            return self.momentum
+        if self.mode == "sasgd" and self.sasgd_n > 1:
+            return 0.0  # softsync is asynchronous: like ps-asgd, mu = 0.9 diverged (docs/RESULTS.md)
+        return DEFAULT_MOMENTUM.get(self.mode, 0.9)
 
     @property
     def effective_theta(self) -> float:

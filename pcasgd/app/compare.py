@@ -187,11 +187,8 @@ def markdown_table(results: list[CellResult], variants: Sequence[str], delays: S
     return "\n".join(lines) + "\n"
 
 
-def plot_grid(results: list[CellResult], variants: Sequence[str], delays: Sequence[str], path: Path) -> None:
-    from pcasgd.app.plots import _pyplot
-
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(max(6.4, 1.2 * len(variants) * len(delays) ** 0.5), 4.2))
+def draw_grid(axes, results: list[CellResult], variants: Sequence[str], delays: Sequence[str]) -> None:
+    """Bars of the final accuracy (mean ± std over the seeds that finished) per variant and delay."""
     width = 0.8 / len(delays)
     for index, delay in enumerate(delays):
         means, stds = [], []
@@ -207,6 +204,14 @@ def plot_grid(results: list[CellResult], variants: Sequence[str], delays: Sequen
     axes.set_ylim(max(0.0, min(finished) - 0.1), min(1.0, max(finished) + 0.03))
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(delays), frameon=False)
+
+
+def plot_grid(results: list[CellResult], variants: Sequence[str], delays: Sequence[str], path: Path) -> None:
+    from pcasgd.app.plots import _pyplot
+
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(max(6.4, 1.2 * len(variants) * len(delays) ** 0.5), 4.2))
+    draw_grid(axes, results, variants, delays)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
