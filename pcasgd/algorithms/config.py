@@ -17,11 +17,6 @@ MODES = DECENTRALIZED_MODES + SERVER_MODES + COLLECTIVE_MODES
 #: Hessian-approximation factor lambda when the user gives none (sources in ALGORITHMS.md).
 DEFAULT_LAMBDA = {"dcasgd-c": 0.04, "dcasgd-a": 2.0, "pcasgd": 1.0, "pcasgd-pv": 1.0, "predict": 1.0}
 
-#: Momentum when the user gives none. The asynchronous server modes use the papers' plain rule:
-#: staleness already acts as momentum there, and mu = 0.9 diverged on digits (docs/algorithms.md).
-#: Softsync sasgd (n > 1) joins them; hardsync sasgd is ssgd and keeps 0.9 (effective_momentum).
-DEFAULT_MOMENTUM = {"ps-asgd": 0.0, "dcasgd-c": 0.0, "dcasgd-a": 0.0}
-
 CHOICES = {
     "predictor": ("draft", "taylor"),
     "clip_weights": ("rescale", "uniform"),
@@ -47,7 +42,7 @@ class AlgorithmConfig:
     lr_decay: float = 0.1
     lr_warmup_epochs: float = 0.0  # linear warm-up from lr/10 to the schedule's value
     weight_decay: float = 0.0  # L2 term added to every gradient: g + weight_decay * x
-    momentum: float | None = None  # None: DEFAULT_MOMENTUM of the mode, else 0.9
+    momentum: float | None = None  # None: the mode's default (effective_momentum)
     # pcasgd family
     theta: float = 0.5  # [choice] tradeoff between predict (1) and clip (0)
     predictor: str = "draft"
@@ -136,11 +131,12 @@ class AlgorithmConfig:
 
     @property
     def effective_momentum(self) -> float:
+        """0.9 unless given, but 0 for a server that does not wait for its workers (ps-asgd, dcasgd-*,
+        softsync sasgd): staleness already acts as momentum there, and mu = 0.9 diverged
+        (docs/algorithms.md)."""
         if self.momentum is not None:
             return self.momentum
-        if self.mode == "sasgd" and self.sasgd_n > 1:
-            return 0.0  # softsync is asynchronous: like ps-asgd, mu = 0.9 diverged (docs/RESULTS.md)
-        return DEFAULT_MOMENTUM.get(self.mode, 0.9)
+        return 0.0 if self.family == "server" and not self.synchronous else 0.9
 
     @property
     def effective_theta(self) -> float:
