@@ -31,10 +31,15 @@ def test_without_a_gpu_cuda_is_refused_and_auto_falls_back_to_the_cpu():
 def test_when_buffers_are_staged_through_the_host():
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert not stage_through_host(cpu, "auto")
-    assert stage_through_host(gpu, "auto", cuda_aware=False)
-    assert not stage_through_host(gpu, "auto", cuda_aware=True)
-    assert stage_through_host(cpu, "always") and stage_through_host(gpu, "always", cuda_aware=True)
-    assert not stage_through_host(gpu, "never", cuda_aware=False)
+    assert stage_through_host(gpu, "auto", cuda_aware=lambda: False)
+    assert not stage_through_host(gpu, "auto", cuda_aware=lambda: True)
+    assert stage_through_host(cpu, "always") and stage_through_host(gpu, "always", cuda_aware=lambda: True)
+    assert stage_through_host(gpu, "auto", cuda_aware=lambda: None)  # an MPI that cannot say: staged
+    assert not stage_through_host(gpu, "never", cuda_aware=lambda: True)
+    assert not stage_through_host(gpu, "never", cuda_aware=lambda: None)  # the user's word for an MPI that cannot say
+    with pytest.raises(ConfigError, match="not CUDA-aware"):
+        stage_through_host(gpu, "never", cuda_aware=lambda: False)
+    assert not stage_through_host(cpu, "never")
     with pytest.raises(ConfigError, match="unknown host staging"):
         stage_through_host(cpu, "sometimes")
 

@@ -334,6 +334,16 @@ def test_a_deterministic_mpi_run_killed_mid_epoch_resumes_exactly(tmp_path):
     assert [r["epoch"] for r in records] == list(range(1, 41))
 
 
+def test_every_epoch_has_a_record_when_rank_0_is_the_straggler(tmp_path):
+    # The other ranks finish first and stop the run while rank 0 is about a third of the way.
+    out = tmp_path / "run"
+    result = train(4, "--mode", "pcasgd", "--delay", "straggler:0=3.0", "--epochs", "4", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in records] == [1, 2, 3, 4]
+    assert json.loads((out / "summary.json").read_text())["final"]["epoch"] == 4
+
+
 def test_an_asynchronous_run_resumes_and_completes(tmp_path):
     out = tmp_path / "run"
     flags = ["--mode", "pcasgd", "--delay", "straggler:2=2.0"]

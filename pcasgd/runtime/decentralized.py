@@ -147,10 +147,12 @@ class DecentralizedRank:
                         self.control.add_finished()
                 break
             if not self.options.deterministic and self.control.finished():
+                self._record_unreached(k, budget)
                 break
             try:
                 self._iterate(k)
             except NeighbourFinishedError:  # dsgd: the neighbour it waits for has stopped; the run is over
+                self._record_unreached(k, budget)
                 break
             k += 1
         self.window.set_flags(FLAG_FINISHED, self._totals(k))
@@ -200,10 +202,24 @@ class DecentralizedRank:
             if self.rank == 0:
                 self.recorder.fire(epoch, states)
         elif self.rank == 0:
-            self.recorder.fire(epoch, self._with_remote_stats(self._remote_states(k, epoch)))
+            self._fire_from_windows(epoch, k)
         self.epoch_stats = EpochStats()
         if is_epoch and self.run.checkpoint is not None:
             self.run.checkpoint(int(epoch), self._checkpoint_state(k))
+
+    def _fire_from_windows(self, epoch: float, k: int) -> None:
+        self.recorder.fire(epoch, self._with_remote_stats(self._remote_states(k, epoch)))
+
+    def _record_unreached(self, k: int, budget: int) -> None:
+        """Asynchronous stop (another rank finished first) before this rank reached every boundary.
+
+        Rank 0 records the boundaries it had not reached with the weights as they are at the stop
+        (each record's ``iterations`` says where every rank was), so that every epoch has its
+        record; no checkpoint is written for them, as this rank's state is not at that epoch.
+        """
+        for epoch, _ in self.records.due(budget):
+            if self.rank == 0:
+                self._fire_from_windows(epoch, k)
 
     # -- checkpoints ----------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -50,10 +50,11 @@ def select_device(spec: str, env: Mapping[str, str] = os.environ) -> torch.devic
     return torch.device("cuda", local_rank(env) % torch.cuda.device_count())
 
 
-def mpi_is_cuda_aware() -> bool:
+def mpi_is_cuda_aware() -> bool | None:
     """Whether the MPI library in this process accepts GPU buffers (Open MPI's ``MPIX_Query_cuda_support``).
 
-    Other MPIs offer no such query: they count as not CUDA-aware (``--host-staging never`` overrides).
+    None where the library offers no such query (other MPIs): ``auto`` then stages, and
+    ``--host-staging never`` is the user's word that it is CUDA-aware.
     """
     for name in ("libmpi.so.40", "libmpi.so"):
         try:
@@ -61,16 +62,23 @@ def mpi_is_cuda_aware() -> bool:
             return bool(library.MPIX_Query_cuda_support())
         except (OSError, AttributeError):
             continue
-    return False
+    return None
 
 
-def stage_through_host(device: torch.device, host_staging: str, cuda_aware: bool | None = None) -> bool:
+def stage_through_host(
+    device: torch.device, host_staging: str, cuda_aware: Callable[[], bool | None] = mpi_is_cuda_aware
+) -> bool:
     """``auto``: stage GPU buffers unless the MPI is CUDA-aware; ``always``: stage (even on the CPU,
-    which exercises the copies); ``never``: hand MPI the device buffers."""
+    which exercises the copies); ``never``: hand MPI the device buffers, refused where the MPI says
+    it cannot read them (it would crash in the first exchange)."""
     if host_staging not in HOST_STAGING:
         raise ConfigError(f"unknown host staging {host_staging!r}; available: {', '.join(HOST_STAGING)}")
-    if host_staging != "auto":
+    if host_staging == "always" or device.type == "cpu":
         return host_staging == "always"
-    if device.type == "cpu":
-        return False
-    return not (mpi_is_cuda_aware() if cuda_aware is None else cuda_aware)
+    aware = cuda_aware()
+    if host_staging == "never" and aware is False:
+        raise ConfigError(
+            "--host-staging never: this MPI is not CUDA-aware (MPIX_Query_cuda_support() is 0), so it cannot "
+            "read GPU buffers; use --host-staging auto (pinned host copies) or a CUDA-aware MPI build"
+        )
+    return host_staging == "auto" and not aware
