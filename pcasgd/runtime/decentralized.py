@@ -217,9 +217,10 @@ class DecentralizedRank:
         (each record's ``iterations`` says where every rank was), so that every epoch has its
         record; no checkpoint is written for them, as this rank's state is not at that epoch.
         """
+        if self.rank != 0:
+            return
         for epoch, _ in self.records.due(budget):
-            if self.rank == 0:
-                self._fire_from_windows(epoch, k)
+            self._fire_from_windows(epoch, k)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
