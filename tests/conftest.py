@@ -1,40 +1,51 @@
-"""Fixtures shared by test modules: components the test setup installs (Horovod, Fashion-MNIST).
+"""Fixtures shared by test modules: components that the test setup (.ci/setup.sh) installs before
+pytest starts (Horovod, Fashion-MNIST, Slurm). A fixture only checks that its component is there:
+nothing is built or installed inside a timed test.
 
-Under CI a component that cannot be installed fails the tests that need it; elsewhere they skip
-with the reason.
+Under CI a missing component fails the tests that need it; elsewhere they skip with the reason.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.mpi_support import PYTHON, ROOT
+from tests.mpi_support import PYTHON
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
-def _installed_or_skip(done: subprocess.CompletedProcess, what: str) -> None:
-    if done.returncode != 0:
-        message = f"{what}: {done.stderr[-2000:]}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+def missing(what: str) -> None:
+    message = f"{what} (bash .ci/setup.sh installs it before the tests)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
 def horovod():
-    """Build (first time: 5-10 minutes, then cached outside the repository) and install Horovod."""
-    env = {**os.environ, "PCASGD_VENV": str(Path(PYTHON).parents[1])}
-    built = subprocess.run(
-        ["bash", "launch/build-horovod.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500
-    )
-    _installed_or_skip(built, "Horovod could not be built")
+    """Horovod built for this environment (launch/build-horovod.sh)."""
+    found = subprocess.run([PYTHON, "-c", "import horovod.torch"], capture_output=True, text=True, timeout=120)
+    if found.returncode != 0:
+        missing(f"Horovod is not installed in {PYTHON}: {found.stderr.strip()[-300:]}")
 
 
 @pytest.fixture(scope="session")
 def fashion_mnist():
     """Debian's dataset-fashion-mnist package (.ci/datasets.sh)."""
-    done = subprocess.run(["bash", ".ci/datasets.sh"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    _installed_or_skip(done, "Fashion-MNIST could not be installed (.ci/datasets.sh)")
+    if not FASHION_MNIST.is_file():
+        missing(f"Fashion-MNIST is not installed ({FASHION_MNIST})")
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A single-node Slurm that answers (.ci/slurm.sh)."""
+    if shutil.which("sbatch") is None:
+        missing("Slurm is not installed")
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=60)
+    if "UP" not in ping.stdout:
+        missing(f"no Slurm controller answers: {ping.stdout.strip()} {ping.stderr.strip()}")

@@ -1,4 +1,4 @@
-"""The Slurm batch scripts, run for real on a single-node Slurm that .ci/slurm.sh installs and starts."""
+"""The Slurm batch scripts, run for real on a single-node Slurm that .ci/setup.sh installs and starts."""
 
 from __future__ import annotations
 
@@ -10,15 +10,6 @@ import subprocess
 import pytest
 
 from tests.mpi_support import PYTHON, ROOT, mpi_env
-
-
-@pytest.fixture(scope="module")
-def slurm():
-    if os.geteuid() != 0:
-        pytest.skip("starting a local Slurm needs root (.ci/slurm.sh)")
-    setup = subprocess.run(["bash", ".ci/slurm.sh"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    if setup.returncode != 0 or shutil.which("sbatch") is None:
-        pytest.skip(f"no local Slurm could be installed and started: {setup.stderr[-500:]}")
 
 
 def test_sbatch_single_node_script_trains_on_4_ranks(slurm, tmp_path):

@@ -21,18 +21,61 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:  # the watchdog process must not import mpi4py (that would initialise MPI)
     from mpi4py import MPI
 
 POLL_SECONDS = 0.0005
 WATCH_SECONDS = 0.05
-# seq (uint64, odd while being written), armed (uint8), started (float64, CLOCK_MONOTONIC),
-# limit (float64 seconds), what
-LAYOUT = struct.Struct("<QBdd")
+# The header is a seqlock: a sequence number (uint64 at offset 0) is odd while the writer changes
+# the fields after it, and the reader accepts the fields only if the number was even and unchanged
+# around its read of them. The number is stored and loaded as one aligned 8-byte word: struct's
+# pack_into first zeroes its bytes and then writes them one by one, so a reader could see 0.
+SEQ_BYTES = 8
+# armed (uint8), started (float64, CLOCK_MONOTONIC), limit (float64 seconds), then ``what``
+FIELDS = struct.Struct("<Bdd")
 WHAT_BYTES = 400
-SIZE = LAYOUT.size + WHAT_BYTES
+SIZE = SEQ_BYTES + FIELDS.size + WHAT_BYTES
+
+
+class Header(NamedTuple):
+    armed: bool
+    started: float
+    limit: float
+    what: str
+
+
+def _store_seq(memory: mmap.mmap, value: int) -> None:
+    with memoryview(memory) as raw, raw[:SEQ_BYTES].cast("Q") as word:
+        word[0] = value
+
+
+def _load_seq(memory: mmap.mmap) -> int:
+    with memoryview(memory) as raw, raw[:SEQ_BYTES].cast("Q") as word:
+        return word[0]
+
+
+def write_header(memory: mmap.mmap, seq: int, header: Header) -> int:
+    """Write ``header`` under the seqlock whose last even number is ``seq``; returns the new one."""
+    _store_seq(memory, seq + 1)  # odd: being written
+    FIELDS.pack_into(memory, SEQ_BYTES, int(header.armed), header.started, header.limit)
+    text = header.what.encode()[:WHAT_BYTES].ljust(WHAT_BYTES, b"\0")
+    memory[SEQ_BYTES + FIELDS.size : SIZE] = text
+    _store_seq(memory, seq + 2)  # even: consistent
+    return seq + 2
+
+
+def read_header(memory: mmap.mmap) -> Header | None:
+    """The header as one write left it, or None if a write was in progress (read again later)."""
+    before = _load_seq(memory)
+    if before % 2:
+        return None
+    armed, started, limit = FIELDS.unpack_from(memory, SEQ_BYTES)
+    what = bytes(memory[SEQ_BYTES + FIELDS.size : SIZE])
+    if _load_seq(memory) != before:
+        return None
+    return Header(bool(armed), started, limit, what.rstrip(b"\0").decode(errors="replace"))
 
 
 class Deadline:
@@ -76,13 +119,7 @@ class Deadline:
                 time.sleep(POLL_SECONDS)
 
     def _write(self, armed: bool, started: float, what: str, limit: float) -> None:
-        buffer = self._memory
-        self._seq += 1  # odd: being written
-        LAYOUT.pack_into(buffer, 0, self._seq, 0, 0.0, limit)
-        text = what.encode()[:WHAT_BYTES].ljust(WHAT_BYTES, b"\0")
-        buffer[LAYOUT.size : LAYOUT.size + WHAT_BYTES] = text
-        self._seq += 1  # even: consistent
-        LAYOUT.pack_into(buffer, 0, self._seq, int(armed), started, limit)
+        self._seq = write_header(self._memory, self._seq, Header(armed, started, limit, what))
 
 
 def _watch(path: str, parent: int, rank: int) -> None:
@@ -95,10 +132,10 @@ def _watch(path: str, parent: int, rank: int) -> None:
                 os.kill(parent, 0)
             except ProcessLookupError:
                 return
-            seq, armed, started, seconds = LAYOUT.unpack_from(memory, 0)
-            what = bytes(memory[LAYOUT.size : LAYOUT.size + WHAT_BYTES]).rstrip(b"\0").decode(errors="replace")
-            if seq % 2 or LAYOUT.unpack_from(memory, 0)[0] != seq:
+            header = read_header(memory)
+            if header is None:
                 continue  # caught mid-write: look again next time
+            armed, started, seconds, what = header
             if armed and time.monotonic() - started > seconds:
                 sys.stderr.write(
                     f"pcasgd: error (rank {rank}): {what} did not complete within {seconds:g} s "

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Everything the test suite needs, installed before pytest starts (never inside a timed test):
+# the pinned environment, Horovod built for it, Debian's Fashion-MNIST, a single-node Slurm, and
+# the decoded CIFAR-10 cache. Idempotent: each step does nothing when its component is there.
+# Root is needed for the Debian packages and Slurm; without it those steps are skipped with a
+# message, and the tests that need them skip with the reason (CI runs as root and skips nothing).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${PCASGD_VENV:-$root/.venv}"
+step() { echo "pcasgd setup: $*" >&2; }
+bash "$root/.ci/env.sh"
+step "Horovod"
+PCASGD_VENV="$venv" bash "$root/launch/build-horovod.sh"
+if [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then
+  step "Fashion-MNIST"
+  bash "$root/.ci/datasets.sh"
+else
+  step "not root: Fashion-MNIST (Debian package) not installed; its tests will skip"
+fi
+if [ "$(id -u)" = 0 ]; then
+  step "Slurm"
+  bash "$root/.ci/slurm.sh"
+else
+  step "not root: no local Slurm; its tests will skip"
+fi
+archive="$root/../shared/data/cifar10-jpeg.tar.gz"
+if [ -f "$archive" ]; then
+  step "CIFAR-10 cache"
+  "$venv/bin/python" -c "import sys; from pcasgd.app.data import load; load('cifar10', sys.argv[1])" "$archive"
+fi
+step "done"
