@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-
-import pytest
 
 from tests.mpi_support import PYTHON, ROOT, mpi_env
 
