@@ -26,6 +26,6 @@ fi
 archive="$root/../shared/data/cifar10-jpeg.tar.gz"
 if [ -f "$archive" ]; then
   step "CIFAR-10 cache"
-  "$venv/bin/python" -c "import sys; from pcasgd.app.data import load; load('cifar10', sys.argv[1])" "$archive"
+  "$venv/bin/python" -c "import sys; from pathlib import Path; from pcasgd.app.data import load; load('cifar10', Path(sys.argv[1]))" "$archive"
 fi
 step "done"

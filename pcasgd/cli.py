@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -22,7 +23,7 @@ from pcasgd.app.progress import EpochProgress
 from pcasgd.app.train import BACKENDS, RunConfig, run_training
 from pcasgd.delays import ACCEPTED_FORMS
 from pcasgd.delays import parse as parse_delays
-from pcasgd.errors import ConfigError, PcasgdError, TrainingFailedError
+from pcasgd.errors import ConfigError, PcasgdError, RunFilesError, TrainingFailedError
 from pcasgd.runtime.device import DEVICES, HOST_STAGING
 from pcasgd.topology import TOPOLOGY_FORMS, WEIGHT_SCHEMES
 
@@ -35,6 +36,8 @@ def _number(kind: type, minimum: float | None = None, maximum: float | None = No
             raise argparse.ArgumentTypeError(
                 f"expected a{'n integer' if kind is int else ' number'}, got {text!r}"
             ) from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             bounds = f"[{minimum if minimum is not None else '-inf'}, {maximum if maximum is not None else 'inf'}]"
             raise argparse.ArgumentTypeError(f"{text} is outside {bounds}")
@@ -42,6 +45,8 @@ def _number(kind: type, minimum: float | None = None, maximum: float | None = No
 
     return parse
 
+
+SEED_MAX = 2**32 - 1  # numpy's and torch's generators both take it
 
 # (flag, AlgorithmConfig field, argparse keyword arguments)
 ALGORITHM_FLAGS = [
@@ -121,7 +126,7 @@ def command_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argum
         help="a named set of train flags to compare, e.g. 'theta 0.25=--mode pcasgd --theta 0.25' (repeatable)",
     )
     compare.add_argument("--delays", nargs="+", default=["none"], metavar="SPEC", help="delay specs to compare")
-    compare.add_argument("--seeds", nargs="+", type=_number(int, 0), default=[0], metavar="SEED")
+    compare.add_argument("--seeds", nargs="+", type=_number(int, 0, SEED_MAX), default=[0], metavar="SEED")
     _add_train_arguments(compare, grid=True)
     plot = commands.add_parser("plot", help="PNG figures of finished runs", formatter_class=formatter)
     plot.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories (pcasgd train --out)")
@@ -149,7 +154,7 @@ def _add_train_arguments(train: argparse.ArgumentParser, grid: bool = False) -> 
     train.add_argument("--epochs", type=_number(int, 1), default=run.epochs)
     train.add_argument("--batch-size", type=_number(int, 1), default=run.batch_size, help="per agent")
     if not grid:
-        train.add_argument("--seed", type=_number(int, 0), default=run.seed)
+        train.add_argument("--seed", type=_number(int, 0, SEED_MAX), default=run.seed)
     where = "grid directory (default: runs/compare)" if grid else "run directory (default: runs/MODE-seedS)"
     train.add_argument("--out", type=Path, default=None, help=where)
     if not grid:
@@ -292,10 +297,12 @@ def _train(args: argparse.Namespace) -> int:
         summary = run_training(config, out, args.overwrite, progress, resume=args.resume is not None)
     except TrainingFailedError as error:
         print(f"pcasgd: run failed{where}: {error}; metrics so far are in the run directory", file=sys.stderr)
-        if args.backend == "mpi" and args.comm == "mpi" and _world(args).Get_size() > 1:
-            sys.stderr.flush()
-            _world(args).Abort(1)  # end the whole job now rather than at the other ranks' deadlines
+        _end_the_job(args, 1)
         return 1
+    except RunFilesError as error:  # raised on the rank that writes, mid-run: the others must stop too
+        print(f"pcasgd: error{where}: {error}; the records written before are kept", file=sys.stderr)
+        _end_the_job(args, 2)
+        return 2
     except PcasgdError as error:
         print(f"pcasgd: error{where}: {error}", file=sys.stderr)
         return 2
@@ -312,6 +319,13 @@ def _train(args: argparse.Namespace) -> int:
         f"{final['wall_seconds']:.1f}s; run files in {out}"
     )
     return 0
+
+
+def _end_the_job(args: argparse.Namespace, status: int) -> None:
+    """Under mpirun, end every rank now rather than at the other ranks' deadlines."""
+    if args.backend == "mpi" and args.comm == "mpi" and _world(args).Get_size() > 1:
+        sys.stderr.flush()
+        _world(args).Abort(status)
 
 
 def _train_out(args: argparse.Namespace, config: RunConfig) -> Path:

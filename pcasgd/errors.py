@@ -21,6 +21,10 @@ class ConfigError(PcasgdError, ValueError):
     """An algorithm or run option out of range, or options that contradict each other."""
 
 
+class RunFilesError(PcasgdError, OSError):
+    """A run file could not be written (a full disk, no permission); what was written before is kept."""
+
+
 class TrainingFailedError(PcasgdError, RuntimeError):
     """Training started but could not finish (a rank stalled, died, or diverged)."""
 

@@ -136,7 +136,7 @@ def test_odsgd_matches_numpy_reference(options, delay, latency):
             "local_lr": config.local_lr_at(0.0),
             "latency": latency,
             "warmup": options["odsgd_warmup"],
-            "dc_lambda": config.odsgd_dc_lambda if config.odsgd_local_opt == "dc" else None,
+            "dc_lambda": 2.0 if config.odsgd_local_opt == "dc" else None,  # ALGORITHMS.md: the reference's lambda
         },
     )
     np.testing.assert_allclose(result.reference_params.numpy(), expected, rtol=0, atol=1e-10)

@@ -38,8 +38,9 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, f
     assert cli.main(["train", *flags, "--epochs", "5", "--out", str(whole)]) == 0
     assert cli.main(["train", *flags, "--epochs", "5", "--out", str(split), "--checkpoint-every", "2"]) == 0
     assert checkpoints.available_epochs(split, 0) == [2, 4]
-    # Go back to epoch 2, as if the run had stopped during epoch 3.
+    # Go back to epoch 2, as if the run had stopped during epoch 3 (then it has no summary either).
     (split / "checkpoints" / "rank-0" / "epoch-00004.pt").unlink()
+    (split / "summary.json").unlink()
     assert cli.main(["train", *flags, "--epochs", "5", "--resume", str(split)]) == 0
     assert same_weights(whole, split)
     records = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]
@@ -85,12 +86,41 @@ def test_nothing_to_resume_and_unreadable_checkpoints_are_clear_errors(tmp_path,
     assert cli.main(["train", "--epochs", "3", "--resume", str(run)]) == 2
     assert "nothing to resume" in capsys.readouterr().err
     assert cli.main(["train", "--epochs", "3", "--out", str(run), "--overwrite"]) == 0
-    (run / "checkpoints" / "rank-0" / ".epoch-00003.pt.tmp").write_bytes(b"half")  # a write cut short: ignored
-    (run / "checkpoints" / "rank-0" / "epoch-00002.pt").write_bytes(b"corrupt")
+    folder = run / "checkpoints" / "rank-0"
+    (folder / ".epoch-00004.pt.tmp").write_bytes(b"half")  # a write cut short: ignored
+    for epoch in (1, 2):  # the last epoch has no checkpoint: the run ended there
+        (folder / f"epoch-0000{epoch}.pt").write_bytes(b"corrupt")
     assert cli.main(["train", "--epochs", "3", "--resume", str(run)]) == 2
     assert "cannot be read" in capsys.readouterr().err
+    torch.save({"format": checkpoints.FORMAT, "epoch": 2}, folder / "epoch-00002.pt")  # loads, but lacks fields
+    assert cli.main(["train", "--epochs", "3", "--resume", str(run)]) == 2
+    assert "lacks config, engine" in capsys.readouterr().err
     assert cli.main(["train", "--epochs", "3", "--resume", str(run), "--out", str(tmp_path / "other")]) == 2
     assert "names another" in capsys.readouterr().err
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_older_one(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "3", "--out", str(run)]) == 0
+    newest = run / "checkpoints" / "rank-0" / "epoch-00002.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # cut short, as a crash or a full disk leaves it
+    (run / "summary.json").unlink()
+    assert cli.main(["train", "--epochs", "4", "--resume", str(run)]) == 0
+    assert "resuming rank 0 from epoch 1 instead" in capsys.readouterr().err
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+
+
+def test_resume_refuses_fewer_epochs_than_the_checkpoint_has_trained(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "3", "--out", str(run)]) == 0
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    assert cli.main(["train", "--epochs", "1", "--resume", str(run)]) == 2
+    assert "has trained 2 epochs; --epochs 1 is fewer" in capsys.readouterr().err
+    for epochs in ("2", "3"):  # the checkpoint is at epoch 2, but the run finished 3
+        assert cli.main(["train", "--epochs", epochs, "--resume", str(run)]) == 2
+        assert "has finished its 3 epochs" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
 
 
 def test_a_new_run_refuses_a_directory_with_checkpoints_and_overwrite_clears_them(tmp_path, capsys):

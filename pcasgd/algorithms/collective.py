@@ -68,8 +68,8 @@ class OneStepDelayAgent:
         config = self.config
         direction = grad
         if config.odsgd_local_opt == "dc":
-            self._mean_square = update_mean_square(self._mean_square, grad, config.odsgd_dc_decay)
-            scale = config.odsgd_dc_lambda / torch.sqrt(self._mean_square + config.eps)
+            self._mean_square = update_mean_square(self._mean_square, grad, config.effective_ms_decay)
+            scale = config.effective_lambda / torch.sqrt(self._mean_square + config.eps)
             direction = grad + scale * grad * grad * (self.global_opt.params - self._base)
             self._base.copy_(self.global_opt.params)
         torch.add(self.global_opt.params, direction, alpha=-config.local_lr_at(epoch), out=self.local_params)

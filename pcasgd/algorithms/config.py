@@ -15,7 +15,10 @@ MODES = DECENTRALIZED_MODES + SERVER_MODES + COLLECTIVE_MODES
 
 
 #: Hessian-approximation factor lambda when the user gives none (sources in ALGORITHMS.md).
-DEFAULT_LAMBDA = {"dcasgd-c": 0.04, "dcasgd-a": 2.0, "pcasgd": 1.0, "pcasgd-pv": 1.0, "predict": 1.0}
+DEFAULT_LAMBDA = {"dcasgd-c": 0.04, "dcasgd-a": 2.0, "pcasgd": 1.0, "pcasgd-pv": 1.0, "predict": 1.0, "odsgd": 2.0}
+
+#: Modes whose lambda --lam-adaptive makes adaptive (dcasgd-a is adaptive by definition).
+ADAPTIVE_LAMBDA_MODES = ("pcasgd", "pcasgd-pv", "predict", "dcasgd-a")
 
 CHOICES = {
     "predictor": ("draft", "taylor"),
@@ -49,7 +52,7 @@ class AlgorithmConfig:
     clip_weights: str = "rescale"  # [choice]
     lam: float | None = None  # None: the mode's DEFAULT_LAMBDA
     lam_adaptive: bool = False
-    ms_decay: float = 0.95
+    ms_decay: float | None = None  # None: the mode's default (effective_ms_decay)
     eps: float = 1e-7
     tau_fresh: int = 0  # [choice]
     pv_warmup_epochs: float = 5.0
@@ -64,8 +67,6 @@ class AlgorithmConfig:
     odsgd_local_opt: str = "sgd"
     odsgd_overlap: bool = True  # False: each allreduce completes before the local step (blocking)
     comm: str = "mpi"  # ssgd on MPI: "mpi" (MPI allreduce) or "horovod" (Horovod's allreduce)
-    odsgd_dc_lambda: float = 2.0
-    odsgd_dc_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -73,6 +74,14 @@ class AlgorithmConfig:
         for name, accepted in CHOICES.items():
             if getattr(self, name) not in accepted:
                 raise ConfigError(f"{name} must be one of {', '.join(accepted)}, got {getattr(self, name)!r}")
+        for name, value in asdict(self).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value}")
+        if self.lam_adaptive and self.mode not in ADAPTIVE_LAMBDA_MODES:
+            hint = "; dcasgd-a is its adaptive variant" if self.mode == "dcasgd-c" else ""
+            raise ConfigError(
+                f"--lam-adaptive applies to {', '.join(ADAPTIVE_LAMBDA_MODES)}; {self.mode} would ignore it{hint}"
+            )
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.momentum is not None and not 0 <= self.momentum < 1:
@@ -81,7 +90,7 @@ class AlgorithmConfig:
             raise ConfigError(f"theta must be in [0, 1], got {self.theta}")
         if self.lam is not None and self.lam < 0:
             raise ConfigError(f"lambda must be >= 0, got {self.lam}")
-        if not 0 <= self.ms_decay < 1:
+        if self.ms_decay is not None and not 0 <= self.ms_decay < 1:
             raise ConfigError(f"ms_decay must be in [0, 1), got {self.ms_decay}")
         if self.tau_fresh < 0 or self.history < 1 or self.sasgd_n < 1 or self.odsgd_warmup < 0:
             raise ConfigError("tau_fresh, odsgd_warmup must be >= 0; history, sasgd_n must be >= 1")
@@ -127,7 +136,17 @@ class AlgorithmConfig:
 
     @property
     def effective_lambda(self) -> float:
+        """lambda if given, else the mode's default; odsgd reads it only with its dc local optimizer."""
+        if self.mode == "odsgd" and self.odsgd_local_opt != "dc":
+            return 0.0
         return DEFAULT_LAMBDA.get(self.mode, 0.0) if self.lam is None else self.lam
+
+    @property
+    def effective_ms_decay(self) -> float:
+        """MeanSquare decay m if given, else 0 for odsgd (its reference code) and 0.95 otherwise."""
+        if self.ms_decay is not None:
+            return self.ms_decay
+        return 0.0 if self.mode == "odsgd" else 0.95
 
     @property
     def effective_momentum(self) -> float:
@@ -144,8 +163,10 @@ class AlgorithmConfig:
         return {"predict": 1.0, "clip": 0.0}.get(self.mode, self.theta)
 
     def local_lr_at(self, epoch: float) -> float:
-        """odsgd's local learning rate: ``odsgd_local_lr`` if given, else the scheduled lr."""
-        return self.lr_at(epoch) if self.odsgd_local_lr is None else self.odsgd_local_lr
+        """odsgd's local learning rate: the scheduled lr, scaled by ``odsgd_local_lr / lr`` if given,
+        so an explicit local rate follows the same schedule and warm-up as the global one."""
+        scheduled = self.lr_at(epoch)
+        return scheduled if self.odsgd_local_lr is None else scheduled * self.odsgd_local_lr / self.lr
 
     @property
     def family(self) -> str:

@@ -117,12 +117,16 @@ class ConsensusAgent:
             predicted = self._predict_mix(own, self_weight, fresh, delayed)
             clipped = self._clip_mix(own, self_weight, fresh)
             if mode == "pcasgd-pv":
-                mixed, share = self._choose(predicted, clipped, stale_mix, grad)
+                mixed, share, predicted_parts, parts = self._choose(predicted, clipped, stale_mix, grad)
                 decision = "predict" if share >= 0.5 else "clip"
+                # one decision per segment: per step with --pv-scope model, per tensor with tensor
+                self.decisions["predict"] += predicted_parts
+                self.decisions["clip"] += parts - predicted_parts
             else:
                 theta = config.effective_theta
                 mixed, decision, share = theta * predicted + (1.0 - theta) * clipped, "blend", theta
-        self.decisions[decision] += 1
+        if decision not in ("predict", "clip"):
+            self.decisions[decision] += 1
         self.params = mixed + step_vector
         self.iteration += 1
         return StepReport(tuple(r.staleness for r in reads), len(delayed), decision, share)
@@ -137,7 +141,7 @@ class ConsensusAgent:
             if self._last_stamp.get(read.source) != read.snapshot.stamp:
                 self._last_stamp[read.source] = read.snapshot.stamp
                 self._mean_square[read.source] = update_mean_square(
-                    self._mean_square.get(read.source), read.snapshot.grad, self.config.ms_decay
+                    self._mean_square.get(read.source), read.snapshot.grad, self.config.effective_ms_decay
                 )
 
     def _lambda_for(self, source: int) -> float | Tensor:
@@ -182,11 +186,16 @@ class ConsensusAgent:
             mixed = mixed + weight * read.snapshot.params
         return mixed
 
-    def _choose(self, predicted: Tensor, clipped: Tensor, stale_mix: Tensor, grad: Tensor) -> tuple[Tensor, float]:
-        """pcasgd-pv: per segment, predict when cos(x^P - x_bar, g) > cos(x^C - x_bar, g)."""
+    def _choose(
+        self, predicted: Tensor, clipped: Tensor, stale_mix: Tensor, grad: Tensor
+    ) -> tuple[Tensor, float, int, int]:
+        """pcasgd-pv: per segment, predict when cos(x^P - x_bar, g) > cos(x^C - x_bar, g).
+
+        Returns the chosen mix, the share of elements predicted, and how many of how many
+        segments chose predict."""
         segments = self.segments if self.config.pv_scope == "tensor" else [0, predicted.numel()]
         chosen = clipped.clone()
-        predicted_elements = 0
+        predicted_elements, predicted_parts = 0, 0
         for start, end in itertools.pairwise(segments):
             part = slice(start, end)
             score_predict = cosine(predicted[part] - stale_mix[part], grad[part])
@@ -194,7 +203,8 @@ class ConsensusAgent:
             if score_predict > score_clip:
                 chosen[part] = predicted[part]
                 predicted_elements += end - start
-        return chosen, predicted_elements / predicted.numel()
+                predicted_parts += 1
+        return chosen, predicted_elements / predicted.numel(), predicted_parts, len(segments) - 1
 
     # -- state for checkpoints ------------------------------------------------------------------
 

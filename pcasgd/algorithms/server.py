@@ -81,7 +81,9 @@ class ParameterServer:
             return 0.0
         lam: float | Tensor = self.config.effective_lambda
         if mode == "dcasgd-a":
-            self._mean_square[worker] = update_mean_square(self._mean_square.get(worker), grad, self.config.ms_decay)
+            self._mean_square[worker] = update_mean_square(
+                self._mean_square.get(worker), grad, self.config.effective_ms_decay
+            )
             lam = adaptive_lambda(self.config.effective_lambda, self._mean_square[worker], self.config.eps)
         return lam * grad * grad * (self.params - pulled)
 

@@ -12,7 +12,6 @@ and the effective configuration, which a resume compares with its own.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from pcasgd.app.files import write_atomically
 from pcasgd.errors import ConfigError
 
 KEEP = 2
@@ -35,6 +35,8 @@ RESUMABLE = (
     "checkpoint_every",
     "eval_every",
 )
+# What every checkpoint holds (the application's state besides the engine's).
+FIELDS = ("epoch", "config", "engine", "oracle", "buffers", "torch_rng", "records", "wall_seconds", "samples")
 FILE = re.compile(r"epoch-(\d+)\.pt")
 
 
@@ -54,9 +56,7 @@ def save(out: Path, rank: int, epoch: int, payload: dict[str, Any]) -> Path:
     folder = rank_folder(out, rank)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"epoch-{epoch:05d}.pt"
-    temporary = folder / f".epoch-{epoch:05d}.pt.tmp"
-    torch.save({"format": FORMAT, "epoch": epoch, **payload}, temporary)
-    os.replace(temporary, path)
+    write_atomically(path, lambda temporary: torch.save({"format": FORMAT, "epoch": epoch, **payload}, temporary))
     for old in available_epochs(out, rank)[:-KEEP]:
         (folder / f"epoch-{old:05d}.pt").unlink(missing_ok=True)
     return path
@@ -70,6 +70,9 @@ def load(out: Path, rank: int, epoch: int) -> dict[str, Any]:
         raise ConfigError(f"checkpoint {path} cannot be read: {error}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ConfigError(f"{path} is not a pcasgd checkpoint of format {FORMAT}")
+    missing = [name for name in FIELDS if name not in payload]
+    if missing:
+        raise ConfigError(f"checkpoint {path} lacks {', '.join(missing)}: it was not written by this pcasgd")
     return payload
 
 

@@ -8,6 +8,7 @@ training set (the cached arrays are memory-mapped, so it reads just those rows).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,9 +170,11 @@ def parse_partition(spec: str) -> float | None:
             alpha = float(value)
         except ValueError:
             alpha = -1.0
-        if alpha > 0:
+        if 0 < alpha < math.inf:
             return alpha
-    raise ConfigError(f"unknown partition {spec!r}; use iid or dirichlet:ALPHA with ALPHA > 0, e.g. dirichlet:0.5")
+    raise ConfigError(
+        f"unknown partition {spec!r}; use iid or dirichlet:ALPHA with a finite ALPHA > 0, e.g. dirichlet:0.5"
+    )
 
 
 def partition(labels: np.ndarray, agents: int, spec: str, seed: int) -> list[np.ndarray]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+from pcasgd.app.files import append_text
 from pcasgd.errors import ConfigError
 
 METRICS_FILES = ("metrics.jsonl", "metrics.csv")
@@ -30,8 +32,7 @@ class MetricsWriter:
             self._board = SummaryWriter(str(out / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:
-        with (self.out / "metrics.jsonl").open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_text(self.out / "metrics.jsonl", json.dumps(record) + "\n")
         scalars = self._write_csv(record)
         if self._board is not None:
             for key, value in scalars.items():
@@ -56,12 +57,16 @@ class MetricsWriter:
                     self._columns = next(csv.reader(handle))
             else:
                 self._columns = list(scalars)
-                with csv_path.open("w", newline="") as handle:
-                    csv.writer(handle).writerow(self._columns)
-        with (self.out / "metrics.csv").open("a", newline="") as handle:
-            csv.writer(handle).writerow([scalars.get(column, "") for column in self._columns])
+                append_text(csv_path, _csv_line(self._columns))
+        append_text(self.out / "metrics.csv", _csv_line([scalars.get(column, "") for column in self._columns]))
         return scalars
 
     def close(self) -> None:
         if self._board is not None:
             self._board.close()
+
+
+def _csv_line(values: list[Any]) -> str:
+    text = io.StringIO()
+    csv.writer(text).writerow(values)
+    return text.getvalue()

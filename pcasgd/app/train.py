@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -36,15 +34,16 @@ from pcasgd.app.data import (
     partition,
     training_labels,
 )
-from pcasgd.app.metrics import METRICS_FILES, MetricsWriter
+from pcasgd.app.files import write_atomically
+from pcasgd.app.metrics import MetricsWriter
 from pcasgd.app.models import build_model, flat_gradient, flatten_parameters, load_flat_parameters, segment_offsets
-from pcasgd.errors import ConfigError
+from pcasgd.app.run_files import RunDirectory
+from pcasgd.errors import ConfigError, PcasgdError
 from pcasgd.runtime.device import DEVICES, HOST_STAGING, select_device, stage_through_host
 from pcasgd.sim import EpochView, simulate
 from pcasgd.transport.staging import HostStaging
 
 BACKENDS = ("sim", "mpi")
-RUN_FILES = (*METRICS_FILES, "summary.json", "model.pt")
 EVAL_BATCH = 1000
 DATA_PREPARATION_SECONDS = 1800.0  # a first decode (CIFAR-10: 60k JPEGs) or download may take minutes
 
@@ -86,8 +85,10 @@ class RunConfig:
             raise ConfigError(f"eval_every must be >= 0 (0: once per epoch), got {self.eval_every}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0 (0: no checkpoints), got {self.checkpoint_every}")
-        if self.deadline <= 0:
-            raise ConfigError(f"deadline must be > 0 seconds, got {self.deadline}")
+        if not (math.isfinite(self.deadline) and self.deadline > 0):
+            raise ConfigError(f"deadline must be a finite number of seconds > 0, got {self.deadline}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.backend == "sim" and self.algorithm.comm == "horovod":
             raise ConfigError("--comm horovod is for --backend mpi")
         if self.backend == "sim" and (self.deterministic or self.progress_thread or self.shared_windows):
@@ -209,48 +210,25 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
-def _prepare_output_everywhere(comm, out: Path, overwrite: bool, resumed: list[dict[str, Any]] | None) -> None:
-    """Rank 0 prepares ``out`` (``resumed``: the metrics records a resumed run keeps); every rank
-    raises the same error if that failed."""
-    problem = None
+def _open_run_directory_everywhere(
+    comm, out: Path, overwrite: bool, resumed: list[dict[str, Any]] | None
+) -> RunDirectory | None:
+    """Rank 0 locks and prepares ``out`` (``resumed``: the metrics records a resumed run keeps) and
+    returns it; every rank raises the same error if that failed."""
+    problem, directory = None, None
     if comm is None or comm.Get_rank() == 0:
+        directory = RunDirectory(out)
         try:
-            if resumed is None:
-                prepare_output(out, overwrite)
-            else:
-                prepare_resumed_output(out, resumed)
-        except (ConfigError, OSError) as error:
-            problem = str(error)
+            directory.open(overwrite, resumed)
+        except (PcasgdError, OSError) as error:
+            problem, directory = str(error), None
     if comm is not None:
         problem = comm.bcast(problem, root=0)
     if problem is not None:
+        if directory is not None:
+            directory.close(succeeded=False)
         raise ConfigError(problem)
-
-
-def prepare_output(out: Path, overwrite: bool) -> None:
-    """Create ``out``; refuse to touch an earlier run's files unless ``overwrite``."""
-    existing = [name for name in (*RUN_FILES, "checkpoints", "tensorboard") if (out / name).exists()]
-    if existing and not overwrite:
-        raise ConfigError(
-            f"{out} already holds a run ({', '.join(existing)}); pass --overwrite, --resume, or choose another --out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    for name in existing:
-        shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
-
-
-def prepare_resumed_output(out: Path, records: list[dict[str, Any]]) -> None:
-    """Keep the metrics of the epochs the checkpoint covers; drop the rest and the final files."""
-    (out / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
-    MetricsWriter.rewrite_csv(out, records)
-    for name in ("summary.json", "model.pt"):
-        (out / name).unlink(missing_ok=True)
+    return directory
 
 
 # Each agent's accuracy is measured on a fixed random subset of the test set: evaluating every
@@ -323,6 +301,42 @@ def _config_record(config: RunConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(config), default=str))
 
 
+def _readable_checkpoints(out: Path, rank: int) -> tuple[dict[int, dict[str, Any]], str | None]:
+    """This rank's checkpoints that load whole, by epoch; one that does not is skipped with a
+    warning (a crash or a full disk while it was written), so an older one is used instead.
+    Also the newest one's problem if none loads (raised after the ranks compared notes)."""
+    readable, problems = {}, []
+    for epoch in reversed(checkpoints.available_epochs(out, rank)):
+        try:
+            readable[epoch] = checkpoints.load(out, rank, epoch)
+        except ConfigError as error:
+            problems.append(str(error))
+    if problems and readable:
+        newest = max(readable)
+        print(f"pcasgd: warning: {problems[0]}; resuming rank {rank} from epoch {newest} instead", file=sys.stderr)
+    return readable, (problems[0] if problems and not readable else None)
+
+
+def _resume_length_problem(out: Path, checkpoint_epoch: int, epochs: int) -> str | None:
+    """Why resuming to ``epochs`` would cut a run short (its checkpoint, or its finished summary,
+    is further on), or None."""
+    if checkpoint_epoch > epochs:
+        return (
+            f"the checkpoint in {out} has trained {checkpoint_epoch} epochs; --epochs {epochs} is fewer "
+            f"(resuming continues a run: pass --epochs {checkpoint_epoch} or more)"
+        )
+    try:
+        finished = json.loads((out / "summary.json").read_text())["config"]["epochs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not finished (or no summary this rank can read)
+    if epochs <= finished:
+        return (
+            f"the run in {out} has finished its {finished} epochs; resuming it needs more: pass --epochs "
+            f"{finished + 1} or more (or --overwrite without --resume to train it again)"
+        )
+    return None
+
+
 def _resume_payload(comm, deadline, config: RunConfig, out: Path) -> dict[str, Any] | None:
     """This rank's checkpoint to resume from; a problem on any rank is raised on every rank.
 
@@ -330,7 +344,8 @@ def _resume_payload(comm, deadline, config: RunConfig, out: Path) -> dict[str, A
     none (a straggler stopped before its first epoch ended) starts again from the beginning.
     """
     rank = 0 if comm is None else comm.Get_rank()
-    epochs = checkpoints.available_epochs(out, rank)
+    readable, unreadable = _readable_checkpoints(out, rank)
+    epochs = sorted(readable)
     independent = comm is not None and not config.deterministic and config.algorithm.family == "decentralized"
     fresh = False
     if comm is not None:
@@ -345,18 +360,19 @@ def _resume_payload(comm, deadline, config: RunConfig, out: Path) -> dict[str, A
                 flush=True,
             )
             fresh = True
-    problem, payload = None, None
-    if not epochs and not fresh:
+    problem, payload = unreadable, None
+    if problem is None and not epochs and not fresh:
         problem = (
             f"nothing to resume in {out}: no checkpoints/rank-{rank}/epoch-*.pt common to every rank "
             "(the run wrote none: --checkpoint-every 0, or it stopped before its first checkpoint)"
         )
-    elif epochs:
+    elif problem is None and epochs:
+        payload = readable[epochs[-1]]
         try:
-            payload = checkpoints.load(out, rank, epochs[-1])
             checkpoints.check_same_run(payload, _config_record(config), out)
         except ConfigError as error:
             problem = str(error)
+        problem = problem or _resume_length_problem(out, payload["epoch"], config.epochs)
     if comm is not None:
         with deadline.guard("agreeing that every rank can resume (collective)"):
             problems = [p for p in comm.allgather(problem) if p is not None]
@@ -404,146 +420,153 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
     # Only now, with the data found, the model built and the checkpoint read, is an earlier run's output touched.
     if comm is not None:
         with deadline.guard("preparing the run directory (collective)"):
-            _prepare_output_everywhere(comm, out, overwrite, resumed_records)
+            directory = _open_run_directory_everywhere(comm, out, overwrite, resumed_records)
     else:
-        _prepare_output_everywhere(comm, out, overwrite, resumed_records)
-    oracle = BatchOracle(model, data, shards, config.batch_size, config.seed, algorithm.weight_decay)
-    iterations_per_epoch = math.ceil(min(len(shard) for shard in shards) / config.batch_size)
-    writer = MetricsWriter(out, config.tensorboard) if comm is None or comm.Get_rank() == 0 else None
-    agent_test = data.test_subset(AGENT_EVAL_SAMPLES)
-    started = time.perf_counter()
-    last = {"time": started, "samples": 0}
-    records: list[dict[str, Any]] = []
-    rank = 0 if comm is None else comm.Get_rank()
-    if payload is not None:
-        oracle.load_state_dict(payload["oracle"])
-        for name, buffer in payload["buffers"].items():
-            model.get_buffer(name).copy_(buffer)
-        torch.set_rng_state(payload["torch_rng"])
-        records = list(payload["records"])
-        started -= payload["wall_seconds"]
-        last.update(time=time.perf_counter(), samples=payload["samples"])
+        directory = _open_run_directory_everywhere(comm, out, overwrite, resumed_records)
+    succeeded = False
+    try:
+        oracle = BatchOracle(model, data, shards, config.batch_size, config.seed, algorithm.weight_decay)
+        iterations_per_epoch = math.ceil(min(len(shard) for shard in shards) / config.batch_size)
+        writer = MetricsWriter(out, config.tensorboard) if comm is None or comm.Get_rank() == 0 else None
+        agent_test = data.test_subset(AGENT_EVAL_SAMPLES)
+        started = time.perf_counter()
+        last = {"time": started, "samples": 0}
+        records: list[dict[str, Any]] = []
+        rank = 0 if comm is None else comm.Get_rank()
+        if payload is not None:
+            oracle.load_state_dict(payload["oracle"])
+            for name, buffer in payload["buffers"].items():
+                model.get_buffer(name).copy_(buffer)
+            torch.set_rng_state(payload["torch_rng"])
+            records = list(payload["records"])
+            started -= payload["wall_seconds"]
+            last.update(time=time.perf_counter(), samples=payload["samples"])
 
-    def save_checkpoint(epoch: int, engine_state: dict[str, Any]) -> None:
-        if epoch % config.checkpoint_every:
-            return
-        state = {
-            "config": _config_record(config),
-            "engine": engine_state,
-            "oracle": oracle.state_dict(),
-            "buffers": {name: buffer.detach().cpu().clone() for name, buffer in model.named_buffers()},
-            "torch_rng": torch.get_rng_state(),
-            "records": list(records),
-            "wall_seconds": time.perf_counter() - started,
-            "samples": last["samples"],
-        }
-        checkpoints.save(out, rank, epoch, state)
+        def save_checkpoint(epoch: int, engine_state: dict[str, Any]) -> None:
+            if epoch % config.checkpoint_every:
+                return
+            state = {
+                "config": _config_record(config),
+                "engine": engine_state,
+                "oracle": oracle.state_dict(),
+                "buffers": {name: buffer.detach().cpu().clone() for name, buffer in model.named_buffers()},
+                "torch_rng": torch.get_rng_state(),
+                "records": list(records),
+                "wall_seconds": time.perf_counter() - started,
+                "samples": last["samples"],
+            }
+            checkpoints.save(out, rank, epoch, state)
 
-    def record_epoch(view: EpochView) -> None:
-        now = time.perf_counter()
-        accuracy, loss = evaluate(model, view.reference_params, data)
-        agent_accuracy = [evaluate(model, p, agent_test)[0] for p in view.agent_params]
-        distance_mean, distance_max = consensus_distance(view.agent_params)
-        samples = view.samples - last["samples"]
-        record = {
-            "epoch": view.epoch,
-            "test_accuracy": accuracy,
-            "test_loss": loss,
-            "agent_accuracy_min": min(agent_accuracy),
-            "agent_accuracy_max": max(agent_accuracy),
-            "agent_accuracy_std": float(np.std(agent_accuracy)),
-            "train_loss": view.stats.mean_loss,
-            "wall_seconds": now - started,
-            "eta_seconds": (now - started) / view.epoch * (config.epochs - view.epoch),
-            "epoch_seconds": now - last["time"],
-            "samples_per_second": samples / max(now - last["time"], 1e-9),
-            "consensus_distance_mean": distance_mean,
-            "consensus_distance_max": distance_max,
-            "staleness_mean": view.stats.staleness_mean,
-            "staleness_max": view.stats.staleness_max,
-            "staleness_histogram": {str(k): v for k, v in sorted(view.stats.staleness_histogram.items())},
-            "predict_fraction": view.stats.predict_fraction,
-            "lr": algorithm.lr_at(float(view.epoch)),
-            "iterations": view.iterations,
-            "sim_time": view.sim_time,
-        }
-        last.update(time=now, samples=view.samples)
-        records.append(record)
-        writer.write(record)
-        if on_epoch is not None:
-            on_epoch(record)
+        def record_epoch(view: EpochView) -> None:
+            now = time.perf_counter()
+            accuracy, loss = evaluate(model, view.reference_params, data)
+            agent_accuracy = [evaluate(model, p, agent_test)[0] for p in view.agent_params]
+            distance_mean, distance_max = consensus_distance(view.agent_params)
+            samples = view.samples - last["samples"]
+            record = {
+                "epoch": view.epoch,
+                "test_accuracy": accuracy,
+                "test_loss": loss,
+                "agent_accuracy_min": min(agent_accuracy),
+                "agent_accuracy_max": max(agent_accuracy),
+                "agent_accuracy_std": float(np.std(agent_accuracy)),
+                "train_loss": view.stats.mean_loss,
+                "wall_seconds": now - started,
+                "eta_seconds": (now - started) / view.epoch * (config.epochs - view.epoch),
+                "epoch_seconds": now - last["time"],
+                "samples_per_second": samples / max(now - last["time"], 1e-9),
+                "consensus_distance_mean": distance_mean,
+                "consensus_distance_max": distance_max,
+                "staleness_mean": view.stats.staleness_mean,
+                "staleness_max": view.stats.staleness_max,
+                "staleness_histogram": {str(k): v for k, v in sorted(view.stats.staleness_histogram.items())},
+                "predict_fraction": view.stats.predict_fraction,
+                "lr": algorithm.lr_at(float(view.epoch)),
+                "iterations": view.iterations,
+                "sim_time": view.sim_time,
+            }
+            last.update(time=now, samples=view.samples)
+            records.append(record)
+            writer.write(record)
+            if on_epoch is not None:
+                on_epoch(record)
 
-    if comm is None:
-        result = simulate(
-            algorithm,
-            config.agents,
-            delay_model,
-            oracle,
-            flatten_parameters(model),
-            iterations_per_epoch,
-            config.epochs,
-            hook=record_epoch,
-            topology=schedule,
-            segments=segment_offsets(model),
-            checkpoint=save_checkpoint if config.checkpoint_every else None,
-            resume=payload["engine"] if payload is not None else None,
-            record_every=config.eval_every,
-        )
-    else:
-        from pcasgd.runtime.collective import run_collective
-        from pcasgd.runtime.decentralized import DecentralizedRank, MpiOptions
-        from pcasgd.runtime.parameter_server import run_parameter_server
-        from pcasgd.sim import SimRun
-
-        run = SimRun(
-            algorithm,
-            delay_model,
-            oracle,
-            flatten_parameters(model),
-            iterations_per_epoch,
-            config.epochs,
-            record_epoch,
-            checkpoint=save_checkpoint if config.checkpoint_every else None,
-            resume=payload["engine"] if payload is not None else None,
-            record_every=config.eval_every,
-        )
-        staging = HostStaging(device, stage_through_host(device, config.host_staging))
-        if algorithm.family == "collective":
-            result = run_collective(comm, run, deadline, config.progress_thread, staging)
-        elif algorithm.family == "server":
-            result = run_parameter_server(comm, run, deadline, config.deterministic)
+        if comm is None:
+            result = simulate(
+                algorithm,
+                config.agents,
+                delay_model,
+                oracle,
+                flatten_parameters(model),
+                iterations_per_epoch,
+                config.epochs,
+                hook=record_epoch,
+                topology=schedule,
+                segments=segment_offsets(model),
+                checkpoint=save_checkpoint if config.checkpoint_every else None,
+                resume=payload["engine"] if payload is not None else None,
+                record_every=config.eval_every,
+            )
         else:
-            options = MpiOptions(config.deterministic, config.shared_windows, config.progress_thread, staging)
-            result = DecentralizedRank(comm, run, schedule, segment_offsets(model), options, deadline).train()
-        if result is None:
-            return None
-    load_flat_parameters(model, result.reference_params)
-    _write_atomically(out / "model.pt", lambda path: torch.save(model.state_dict(), path))
-    staleness_total = sum(result.staleness.values())
-    summary = {
-        "config": {
-            **asdict(config),
-            "algorithm": algorithm.to_dict(),
-            "effective_lambda": algorithm.effective_lambda,
-            "effective_momentum": algorithm.effective_momentum,
-        },
-        "topology": {"spec": config.topology, "spectral_gap": spectral_gap} if schedule is not None else None,
-        "partition": {
-            "spec": config.partition,
-            "samples_per_agent": [len(shard) for shard in shards],
-            "classes_per_agent": label_histogram(labels, shards, data.classes),
-        },
-        "iterations_per_epoch": iterations_per_epoch,
-        "iterations": result.iterations,
-        "staleness": {
-            "mean": sum(k * v for k, v in result.staleness.items()) / staleness_total if staleness_total else 0.0,
-            "max": max(result.staleness, default=0),
-            "histogram": {str(k): v for k, v in sorted(result.staleness.items())},
-        },
-        "decisions": dict(result.decisions),
-        "final": records[-1],
-        "versions": versions(),
-    }
-    writer.close()
-    _write_atomically(out / "summary.json", lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"))
-    return summary
+            from pcasgd.runtime.collective import run_collective
+            from pcasgd.runtime.decentralized import DecentralizedRank, MpiOptions
+            from pcasgd.runtime.parameter_server import run_parameter_server
+            from pcasgd.sim import SimRun
+
+            run = SimRun(
+                algorithm,
+                delay_model,
+                oracle,
+                flatten_parameters(model),
+                iterations_per_epoch,
+                config.epochs,
+                record_epoch,
+                checkpoint=save_checkpoint if config.checkpoint_every else None,
+                resume=payload["engine"] if payload is not None else None,
+                record_every=config.eval_every,
+            )
+            staging = HostStaging(device, stage_through_host(device, config.host_staging))
+            if algorithm.family == "collective":
+                result = run_collective(comm, run, deadline, config.progress_thread, staging)
+            elif algorithm.family == "server":
+                result = run_parameter_server(comm, run, deadline, config.deterministic)
+            else:
+                options = MpiOptions(config.deterministic, config.shared_windows, config.progress_thread, staging)
+                result = DecentralizedRank(comm, run, schedule, segment_offsets(model), options, deadline).train()
+            if result is None:
+                return None
+        load_flat_parameters(model, result.reference_params)
+        write_atomically(out / "model.pt", lambda path: torch.save(model.state_dict(), path))
+        staleness_total = sum(result.staleness.values())
+        summary = {
+            "config": {
+                **asdict(config),
+                "algorithm": algorithm.to_dict(),
+                "effective_lambda": algorithm.effective_lambda,
+                "effective_ms_decay": algorithm.effective_ms_decay,
+                "effective_momentum": algorithm.effective_momentum,
+            },
+            "topology": {"spec": config.topology, "spectral_gap": spectral_gap} if schedule is not None else None,
+            "partition": {
+                "spec": config.partition,
+                "samples_per_agent": [len(shard) for shard in shards],
+                "classes_per_agent": label_histogram(labels, shards, data.classes),
+            },
+            "iterations_per_epoch": iterations_per_epoch,
+            "iterations": result.iterations,
+            "staleness": {
+                "mean": sum(k * v for k, v in result.staleness.items()) / staleness_total if staleness_total else 0.0,
+                "max": max(result.staleness, default=0),
+                "histogram": {str(k): v for k, v in sorted(result.staleness.items())},
+            },
+            "decisions": dict(result.decisions),
+            "final": records[-1],
+            "versions": versions(),
+        }
+        writer.close()
+        write_atomically(out / "summary.json", lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"))
+        succeeded = True
+        return summary
+    finally:
+        if directory is not None:
+            directory.close(succeeded)
