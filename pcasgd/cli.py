@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import NoReturn
 
 from pcasgd import __version__
 from pcasgd.algorithms.config import CHOICES, MODES, AlgorithmConfig
@@ -20,11 +21,12 @@ from pcasgd.app.data import DATASETS
 from pcasgd.app.models import MODELS
 from pcasgd.app.plots import plot_runs
 from pcasgd.app.progress import EpochProgress
-from pcasgd.app.train import BACKENDS, RunConfig, run_training
+from pcasgd.app.train import BACKENDS, RunConfig, run_training, start_mpi_under_deadline
 from pcasgd.delays import ACCEPTED_FORMS
 from pcasgd.delays import parse as parse_delays
 from pcasgd.errors import ConfigError, PcasgdError, RunFilesError, TrainingFailedError
 from pcasgd.runtime.device import DEVICES, HOST_STAGING
+from pcasgd.runtime.launch import launcher_rank
 from pcasgd.topology import TOPOLOGY_FORMS, WEIGHT_SCHEMES
 
 
@@ -104,9 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     return command_parsers()[0]
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse, but a bad flag ends as every other refusal does: one ``pcasgd: error:`` line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"pcasgd: error: {message} (see {self.prog} --help)\n")
+
+
 def command_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The ``pcasgd`` parser and its ``train``, ``compare`` and ``plot`` sub-parsers."""
-    parser = argparse.ArgumentParser(prog="pcasgd", description="Decentralized asynchronous training (PC-ASGD).")
+    parser = OneLineErrors(prog="pcasgd", description="Decentralized asynchronous training (PC-ASGD).")
     parser.add_argument("--version", action="version", version=f"pcasgd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     formatter = argparse.ArgumentDefaultsHelpFormatter
@@ -188,6 +197,13 @@ def _add_train_arguments(train: argparse.ArgumentParser, grid: bool = False) -> 
         "--deadline", type=_number(float, 0.001), default=run.deadline, help="mpi: seconds any wait may take"
     )
     train.add_argument(
+        "--startup-deadline",
+        type=_number(float, 0.001),
+        default=run.startup_deadline,
+        help="mpi: seconds the start may take (every rank starting MPI; rank 0 finding, decoding or downloading "
+        "the dataset while the others wait)",
+    )
+    train.add_argument(
         "--shared-windows",
         action="store_true",
         help="mpi, decentralized modes: allocate the windows with MPI.Win.Allocate_shared (one node only)",
@@ -252,6 +268,7 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
         seed=args.seed,
         deterministic=args.deterministic,
         deadline=args.deadline,
+        startup_deadline=args.startup_deadline,
         progress_thread=args.progress_thread,
         shared_windows=args.shared_windows,
         device=args.device,
@@ -283,18 +300,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    rank, where = 0, ""
+    rank, where, deadline = 0, "", None
     try:
         if args.backend == "mpi":
+            signal.signal(signal.SIGTERM, lambda signum, _: _stopped_by_launcher(launcher_rank(), signum))
+            deadline = start_mpi_under_deadline(args.comm, args.deadline, args.startup_deadline)[1]
             rank = _world(args).Get_rank()
             where = f" (rank {rank})"
-            signal.signal(signal.SIGTERM, lambda signum, _: _stopped_by_launcher(rank, signum))
         config = run_config_from(args)
         out = _train_out(args, config)
         if rank == 0:
             print(f"pcasgd {__version__} -> {out}: {json.dumps(asdict(config))}", file=sys.stderr)
         progress = EpochProgress(config.epochs)
-        summary = run_training(config, out, args.overwrite, progress, resume=args.resume is not None)
+        summary = run_training(config, out, args.overwrite, progress, args.resume is not None, deadline)
     except TrainingFailedError as error:
         print(f"pcasgd: run failed{where}: {error}; metrics so far are in the run directory", file=sys.stderr)
         _end_the_job(args, 1)
@@ -309,6 +327,9 @@ def _train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"pcasgd: interrupted{where}; metrics so far are in the run directory", file=sys.stderr)
         return 130
+    finally:
+        if deadline is not None:
+            deadline.close()
     if summary is None:
         return 0
     final = summary["final"]

@@ -355,3 +355,19 @@ def test_an_asynchronous_run_resumes_and_completes(tmp_path):
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, 9)) and summary["final"]["epoch"] == 8
     assert summary["final"]["test_accuracy"] >= 0.85
+
+
+def test_a_rank_stopped_before_it_starts_mpi_ends_the_job_within_the_startup_deadline(tmp_path):
+    """Rank 1 stops itself before Python starts, so rank 0 waits inside MPI's start-up, which no
+    Python code can interrupt: the watchdog started before MPI ends it at --startup-deadline."""
+    stop_rank_1 = tmp_path / "stop-rank-1.sh"
+    stop_rank_1.write_text('#!/bin/sh\n[ "${OMPI_COMM_WORLD_RANK:-$PMIX_RANK}" = 1 ] && kill -STOP $$\nexec "$@"\n')
+    stop_rank_1.chmod(0o755)
+    command = [str(stop_rank_1), PYTHON, "-m", "pcasgd.cli", "train", "--backend", "mpi", "--epochs", "1"]
+    started = time.monotonic()
+    result = mpirun(2, *command, "--startup-deadline", "5", "--out", str(tmp_path / "run"), timeout=120)
+    assert result.returncode != 0
+    assert time.monotonic() - started < 5 + 60
+    assert "pcasgd: error (rank 0): starting MPI (every rank of the job must start) did not complete within 5 s" in (
+        result.stderr
+    )

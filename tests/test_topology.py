@@ -114,3 +114,11 @@ def test_validate_rejects_bad_shapes():
 def test_bad_specs_name_the_problem(spec, message):
     with pytest.raises(TopologyError, match=message):
         topology.build(spec, 8)
+
+
+@pytest.mark.parametrize("spec", ["ring", "exponential", "torus", "random:4", "star"])
+def test_the_spectral_gap_of_a_large_graph_is_the_dense_one_without_a_dense_decomposition(spec):
+    n = topology.DENSE_SPECTRAL_GAP_AGENTS + 44
+    weights = topology.build(spec, n).weights
+    dense = 1.0 - np.linalg.norm(weights - np.full((n, n), 1.0 / n), ord=2)
+    assert abs(topology.spectral_gap(weights) - dense) < 1e-9

@@ -28,6 +28,7 @@ FORMAT = 1
 RESUMABLE = (
     "epochs",
     "deadline",
+    "startup_deadline",
     "progress_thread",
     "tensorboard",
     "host_staging",

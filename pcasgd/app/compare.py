@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pcasgd.algorithms.config import SERVER_MODES
+from pcasgd.app.files import make_folder
 from pcasgd.errors import ConfigError
 
 EXIT_TRAINING_FAILED = 1  # pcasgd train's exit status for a run that failed while training (e.g. diverged)
@@ -233,7 +234,7 @@ def compare(
     names = [variant.name for variant in variants]
     if len(set(names)) != len(names):
         raise ConfigError(f"variant names must differ: {names}")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     results = [
         run_cell(Cell(variant, delay, seed), base_argv, out, backend, agents, train)
         for variant in variants

@@ -20,9 +20,11 @@ def config_argv(path: Path, parser: argparse.ArgumentParser) -> list[str]:
     except ImportError as error:
         raise ConfigError(f"--config needs PyYAML ({error}); pip install 'pcasgd[config]'") from None
     try:
-        settings = yaml.safe_load(path.read_text())
+        settings = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(f"config file {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {error.start}: {error.reason})") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
     if settings is None:

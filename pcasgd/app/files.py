@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from pcasgd.errors import RunFilesError
+from pcasgd.errors import ConfigError, RunFilesError
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -43,3 +43,11 @@ def reason(error: BaseException, path: Path | None = None) -> str:
             free = shutil.disk_usage(path.parent).free
             return f"the write failed with {free} bytes free on that file system ({str(error).splitlines()[0]})"
     return str(error)
+
+
+def make_folder(path: Path) -> None:
+    """``mkdir -p path``, with a clear error where it cannot be (a file in the way, no permission)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot create the folder {path}: {reason(error)}") from None

@@ -7,8 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pcasgd.app.files import make_folder
 from pcasgd.errors import ConfigError
 
+# What each epoch record must hold for the figures.
+RECORD_KEYS = ("epoch", "wall_seconds", "test_accuracy", "consensus_distance_mean")
 FIGURES = ("accuracy_epoch.png", "accuracy_time.png", "consensus.png", "staleness.png")
 
 
@@ -18,12 +21,19 @@ def read_run(folder: Path) -> tuple[str, list[dict[str, Any]], dict[str, Any] | 
     if not metrics.is_file():
         raise ConfigError(f"{folder} is not a run directory (no metrics.jsonl)")
     try:
-        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else None
-    except json.JSONDecodeError as error:
+        records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+        summary_file = folder / "summary.json"
+        summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
+    except (ValueError, OSError) as error:  # JSON errors and undecodable bytes are ValueErrors
         raise ConfigError(f"{folder}: a metrics or summary file is corrupt ({error})") from None
     if not records:
         raise ConfigError(f"{folder}/metrics.jsonl holds no epoch yet")
+    for number, record in enumerate(records, 1):
+        missing = [key for key in RECORD_KEYS if not isinstance(record, dict) or key not in record]
+        if missing:
+            raise ConfigError(f"{metrics} line {number} is not a pcasgd epoch record (it lacks {', '.join(missing)})")
+    if summary is not None and not isinstance(summary, dict):
+        raise ConfigError(f"{folder}/summary.json is not a pcasgd summary")
     return folder.name, records, summary
 
 
@@ -42,7 +52,7 @@ def plot_runs(folders: list[Path], out: Path) -> list[Path]:
     """Write the figures into ``out``; return their paths."""
     runs = [read_run(folder) for folder in folders]
     plt = _pyplot()
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     written = []
     panels = [
         ("epoch", "test_accuracy", "epoch", "test accuracy (averaged model)"),

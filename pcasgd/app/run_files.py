@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import IO, Any
 
-from pcasgd.app.files import reason, write_atomically
+from pcasgd.app.files import make_folder, write_atomically
 from pcasgd.app.metrics import METRICS_FILES, MetricsWriter
 from pcasgd.errors import ConfigError
 
@@ -39,10 +39,7 @@ class RunDirectory:
     def open(self, overwrite: bool, resumed_records: list[dict[str, Any]] | None) -> None:
         """Lock ``out`` and prepare it: fresh (an earlier run refused unless ``overwrite``), or
         resumed (``resumed_records``: the metrics lines the checkpoint covers, which are kept)."""
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ConfigError(f"cannot create the run directory {self.out}: {reason(error)}") from None
+        make_folder(self.out)
         self._take_lock()
         try:
             if resumed_records is None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,9 +43,11 @@ from pcasgd.runtime.device import DEVICES, HOST_STAGING, select_device, stage_th
 from pcasgd.sim import EpochView, simulate
 from pcasgd.transport.staging import HostStaging
 
+if TYPE_CHECKING:
+    from pcasgd.transport.deadline import Deadline
+
 BACKENDS = ("sim", "mpi")
 EVAL_BATCH = 1000
-DATA_PREPARATION_SECONDS = 1800.0  # a first decode (CIFAR-10: 60k JPEGs) or download may take minutes
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class RunConfig:
     seed: int = 0
     deterministic: bool = False  # mpi: lock-step iterations, reproduces the simulator
     deadline: float = 60.0  # mpi: seconds any wait may take before the run fails
+    # mpi: seconds the start may take (MPI start-up, rank 0 finding, decoding or downloading the data)
+    startup_deadline: float = 600.0
     progress_thread: bool = False  # mpi: a helper thread keeps MPI transfers moving during the compute
     shared_windows: bool = False  # mpi, decentralized: MPI.Win.Allocate_shared (all ranks on one node)
     device: str = "cpu"  # cpu | cuda (GPU local_rank % count) | auto
@@ -85,8 +89,10 @@ class RunConfig:
             raise ConfigError(f"eval_every must be >= 0 (0: once per epoch), got {self.eval_every}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0 (0: no checkpoints), got {self.checkpoint_every}")
-        if not (math.isfinite(self.deadline) and self.deadline > 0):
-            raise ConfigError(f"deadline must be a finite number of seconds > 0, got {self.deadline}")
+        for name in ("deadline", "startup_deadline"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a finite number of seconds > 0, got {value}")
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.backend == "sim" and self.algorithm.comm == "horovod":
@@ -248,12 +254,25 @@ def _training_labels_everywhere(comm, deadline, config: RunConfig, data_dir: Pat
         except ConfigError as error:
             problem = str(error)
     what = "waiting for rank 0 to find and decode the dataset"
-    deadline.wait(comm.Ibarrier(), what, DATA_PREPARATION_SECONDS)  # polled: the waiting ranks yield the CPU
+    deadline.wait(comm.Ibarrier(), what, config.startup_deadline)  # polled: the waiting ranks yield the CPU
     with deadline.guard(what):
         problem = comm.bcast(problem, root=0)
     if problem is not None:
         raise ConfigError(problem)
     return labels if labels is not None else training_labels(config.dataset, data_dir)
+
+
+def _warn_of_small_shards(shards: list[np.ndarray], batch_size: int, speak: bool) -> None:
+    """A shard smaller than a batch makes every one of its batches short (a Dirichlet partition with
+    a large alpha spread over many agents, or too many agents): say so once."""
+    small = [agent for agent, shard in enumerate(shards) if len(shard) < batch_size]
+    if small and speak:
+        sizes = ", ".join(f"agent {agent}: {len(shards[agent])}" for agent in small[:8])
+        print(
+            f"pcasgd: warning: {len(small)} shard(s) hold fewer samples than a batch of {batch_size} ({sizes}"
+            f"{', ...' if len(small) > 8 else ''}); an epoch is as many iterations as the smallest shard has batches",
+            file=sys.stderr,
+        )
 
 
 def _own_rows(rank: int, family: str, shards: list[np.ndarray]) -> np.ndarray:
@@ -278,22 +297,44 @@ def run_training(
     overwrite: bool = False,
     on_epoch: Callable[[dict], None] | None = None,
     resume: bool = False,
+    deadline: Deadline | None = None,
 ) -> dict[str, Any] | None:
     """Train as ``config`` says, write the run files into ``out``; return the summary (rank 0; others None).
 
     ``resume``: continue the run in ``out`` from its newest checkpoint (under MPI: the newest one
     every rank holds, except in asynchronous decentralized runs, where each rank takes its own).
+    ``deadline``: under MPI, the watchdog the caller started before MPI (see
+    :func:`start_mpi_under_deadline`); one is started here if not given.
     """
-    comm = _world(config)
-    if comm is None:
+    if config.backend != "mpi":
         return _run(config, out, overwrite, on_epoch, None, None, resume)
+    own = deadline is None
+    if own:
+        deadline = start_mpi_under_deadline(config.algorithm.comm, config.deadline, config.startup_deadline)[1]
+    try:
+        return _run(config, out, overwrite, on_epoch, _world(config), deadline, resume)
+    finally:
+        if own:
+            deadline.close()
+
+
+def start_mpi_under_deadline(comm_kind: str, seconds: float, startup_seconds: float) -> tuple[Any, Deadline]:
+    """Start the watchdog, then MPI (or Horovod) under ``startup_seconds``: a rank that never
+    starts (stopped, or dead before MPI) makes the others wait in MPI's start-up, which no
+    Python code can interrupt. Returns the process group and the watchdog (``seconds`` for
+    every later wait); the caller closes the watchdog."""
+    from pcasgd.runtime.launch import launcher_rank
+    from pcasgd.runtime.world import open_world
     from pcasgd.transport.deadline import Deadline
 
-    deadline = Deadline(comm.Get_rank(), config.deadline)
+    deadline = Deadline(launcher_rank(), seconds)
     try:
-        return _run(config, out, overwrite, on_epoch, comm, deadline, resume)
-    finally:
+        with deadline.guard("starting MPI (every rank of the job must start)", startup_seconds):
+            comm = open_world(comm_kind)
+    except BaseException:
         deadline.close()
+        raise
+    return comm, deadline
 
 
 def _config_record(config: RunConfig) -> dict[str, Any]:
@@ -385,15 +426,10 @@ def _resume_payload(comm, deadline, config: RunConfig, out: Path) -> dict[str, A
 def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline, resume) -> dict[str, Any] | None:
     """The body of :func:`run_training`; ``comm`` and ``deadline`` are None in the simulator."""
     algorithm = config.algorithm
-    schedule = None
-    spectral_gap = None
-    if algorithm.family == "decentralized":
-        schedule = topology.build(config.topology, config.agents, config.weights, config.seed)
-        spectral_gap = schedule.spectral_gap()
     delay_model = delays.parse(config.delay, config.seed)
     device = select_device(config.device)  # before any output is prepared: a missing GPU changes nothing
     ranks = config.agents + 1 if algorithm.family == "server" else config.agents
-    delay_model.check_fits(ranks, schedule.adjacency if isinstance(schedule, topology.Topology) else None)
+    delay_model.check_fits(ranks)
     if comm is not None:
         from pcasgd.runtime.checks import check_same_everywhere, check_world_size
 
@@ -407,11 +443,21 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
     data_dir = Path(config.data_dir) if config.data_dir is not None else None
     labels = _training_labels_everywhere(comm, deadline, config, data_dir)
     shards = partition(labels, config.agents, config.partition, config.seed)
+    _warn_of_small_shards(shards, config.batch_size, comm is None or comm.Get_rank() == 0)
+    schedule, spectral_gap = None, None
+    if algorithm.family == "decentralized":  # after the cheap checks: a graph of many agents takes a while
+        schedule = topology.build(config.topology, config.agents, config.weights, config.seed)
+        spectral_gap = schedule.spectral_gap()
+        if isinstance(schedule, topology.Topology):
+            delay_model.check_fits(ranks, schedule.adjacency)
     rows = None if comm is None else _own_rows(comm.Get_rank(), algorithm.family, shards)
     data = load(config.dataset, data_dir, train_rows=rows).to(device)
     model = build_model(config.model, data.input_shape, data.classes).to(device)
     if comm is not None:
-        from pcasgd.runtime.checks import check_same_everywhere, model_signature
+        from pcasgd.runtime.checks import check_same_everywhere, check_window_memory, model_signature
+
+        if algorithm.family == "decentralized":
+            check_window_memory(flatten_parameters(model).numel(), 4, delay_model.max_lag)
 
         with deadline.guard("comparing the model with the other ranks (collective)"):
             check_same_everywhere(comm, "the model's parameter shapes and dtypes", model_signature(model))

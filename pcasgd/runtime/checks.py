@@ -13,6 +13,32 @@ from pcasgd.errors import ConfigError
 LAUNCHER_SIZES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS", "HOROVOD_SIZE")
 
 
+# Variables in which launchers tell each process how many ranks share its node.
+LAUNCHER_LOCAL_SIZES = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE")
+
+
+def check_window_memory(numel: int, itemsize: int, max_lag: int) -> None:
+    """Refuse an injected lag whose snapshot rings (``max_lag + 2`` slots per rank) would not fit
+    in this node's memory, before MPI is asked for them (it would fail after minutes, or be killed)."""
+    from pcasgd.transport.windows import window_bytes
+
+    local = next((int(os.environ[name]) for name in LAUNCHER_LOCAL_SIZES if os.environ.get(name, "").isdigit()), 1)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    slots = max_lag + 2
+    need = window_bytes(numel, itemsize, slots)
+    if need * local > memory:
+        header, per_slot = (
+            window_bytes(numel, itemsize, 0),
+            window_bytes(numel, itemsize, 1) - window_bytes(numel, itemsize, 0),
+        )
+        most = max(0, (memory // local - header) // per_slot - 2)
+        raise ConfigError(
+            f"a lag of {max_lag} iterations needs {slots} snapshot slots per rank: {need / 2**30:.3g} GiB of window "
+            f"memory for each of the {local} rank(s) on this node, more than its {memory / 2**30:.3g} GiB; "
+            f"this model allows lags up to {most}"
+        )
+
+
 def _singleton_hint() -> str:
     if "HOROVOD_RANK" in os.environ:
         return (

@@ -9,6 +9,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+# Where launchers put a process's rank before MPI starts (Open MPI, PMIx, MPICH/Hydra, Slurm, Horovod).
+RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID", "HOROVOD_RANK")
+
+
+def launcher_rank() -> int:
+    """This process's rank as its launcher announced it (0 when started alone), read before MPI starts."""
+    for name in RANK_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
 
 def open_mpi_env(extra_path: str | None = None) -> dict[str, str]:
     """This environment plus what Open MPI 5 needs here: root allowed (when root), more ranks

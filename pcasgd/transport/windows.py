@@ -55,6 +55,12 @@ class Read:
     header: dict[str, float]
 
 
+def window_bytes(numel: int, itemsize: int, slots: int) -> int:
+    """Bytes of one rank's snapshot window: the header and ``slots`` slots of stamp, parameters
+    and gradient."""
+    return HEADER_BYTES + slots * (8 + 2 * numel * itemsize)
+
+
 class SnapshotWindow:
     """A ring of ``slots`` snapshots per rank (``slots = max_lag + 2`` makes injected lags exact)."""
 
@@ -75,7 +81,7 @@ class SnapshotWindow:
         self.np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
         self.slots = slots
         self.slot_bytes = 8 + 2 * numel * self.np_dtype.itemsize
-        size = HEADER_BYTES + slots * self.slot_bytes
+        size = window_bytes(numel, self.np_dtype.itemsize, slots)
         allocate = MPI.Win.Allocate_shared if shared else MPI.Win.Allocate
         self.win: MPI.Win | None = allocate(size, 1, comm=comm)
         self._payload_bytes = numel * self.np_dtype.itemsize

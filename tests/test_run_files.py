@@ -1,0 +1,108 @@
+"""The run directory: one run at a time, --overwrite that loses nothing, a full disk."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pcasgd import cli
+from pcasgd.app.run_files import LOCK, REPLACED, RunDirectory
+from pcasgd.errors import ConfigError
+from tests.mpi_support import MPIRUN, PYTHON, ROOT, mpi_env, needs_mpirun
+
+
+def files_of(run: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(run)): path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()}
+
+
+def test_a_second_run_on_a_locked_directory_is_refused_and_touches_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "2", "--out", str(run)]) == 0
+    before = files_of(run)
+    with (run / LOCK).open("w") as holder:  # as a run writing there now holds it
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.write("4242")
+        holder.flush()
+        for flags in (["--out", str(run), "--overwrite"], ["--resume", str(run), "--epochs", "4"]):
+            assert cli.main(["train", "--epochs", "2", *flags]) == 2
+            assert f"another pcasgd run (pid 4242) is writing to {run}" in capsys.readouterr().err
+    (run / LOCK).unlink()
+    assert files_of(run) == before
+
+
+def test_the_run_directory_lock_is_released_and_removed(tmp_path):
+    run = tmp_path / "run"
+    first = RunDirectory(run)
+    first.open(overwrite=False, resumed_records=None)
+    with pytest.raises(ConfigError, match=f"pid {os.getpid()}"):
+        RunDirectory(run).open(overwrite=True, resumed_records=None)
+    first.close(succeeded=True)
+    assert not (run / LOCK).exists()
+    RunDirectory(run).open(overwrite=False, resumed_records=None)
+
+
+def test_overwrite_puts_the_earlier_run_back_when_the_new_one_fails_before_its_first_record(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "2", "--out", str(run)]) == 0
+    before = files_of(run)
+    assert cli.main(["train", "--epochs", "2", "--out", str(run), "--overwrite", "--lr", "1e300"]) == 1
+    assert "diverged" in capsys.readouterr().err
+    assert files_of(run) == before and not (run / REPLACED).exists()
+
+
+def test_overwrite_replaces_the_earlier_run_once_the_new_one_has_started(tmp_path):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "3", "--out", str(run)]) == 0
+    assert cli.main(["train", "--epochs", "2", "--out", str(run), "--overwrite"]) == 0
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2] and not (run / REPLACED).exists() and not (run / LOCK).exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 200 KB tmpfs: room for the metrics of an epoch, not for a checkpoint."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], check=True, timeout=30)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
+
+
+def assert_full_disk_ended_cleanly(run: Path, stderr: str, some_records: bool) -> None:
+    """One error line first, no traceback, no temporary file, and the records that were written
+    whole (``some_records``: at least one; under mpirun another rank may fill the disk first)."""
+    errors = [line for line in stderr.splitlines() if line.startswith("pcasgd: error")]
+    assert errors and "cannot write" in errors[0] and "the records written before are kept" in errors[0], stderr
+    assert "Traceback" not in stderr, stderr
+    assert not [path for path in run.rglob("*.tmp")]  # no temporary left behind
+    metrics = run / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    assert [record["epoch"] for record in records] == list(range(1, len(records) + 1))
+    assert records or not some_records
+
+
+def test_a_full_disk_is_one_error_line_and_keeps_the_records(small_disk):
+    run = small_disk / "run"
+    command = [PYTHON, "-m", "pcasgd.cli", "train", "--epochs", "3", "--out", str(run)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert_full_disk_ended_cleanly(run, done.stderr, some_records=True)
+
+
+@needs_mpirun
+def test_a_full_disk_under_mpirun_ends_every_rank_and_keeps_the_records(small_disk):
+    run = small_disk / "run"
+    command = ["-n", "2", PYTHON, "-m", "pcasgd.cli", "train", "--backend", "mpi", "--epochs", "3", "--out", str(run)]
+    done = subprocess.run([MPIRUN, *command], cwd=ROOT, env=mpi_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert_full_disk_ended_cleanly(run, done.stderr, some_records=False)
