@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -309,6 +311,7 @@ def _train(args: argparse.Namespace) -> int:
             where = f" (rank {rank})"
         config = run_config_from(args)
         out = _train_out(args, config)
+        _run_directory[:] = [out]
         if rank == 0:
             print(f"pcasgd {__version__} -> {out}: {json.dumps(asdict(config))}", file=sys.stderr)
         progress = EpochProgress(config.epochs)
@@ -387,12 +390,22 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+# The run directory, once known: a rank stopped by its launcher also notes it there, because
+# mpirun that is itself signalled stops relaying the ranks' output before they can say why.
+STOP_LOG = "stopped.log"
+_run_directory: list[Path] = []
+
+
 def _stopped_by_launcher(rank: int, signum: int) -> None:
-    sys.stderr.write(
-        f"pcasgd: error (rank {rank}): stopped by the launcher (signal {signum}); "
-        "another rank has most likely failed: see its message above\n"
+    line = (
+        f"pcasgd: error (rank {rank}): stopped by the launcher (signal {signum}): the job was cancelled, "
+        "or another rank failed (see its message)"
     )
+    sys.stderr.write(line + "\n")
     sys.stderr.flush()
+    for out in _run_directory:
+        with contextlib.suppress(OSError), (out / STOP_LOG).open("a") as log:
+            log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
     os._exit(128 + signum)
 
 

@@ -25,6 +25,10 @@ class RunFilesError(PcasgdError, OSError):
     """A run file could not be written (a full disk, no permission); what was written before is kept."""
 
 
+class UsageError(PcasgdError, RuntimeError):
+    """An API called out of order (for example ``step()`` after ``close()``)."""
+
+
 class TrainingFailedError(PcasgdError, RuntimeError):
     """Training started but could not finish (a rank stalled, died, or diverged)."""
 

@@ -20,7 +20,7 @@ snapshots, and sets the weights to the mode's mix of ``x`` and the neighbours pl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from pcasgd import topology as topologies
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.consensus import ConsensusAgent, StepReport
 from pcasgd.app.models import copy_into_parameters, segment_offsets
-from pcasgd.errors import ConfigError
+from pcasgd.errors import ConfigError, UsageError
 from pcasgd.sim.common import check_finite
 
 
@@ -42,14 +42,52 @@ def init():
     return MPI.COMM_WORLD
 
 
-def broadcast_parameters(module_or_params: nn.Module | Iterable[Tensor], root: int = 0, comm=None) -> None:
-    """Overwrite every rank's parameters with ``root``'s (call once, before training)."""
+Broadcastable = nn.Module | Mapping[str, Tensor] | Iterable[Tensor] | Iterable[tuple[str, Tensor]]
+
+
+def broadcast_parameters(tensors: Broadcastable, root: int = 0, comm=None, *, root_rank: int | None = None) -> None:
+    """Overwrite every rank's tensors with ``root``'s, in place (call once, before training).
+
+    ``tensors``: a module (its parameters and its buffers, such as BatchNorm's running
+    statistics), a ``state_dict()``, or an iterable of tensors or of ``(name, tensor)`` pairs
+    (``named_parameters()``), as Horovod's ``broadcast_parameters`` takes them. ``root_rank`` is
+    Horovod's name for ``root``. Tensors are sent in one message per dtype.
+    """
     comm = comm if comm is not None else init()
-    params = list(module_or_params.parameters() if isinstance(module_or_params, nn.Module) else module_or_params)
+    root = root if root_rank is None else root_rank
+    if isinstance(tensors, nn.Module):
+        found = [*tensors.parameters(), *tensors.buffers()]
+    elif isinstance(tensors, Mapping):
+        found = list(tensors.values())
+    else:
+        found = [item[1] if isinstance(item, tuple) else item for item in tensors]
+    bad = [type(t).__name__ for t in found if not isinstance(t, Tensor)]
+    if bad:
+        raise ConfigError(f"broadcast_parameters takes tensors; got {', '.join(sorted(set(bad)))}")
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for tensor in found:
+        by_dtype.setdefault(tensor.dtype, []).append(tensor)
     with torch.no_grad():
-        flat = torch.nn.utils.parameters_to_vector(params).detach().cpu().contiguous()
-        comm.Bcast(flat.numpy(), root=root)
-        copy_into_parameters(params, flat)
+        for group in by_dtype.values():
+            flat = torch.cat([t.detach().reshape(-1).cpu() for t in group])
+            comm.Bcast(flat.numpy(), root=root)
+            offset = 0
+            for tensor in group:
+                tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
+                offset += tensor.numel()
+
+
+def _check_same_parameters(optimizer: torch.optim.Optimizer, params: list[Tensor]) -> None:
+    """The wrapped optimizer must step exactly the model's trainable parameters: the mix writes
+    the model's, so an optimizer over other tensors would train nothing that is shared."""
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    trained = {id(p) for p in params}
+    if stepped != trained:
+        raise ConfigError(
+            "the torch optimizer must hold exactly the model's trainable parameters: "
+            f"{len(stepped - trained)} of its {len(stepped)} tensors are not the model's, and "
+            f"{len(trained - stepped)} of the model's {len(trained)} are not in it"
+        )
 
 
 class DecentralizedOptimizer:
@@ -96,6 +134,7 @@ class DecentralizedOptimizer:
             raise ConfigError("pcasgd-pv counts its warm-up in epochs: pass iterations_per_epoch")
         self.iterations_per_epoch = iterations_per_epoch
         self.params = [p for p in model.parameters() if p.requires_grad]
+        _check_same_parameters(optimizer, self.params)
         schedule = topologies.build(topology, self.comm.Get_size(), weights, seed)
         lags = delay_models.parse(delay, seed)
         lags.check_fits(self.comm.Get_size())
@@ -134,6 +173,8 @@ class DecentralizedOptimizer:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        if self.window.win is None:
+            raise UsageError("step() after close(): the windows are freed; build a new DecentralizedOptimizer")
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -161,6 +202,15 @@ class DecentralizedOptimizer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, Mapping) or not isinstance(state.get("pcasgd"), Mapping) or "optimizer" not in state:
+            keys = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ConfigError(
+                f"not a DecentralizedOptimizer state (it holds {keys}): load what its state_dict() returned; "
+                "a plain torch optimizer's state goes to .optimizer.load_state_dict()"
+            )
+        missing = [key for key in ("agent", "iteration", "config") if key not in state["pcasgd"]]
+        if missing:
+            raise ConfigError(f"this DecentralizedOptimizer state lacks {', '.join(missing)}")
         saved = state["pcasgd"]["config"]
         if saved != self.config.to_dict():
             differing = sorted(k for k in saved if saved[k] != self.config.to_dict().get(k))

@@ -140,3 +140,50 @@ def test_odsgd_matches_numpy_reference(options, delay, latency):
         },
     )
     np.testing.assert_allclose(result.reference_params.numpy(), expected, rtol=0, atol=1e-10)
+
+
+def test_odsgd_dc_reads_lambda_and_ms_decay_and_reports_them():
+    """--lam and --ms-decay reach odsgd's dc local optimizer: lambda 0 is the plain local step,
+    the defaults (2, 0: the reference code's) are what it reports."""
+    base = {"mode": "odsgd", "lr": LR, "momentum": MU, "odsgd_warmup": 3}
+    plain = run_sim(AlgorithmConfig(**base), 4, "none")[1].reference_params
+    dc_zero = run_sim(AlgorithmConfig(**base, odsgd_local_opt="dc", lam=0.0), 4, "none")[1].reference_params
+    dc_default = run_sim(AlgorithmConfig(**base, odsgd_local_opt="dc"), 4, "none")[1].reference_params
+    dc_decay = run_sim(AlgorithmConfig(**base, odsgd_local_opt="dc", ms_decay=0.9), 4, "none")[1].reference_params
+    assert np.array_equal(plain.numpy(), dc_zero.numpy())
+    assert not np.array_equal(plain.numpy(), dc_default.numpy())
+    assert not np.array_equal(dc_default.numpy(), dc_decay.numpy())
+    config = AlgorithmConfig(**base, odsgd_local_opt="dc")
+    assert (config.effective_lambda, config.effective_ms_decay) == (2.0, 0.0)
+    assert AlgorithmConfig(**base).effective_lambda == 0.0  # the sgd local step reads no lambda
+
+
+def test_an_explicit_odsgd_local_lr_follows_the_schedule_and_warm_up():
+    config = AlgorithmConfig(
+        mode="odsgd", lr=0.1, odsgd_local_lr=0.5, lr_schedule="step:2", lr_decay=0.1, lr_warmup_epochs=1
+    )
+    assert np.isclose(config.local_lr_at(0.0), 0.05)  # warm-up starts at a tenth
+    assert np.isclose(config.local_lr_at(1.0), 0.5) and np.isclose(config.local_lr_at(2.0), 0.05)
+    assert AlgorithmConfig(mode="odsgd", lr=0.1).local_lr_at(3.0) == 0.1
+
+
+def test_pv_per_tensor_counts_one_decision_per_tensor_per_step():
+    segments = [0, 2, 3, 5]  # three tensors in the 5-element quadratic
+    ring = topology.build("ring", 4)
+    problem = Quadratic(4)
+    counts = {}
+    for scope in ("model", "tensor"):
+        config = AlgorithmConfig(mode="pcasgd-pv", lr=LR, momentum=MU, pv_warmup_epochs=0.0, pv_scope=scope)
+        result = simulate(
+            config,
+            4,
+            delays.parse("fixed:2"),
+            problem,
+            problem.initial(),
+            ITERATIONS,
+            1,
+            topology=ring,
+            segments=segments,
+        )
+        counts[scope] = sum(result.decisions[d] for d in ("predict", "clip"))
+    assert counts == {"model": 4 * ITERATIONS, "tensor": 3 * 4 * ITERATIONS}

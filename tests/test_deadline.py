@@ -3,12 +3,16 @@ watchdog never acts on a half-written header (which once ended healthy ranks at 
 
 from __future__ import annotations
 
+import math
 import mmap
 import subprocess
 import textwrap
 import time
 
-from pcasgd.transport.deadline import SIZE, read_header
+import pytest
+
+from pcasgd.errors import ConfigError
+from pcasgd.transport.deadline import SIZE, Deadline, read_header
 from tests.mpi_support import PYTHON, ROOT
 
 WRITER = textwrap.dedent(
@@ -52,3 +56,9 @@ def test_the_watchdog_never_accepts_a_torn_header_from_a_writer_in_another_proce
     assert writer.returncode == 0
     assert written > 1000 and accepted > 1000, (written, accepted)  # the two really overlapped
     assert torn == [], f"{len(torn)} torn headers accepted out of {accepted}, e.g. {torn[:3]}"
+
+
+@pytest.mark.parametrize("seconds", [math.nan, math.inf, 0.0, -1.0])
+def test_a_deadline_that_would_never_fire_is_refused(seconds):
+    with pytest.raises(ConfigError, match="finite number of seconds > 0"):
+        Deadline(0, seconds)

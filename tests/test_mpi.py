@@ -371,3 +371,30 @@ def test_a_rank_stopped_before_it_starts_mpi_ends_the_job_within_the_startup_dea
     assert "pcasgd: error (rank 0): starting MPI (every rank of the job must start) did not complete within 5 s" in (
         result.stderr
     )
+
+
+def test_sigterm_to_mpirun_leaves_a_stopped_by_the_launcher_line_in_the_run_directory(tmp_path):
+    """mpirun, once signalled itself, no longer relays the ranks' output, so the ranks also write
+    why they stopped into the run directory (docs/mpi.md)."""
+    out = tmp_path / "run"
+    job = _start_long_run(out, 30.0)
+    try:
+        _wait_for_training(out, job)
+        job.send_signal(signal.SIGTERM)
+        job.communicate(timeout=60)
+    finally:
+        job.kill()
+    assert job.returncode != 0
+    lines = (out / "stopped.log").read_text().splitlines()
+    assert lines and all("stopped by the launcher (signal 15)" in line for line in lines), lines
+
+
+def test_the_optimizer_api_takes_horovods_idioms_and_refuses_misuse_clearly():
+    result = mpirun(2, PYTHON, "tests/mpi_programs/api_misuse.py", timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checks = json.loads(result.stdout.strip().splitlines()[-1])
+    # parameters and buffers (BatchNorm's running statistics, its int64 counter) from rank 0
+    assert checks["state_dict_root_rank"] and checks["module"] and checks["named_parameters"], checks
+    assert "must hold exactly the model's trainable parameters" in checks["foreign_optimizer"], checks
+    assert "not a DecentralizedOptimizer state" in checks["plain_state"], checks
+    assert "step() after close()" in checks["step_after_close"] and checks["weights_untouched"], checks

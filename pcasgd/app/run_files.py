@@ -22,7 +22,7 @@ from pcasgd.app.files import make_folder, write_atomically
 from pcasgd.app.metrics import METRICS_FILES, MetricsWriter
 from pcasgd.errors import ConfigError
 
-RUN_FILES = (*METRICS_FILES, "summary.json", "model.pt")
+RUN_FILES = (*METRICS_FILES, "summary.json", "model.pt", "stopped.log")
 RUN_FOLDERS = ("checkpoints", "tensorboard")
 LOCK = ".pcasgd.lock"
 REPLACED = ".replaced"

@@ -11,6 +11,7 @@ launcher ends the job instead of letting it hang. It exits by itself when the ra
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import signal
@@ -22,6 +23,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, NamedTuple
+
+from pcasgd.errors import ConfigError
 
 if TYPE_CHECKING:  # the watchdog process must not import mpi4py (that would initialise MPI)
     from mpi4py import MPI
@@ -78,10 +81,17 @@ def read_header(memory: mmap.mmap) -> Header | None:
     return Header(bool(armed), started, limit, what.rstrip(b"\0").decode(errors="replace"))
 
 
+def _checked(seconds: float) -> float:
+    """A deadline is a finite, positive number of seconds: nan or inf would switch it off."""
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"a deadline must be a finite number of seconds > 0, got {seconds}")
+    return float(seconds)
+
+
 class Deadline:
     def __init__(self, rank: int, seconds: float) -> None:
         self.rank = rank
-        self.seconds = seconds
+        self.seconds = _checked(seconds)
         folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
         descriptor, self._path = tempfile.mkstemp(prefix=f"pcasgd-deadline-{rank}-", dir=folder)
         os.ftruncate(descriptor, SIZE)
@@ -105,7 +115,7 @@ class Deadline:
     def guard(self, what: str, seconds: float | None = None) -> Iterator[None]:
         """Run the block under the deadline (``seconds`` for this block only, if given);
         ``what`` names the wait in the error."""
-        limit = self.seconds if seconds is None else seconds
+        limit = self.seconds if seconds is None else _checked(seconds)
         self._write(True, time.monotonic(), what, limit)
         try:
             yield
