@@ -106,3 +106,18 @@ def test_a_full_disk_under_mpirun_ends_every_rank_and_keeps_the_records(small_di
     done = subprocess.run([MPIRUN, *command], cwd=ROOT, env=mpi_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert_full_disk_ended_cleanly(run, done.stderr, some_records=False)
+
+
+def test_two_runs_started_together_on_one_directory_never_mix_their_records(tmp_path):
+    run = tmp_path / "run"
+    command = [PYTHON, "-m", "pcasgd.cli", "train", "--epochs", "6", "--out", str(run)]
+    jobs = [
+        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"
+    ]
+    outcomes = sorted((job.wait(timeout=300), job.communicate()[1]) for job in jobs)
+    assert [code for code, _ in outcomes] == [0, 2], outcomes
+    refusal = outcomes[1][1]
+    # refused by the lock while the other writes, or (if it came second) by the finished run
+    assert "another pcasgd run" in refusal or "already holds a run" in refusal, refusal
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4, 5, 6]
