@@ -51,8 +51,8 @@ def worker(numel: int, compute_ms: float, steps: int) -> None:
 
     from pcasgd.algorithms import AlgorithmConfig
     from pcasgd.delays import parse
+    from pcasgd.engine import EngineRun
     from pcasgd.runtime.collective import PendingMean, run_collective
-    from pcasgd.sim.common import SimRun
     from pcasgd.transport.deadline import Deadline
     from pcasgd.transport.staging import HostStaging
 
@@ -64,7 +64,7 @@ def worker(numel: int, compute_ms: float, steps: int) -> None:
         for name, overlap, thread in (("blocking", False, False), ("overlap", True, False), ("thread", True, True)):
             config = AlgorithmConfig(mode="odsgd", odsgd_warmup=0, odsgd_overlap=overlap)
             oracle = SyntheticGradients(numel, compute_ms / 1e3)
-            run = SimRun(config, parse("none"), oracle, torch.zeros(numel), steps, 1)
+            run = EngineRun(config, parse("none"), oracle, torch.zeros(numel), steps, 1)
             comm.Barrier()
             run_collective(comm, run, deadline, progress_thread=thread)
             gaps = [b - a for a, b in zip(oracle.starts[2:-1], oracle.starts[3:], strict=True)]

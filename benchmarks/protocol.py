@@ -73,7 +73,7 @@ def run_mode(comm, mode: str, step: float, factor: float, seconds: float, numel:
 
     from pcasgd import delays, topology
     from pcasgd.algorithms.config import AlgorithmConfig
-    from pcasgd.sim import SimRun
+    from pcasgd.engine import EngineRun
 
     horovod = mode == "ssgd-horovod"
     config = AlgorithmConfig(mode="ssgd" if horovod else mode, comm="horovod" if horovod else "mpi", pv_warmup_epochs=0)
@@ -84,7 +84,7 @@ def run_mode(comm, mode: str, step: float, factor: float, seconds: float, numel:
     # Every run lasts about ``seconds`` at its ideal pace: protocols that wait go at the straggler's.
     pace = max(step_seconds) if config.synchronous else step
     iterations = max(MIN_ITERATIONS, round(seconds / pace))
-    run = SimRun(config, delays.parse("none"), oracle, torch.zeros(numel), iterations, 1)
+    run = EngineRun(config, delays.parse("none"), oracle, torch.zeros(numel), iterations, 1)
     exchange_seconds: list[float] = []
     if config.family == "decentralized":
         from pcasgd.runtime.decentralized import DecentralizedRank, MpiOptions

@@ -143,10 +143,10 @@ def worker(contender: str, workload: str, factor: float, batch_size: int, steps:
 
         from pcasgd import delays, topology
         from pcasgd.algorithms.config import AlgorithmConfig
-        from pcasgd.app.models import flatten_parameters, segment_offsets
         from pcasgd.app.train import BatchOracle
+        from pcasgd.engine import EngineRun
+        from pcasgd.flat import flatten_parameters, segment_offsets
         from pcasgd.runtime.decentralized import DecentralizedRank, MpiOptions
-        from pcasgd.sim import SimRun
         from pcasgd.transport.deadline import Deadline
 
         comm = MPI.COMM_WORLD
@@ -154,7 +154,7 @@ def worker(contender: str, workload: str, factor: float, batch_size: int, steps:
         oracle = StampingOracle(BatchOracle(model, data, shards, batch_size, seed=0))
         delay = f"straggler:1={factor}" if factor > 1.0 else "none"
         config = AlgorithmConfig(mode="pcasgd", lr=0.05)
-        run = SimRun(config, delays.parse(delay), oracle, flatten_parameters(model), steps, 1)
+        run = EngineRun(config, delays.parse(delay), oracle, flatten_parameters(model), steps, 1)
         deadline = Deadline(rank, 300.0)
         schedule = topology.build("ring", comm.Get_size())
         DecentralizedRank(comm, run, schedule, segment_offsets(model), MpiOptions(), deadline).train()

@@ -30,9 +30,9 @@ from pcasgd import delays as delay_models
 from pcasgd import topology as topologies
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.consensus import ConsensusAgent, StepReport
-from pcasgd.app.models import copy_into_parameters, segment_offsets
+from pcasgd.engine import check_finite
 from pcasgd.errors import ConfigError, UsageError
-from pcasgd.sim.common import check_finite
+from pcasgd.flat import copy_into_parameters, segment_offsets
 
 
 def init():

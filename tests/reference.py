@@ -24,6 +24,7 @@ class Quadratic:
         self.noise = rng.normal(scale=0.3, size=(agents, calls, dim))
         self.x0 = rng.normal(size=dim)
         self.calls = [0] * agents
+        self.samples = 0  # no data set: the engines' sample counters stay at 0
 
     def grad(self, agent: int, x: np.ndarray, call: int) -> np.ndarray:
         return self.h[agent] * (x - self.c[agent]) + self.noise[agent, call]

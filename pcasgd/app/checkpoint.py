@@ -23,7 +23,7 @@ from pcasgd.app.files import write_atomically
 from pcasgd.errors import ConfigError
 
 KEEP = 2
-FORMAT = 1
+FORMAT = 2  # 2: the parameter server's state is one VersionedServer
 # Settings a resumed run may change: they do not alter what was computed so far.
 RESUMABLE = (
     "epochs",

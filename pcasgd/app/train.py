@@ -36,11 +36,13 @@ from pcasgd.app.data import (
 )
 from pcasgd.app.files import write_atomically
 from pcasgd.app.metrics import MetricsWriter
-from pcasgd.app.models import build_model, flat_gradient, flatten_parameters, load_flat_parameters, segment_offsets
+from pcasgd.app.models import build_model
 from pcasgd.app.run_files import RunDirectory
+from pcasgd.engine import EpochView
 from pcasgd.errors import ConfigError, PcasgdError
+from pcasgd.flat import flat_gradient, flatten_parameters, load_flat_parameters, segment_offsets
 from pcasgd.runtime.device import DEVICES, HOST_STAGING, select_device, stage_through_host
-from pcasgd.sim import EpochView, simulate
+from pcasgd.sim import simulate
 from pcasgd.transport.staging import HostStaging
 
 if TYPE_CHECKING:
@@ -554,12 +556,12 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
                 record_every=config.eval_every,
             )
         else:
+            from pcasgd.engine import EngineRun
             from pcasgd.runtime.collective import run_collective
             from pcasgd.runtime.decentralized import DecentralizedRank, MpiOptions
             from pcasgd.runtime.parameter_server import run_parameter_server
-            from pcasgd.sim import SimRun
 
-            run = SimRun(
+            run = EngineRun(
                 algorithm,
                 delay_model,
                 oracle,

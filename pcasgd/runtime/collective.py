@@ -19,8 +19,8 @@ from mpi4py import MPI
 from torch import Tensor
 
 from pcasgd.algorithms.collective import GlobalSGD, OneStepDelayAgent
+from pcasgd.engine import EngineResult, EngineRun, EpochStats, check_finite
 from pcasgd.runtime.recording import RankState, Recorder
-from pcasgd.sim.common import EpochStats, SimResult, SimRun, check_finite
 from pcasgd.transport.deadline import POLL_SECONDS, Deadline
 from pcasgd.transport.progress import MpiProgress
 from pcasgd.transport.staging import HostStaging
@@ -79,7 +79,7 @@ class CollectiveRank:
     def __init__(
         self,
         comm: MPI.Comm,
-        run: SimRun,
+        run: EngineRun,
         deadline: Deadline,
         straggle: bool = True,
         progress_thread: bool = False,
@@ -114,14 +114,14 @@ class CollectiveRank:
     def _reference(self) -> Tensor:
         return self.shared.params if self.shared is not None else self.agent.global_params
 
-    def train(self) -> SimResult | None:
+    def train(self) -> EngineResult | None:
         try:
             return self._train()
         finally:
             if self.progress is not None:
                 self.progress.close()
 
-    def _train(self) -> SimResult | None:
+    def _train(self) -> EngineResult | None:
         run = self.run
         step_time = self.step_time
         t = self.first_step
@@ -193,7 +193,7 @@ class CollectiveRank:
     # -- records ----------------------------------------------------------------------------
 
     def _state(self) -> RankState:
-        samples = getattr(self.run.oracle, "samples", 0)
+        samples = self.run.oracle.samples
         return RankState(self._local(), self.epoch_stats, self.steps, samples, {}, self.staleness, Counter())
 
     def _epoch(self, epoch: float, t: int, is_epoch: bool) -> None:
@@ -231,11 +231,11 @@ class CollectiveRank:
 
 def run_collective(
     comm: MPI.Comm,
-    run: SimRun,
+    run: EngineRun,
     deadline: Deadline,
     progress_thread: bool = False,
     staging: HostStaging | None = None,
-) -> SimResult | None:
+) -> EngineResult | None:
     """Train with ssgd or odsgd over MPI allreduce; rank 0 gets the result, others None.
 
     ``progress_thread``: a helper thread advances odsgd's reduction in flight during the compute (opt-in).

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from mpi4py import MPI
 
 from pcasgd.algorithms.consensus import ConsensusAgent
+from pcasgd.engine import EngineResult, EngineRun, EpochStats, check_finite
 from pcasgd.errors import ConfigError
 from pcasgd.runtime.exchange import NeighbourExchange, NeighbourFinishedError
 from pcasgd.runtime.recording import RankState, Recorder
-from pcasgd.sim.common import EpochStats, SimResult, SimRun, check_finite
 from pcasgd.topology import Schedule
 from pcasgd.transport.deadline import Deadline
 from pcasgd.transport.progress import MpiProgress
@@ -84,7 +84,7 @@ class DecentralizedRank:
     def __init__(
         self,
         comm: MPI.Comm,
-        run: SimRun,
+        run: EngineRun,
         schedule: Schedule,
         segments: Sequence[int] | None,
         options: MpiOptions,
@@ -128,13 +128,13 @@ class DecentralizedRank:
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def train(self) -> SimResult | None:
+    def train(self) -> EngineResult | None:
         try:
             return self._train()
         finally:
             self.progress.close()
 
-    def _train(self) -> SimResult | None:
+    def _train(self) -> EngineResult | None:
         run = self.run
         budget = run.epochs * run.iterations_per_epoch
         k = self.first_iteration
@@ -186,7 +186,7 @@ class DecentralizedRank:
         self._last_iteration_seconds = time.perf_counter() - started
 
     def _totals(self, k: int) -> dict[str, float]:
-        return _header_totals(self.overall, k, getattr(self.run.oracle, "samples", 0))
+        return _header_totals(self.overall, k, self.run.oracle.samples)
 
     # -- what rank 0 records --------------------------------------------------------------------
 
@@ -270,7 +270,7 @@ class DecentralizedRank:
             self._last_totals[j] = state.totals
         return states
 
-    def _finish(self, k: int) -> SimResult | None:
+    def _finish(self, k: int) -> EngineResult | None:
         states = self.recorder.gather(self._state(k), "gathering the final weights")
         if self.rank != 0:
             return None

@@ -4,8 +4,8 @@ Workers (ranks 1..N) loop: receive weights from rank 0 (or a stop message), comp
 gradient of their next mini-batch there, send it back with its loss and batch size. Rank 0
 holds the same :class:`~pcasgd.algorithms.server.ParameterServer` as the simulator.
 
-* **deterministic**: rank 0 runs the simulator's own engine
-  (:func:`~pcasgd.sim.parameter_server.simulate_parameter_server`); a pull sends the weights to
+* **deterministic**: rank 0 runs the protocol on simulated time, as the simulator does
+  (:func:`~pcasgd.protocol.server.serve_in_simulated_time`); a pull sends the weights to
   the worker and the engine's gradient oracle receives that worker's gradient. The order of
   events, the lags and hardsync waiting are the simulator's, so the weights are too.
 * **asynchronous** (default): rank 0 takes gradients in the order they arrive, measures their
@@ -25,12 +25,13 @@ import torch
 from mpi4py import MPI
 from torch import Tensor
 
-from pcasgd.algorithms.server import ParameterServer
+from pcasgd.engine import EngineResult, EngineRun, EpochStats
+from pcasgd.protocol.server import VersionedServer, serve_in_simulated_time
 from pcasgd.runtime.recording import RankState, Recorder
-from pcasgd.sim.common import EpochStats, SimResult, SimRun, check_finite
-from pcasgd.sim.parameter_server import SERVER_RANK, simulate_parameter_server
 from pcasgd.transport.deadline import POLL_SECONDS, Deadline
 
+# What an asynchronous server's checkpoint holds (its workers' data positions are in their own).
+CHECKPOINTED = ("served", "samples", "staleness")
 TAG_WEIGHTS, TAG_STOP, TAG_GRAD, TAG_META, TAG_CHECKPOINT = 11, 12, 13, 14, 15
 
 
@@ -113,7 +114,7 @@ class RemoteGradients:
             self.received[worker] = self.link.receive_gradient(worker + 1)
 
 
-def _serve_deterministic(comm: MPI.Comm, run: SimRun, link: _Link) -> SimResult:
+def _serve_deterministic(comm: MPI.Comm, run: EngineRun, link: _Link) -> EngineResult:
     """The simulator's engine on rank 0. A checkpoint first takes in the gradients the workers owe
     (so each worker checkpoints between gradients) and keeps them with the engine's state."""
     remote = RemoteGradients(link)
@@ -129,7 +130,7 @@ def _serve_deterministic(comm: MPI.Comm, run: SimRun, link: _Link) -> SimResult:
             link.send_checkpoint(rank, epoch)
         run.checkpoint(epoch, {"engine": state, "received": dict(remote.received), "samples": remote.samples})
 
-    local_run = SimRun(
+    local_run = EngineRun(
         run.config,
         run.delays,
         remote,
@@ -141,7 +142,7 @@ def _serve_deterministic(comm: MPI.Comm, run: SimRun, link: _Link) -> SimResult:
         engine_state,
         run.record_every,
     )
-    result = simulate_parameter_server(local_run, comm.Get_size() - 1, on_pull=remote.pulled)
+    result = serve_in_simulated_time(local_run, comm.Get_size() - 1, on_pull=remote.pulled)
     for worker in sorted(remote.outstanding - set(remote.received)):  # asked for after the budget: not applied
         link.receive_gradient(worker + 1)
     for rank in range(1, comm.Get_size()):
@@ -151,90 +152,73 @@ def _serve_deterministic(comm: MPI.Comm, run: SimRun, link: _Link) -> SimResult:
 
 
 class _AsynchronousServer:
-    def __init__(self, comm: MPI.Comm, run: SimRun, link: _Link, deadline: Deadline) -> None:
+    def __init__(self, comm: MPI.Comm, run: EngineRun, link: _Link, deadline: Deadline) -> None:
         self.run = run
         self.link = link
         self.workers = comm.Get_size() - 1
-        self.server = ParameterServer(run.config, run.initial_params, self.workers)
+        self.served = VersionedServer(run.config, run.delays, run.initial_params, self.workers)
         self.recorder = Recorder(comm, run, deadline)
-        self.versions: dict[int, Tensor] = {0: self.server.params}
-        self.pulled: list[Tensor] = [run.initial_params] * self.workers
-        self.done = [0] * self.workers
         self.samples = 0
         self.stats = EpochStats()
         self.staleness: Counter[int] = Counter()
         self.records = run.records()
         if run.resume is not None:  # the workers pull afresh: gradients in flight at the checkpoint are lost
-            for name in ("server", "versions", "pulled", "done", "samples", "staleness"):
+            for name in CHECKPOINTED:
                 setattr(self, name, run.resume[name])
-            for _ in self.records.due(max(self.done)):  # recorded before the checkpoint
+            self.served.waiting = []
+            for _ in self.records.due(max(self.served.done)):  # recorded before the checkpoint
                 pass
 
     def _checkpoint(self, epoch: int) -> None:
         for worker in range(self.workers):
             self.link.send_checkpoint(worker + 1, epoch)
-        state = {name: getattr(self, name) for name in ("server", "versions", "pulled", "done", "samples", "staleness")}
-        self.run.checkpoint(epoch, state)
+        self.run.checkpoint(epoch, {name: getattr(self, name) for name in CHECKPOINTED})
 
     def pull(self, worker: int) -> None:
-        server = self.server
-        lag = 0 if self.run.config.synchronous else self.run.delays.lag(worker + 1, SERVER_RANK, self.done[worker])
-        version = max(0, server.version - lag, min(self.versions))
-        self.pulled[worker] = self.versions[version]
-        server.record_pull(worker, self.versions[version], version)
-        self.link.send_weights(worker + 1, self.versions[version])
+        self.link.send_weights(worker + 1, self.served.pull(worker))
 
-    def serve(self) -> SimResult:
-        run, server = self.run, self.server
+    def serve(self) -> EngineResult:
+        run, served = self.run, self.served
         budget = run.epochs * run.iterations_per_epoch
         for worker in range(self.workers):
             self.pull(worker)
-        waiting: list[int] = []
         stopped: set[int] = set()
         while len(stopped) < self.workers:
             worker = self.link.next_sender("waiting for any worker's gradient") - 1
             grad, loss, samples = self.link.receive_gradient(worker + 1)
             self.samples += samples
             self.stats.add_loss(loss)
-            report = server.push(worker, grad, max(self.done) / run.iterations_per_epoch)
+            report, answer = served.push(worker, grad, max(served.done) / run.iterations_per_epoch)
             self.stats.add_staleness([report.staleness])
             self.staleness[report.staleness] += 1
-            self.done[worker] += 1
-            if report.applied:
-                check_finite(server.params, "the server (rank 0)", server.version)
-                self.versions[server.version] = server.params
-                self.versions.pop(server.version - run.delays.max_lag - 1, None)
-            if not run.config.synchronous:
-                answer = [worker]
-            elif report.applied:  # hardsync: everyone whose gradient joined this update
-                answer, waiting = [*waiting, worker], []
-            else:
-                answer, waiting = [], [*waiting, worker]
-            finishing = max(self.done) >= budget
+            finishing = max(served.done) >= budget
             if finishing:
-                answer, waiting = answer + waiting, []
+                answer += served.release_all()
             for other in answer:
                 if finishing:
                     self.link.send_stop(other + 1)
                     stopped.add(other)
                 else:
                     self.pull(other)
-            for epoch, is_epoch in self.records.due(max(self.done)):
-                self.recorder.fire(epoch, self._states(), server.params)
+            for epoch, is_epoch in self.records.due(max(served.done)):
+                self.recorder.fire(epoch, self._states(), served.params)
                 self.stats = EpochStats()
                 if is_epoch and run.checkpoint is not None:
                     self._checkpoint(int(epoch))
         self.link.flush()
-        return self.recorder.result(self._states(), server.params)
+        return self.recorder.result(self._states(), served.params)
 
     def _states(self) -> list[RankState]:
         """One state per worker (the weights it last pulled); the server's statistics ride on the first."""
-        states = [RankState(self.pulled[w], EpochStats(), self.done[w], 0, {}, None, None) for w in range(self.workers)]
+        served = self.served
+        states = [
+            RankState(served.pulled[w], EpochStats(), served.done[w], 0, {}, None, None) for w in range(self.workers)
+        ]
         states[0].stats, states[0].samples, states[0].staleness = self.stats, self.samples, self.staleness
         return states
 
 
-def _work(comm: MPI.Comm, run: SimRun, link: _Link, deadline: Deadline, asynchronous: bool) -> None:
+def _work(comm: MPI.Comm, run: EngineRun, link: _Link, deadline: Deadline, asynchronous: bool) -> None:
     rank = comm.Get_rank()
     worker = rank - 1
     slowdown = run.delays.slowdown(rank) if asynchronous else 1.0
@@ -258,16 +242,18 @@ def _work(comm: MPI.Comm, run: SimRun, link: _Link, deadline: Deadline, asynchro
         if slowdown > 1.0:
             time.sleep((slowdown - 1.0) * last_work)
         started = time.perf_counter()
-        before = getattr(run.oracle, "samples", 0)
+        before = run.oracle.samples
         grad, loss = run.oracle(worker, weights.to(link.device))
         last_work = time.perf_counter() - started
-        meta = np.array([loss, getattr(run.oracle, "samples", 0) - before], dtype=np.float64)
+        meta = np.array([loss, run.oracle.samples - before], dtype=np.float64)
         payload = grad.detach().cpu().numpy()
         deadline.wait(comm.Isend(meta, dest=0, tag=TAG_META), "sending a gradient's loss to rank 0")
         deadline.wait(comm.Isend(payload, dest=0, tag=TAG_GRAD), "sending a gradient to rank 0")
 
 
-def run_parameter_server(comm: MPI.Comm, run: SimRun, deadline: Deadline, deterministic: bool) -> SimResult | None:
+def run_parameter_server(
+    comm: MPI.Comm, run: EngineRun, deadline: Deadline, deterministic: bool
+) -> EngineResult | None:
     """Rank 0 serves, the others work; rank 0 gets the result, the others None."""
     link = _Link(comm, deadline, run.initial_params)
     if comm.Get_rank() != 0:

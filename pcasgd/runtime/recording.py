@@ -9,7 +9,7 @@ import torch
 from mpi4py import MPI
 from torch import Tensor
 
-from pcasgd.sim.common import EpochStats, EpochView, SimResult, SimRun
+from pcasgd.engine import EngineResult, EngineRun, EpochStats, EpochView
 from pcasgd.transport.deadline import Deadline
 
 
@@ -33,7 +33,7 @@ class Recorder:
     (decentralized modes); collective modes pass their global weights.
     """
 
-    def __init__(self, comm: MPI.Comm, run: SimRun, deadline: Deadline) -> None:
+    def __init__(self, comm: MPI.Comm, run: EngineRun, deadline: Deadline) -> None:
         self.comm = comm
         self.run = run
         self.deadline = deadline
@@ -66,7 +66,7 @@ class Recorder:
         )
         self.run.hook(view)
 
-    def result(self, states: list[RankState], reference: Tensor | None = None) -> SimResult:
+    def result(self, states: list[RankState], reference: Tensor | None = None) -> EngineResult:
         self.fire(self.run.epochs, states, reference)
         staleness: Counter[int] = Counter()
         decisions: Counter[str] = Counter()
@@ -76,4 +76,4 @@ class Recorder:
         params = [state.params for state in states]
         budget = float(self.run.epochs * self.run.iterations_per_epoch)
         final = torch.stack(params).mean(dim=0) if reference is None else reference
-        return SimResult(params, final, [state.iterations for state in states], staleness, decisions, budget)
+        return EngineResult(params, final, [state.iterations for state in states], staleness, decisions, budget)

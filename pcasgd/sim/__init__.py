@@ -1,7 +1,8 @@
 """The deterministic in-process simulator: N agents (and a server) in one process.
 
 It is the engine behind ``--backend sim`` and the reference the MPI runtime is checked
-against. Each family's step order is documented in its module.
+against. Each family's step order is documented in its module (the parameter server's in
+:mod:`pcasgd.protocol.server`, which the MPI runtime's lock-step mode runs too).
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from torch import Tensor
 
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.delays import DelayModel
+from pcasgd.engine import Checkpoint, EngineResult, EngineRun, EpochHook, GradientOracle
 from pcasgd.errors import ConfigError
+from pcasgd.protocol.server import serve_in_simulated_time
 from pcasgd.sim.collective import simulate_collective
-from pcasgd.sim.common import Checkpoint, EpochHook, EpochStats, EpochView, GradientOracle, SimResult, SimRun
 from pcasgd.sim.decentralized import simulate_decentralized
-from pcasgd.sim.parameter_server import simulate_parameter_server
 from pcasgd.topology import Schedule
 
-__all__ = ["EpochHook", "EpochStats", "EpochView", "GradientOracle", "SimResult", "SimRun", "simulate"]
+__all__ = ["simulate"]
 
 
 def simulate(
@@ -37,14 +38,14 @@ def simulate(
     checkpoint: Checkpoint | None = None,
     resume: dict[str, Any] | None = None,
     record_every: int = 0,
-) -> SimResult:
+) -> EngineResult:
     """Run ``config.mode`` with ``agents`` agents (workers, for parameter-server modes).
 
-    ``checkpoint``, ``resume`` and ``record_every``: see :class:`~pcasgd.sim.common.SimRun`.
+    ``checkpoint``, ``resume`` and ``record_every``: see :class:`~pcasgd.engine.EngineRun`.
     """
     if iterations_per_epoch < 1 or epochs < 1:
         raise ConfigError("iterations per epoch and epochs must be >= 1")
-    run = SimRun(
+    run = EngineRun(
         config, delays, oracle, initial_params, iterations_per_epoch, epochs, hook, checkpoint, resume, record_every
     )
     if config.family == "decentralized":
@@ -54,5 +55,5 @@ def simulate(
             raise ConfigError(f"topology has {topology.size} agents, the run has {agents}")
         return simulate_decentralized(run, topology, segments)
     if config.family == "server":
-        return simulate_parameter_server(run, agents)
+        return serve_in_simulated_time(run, agents)
     return simulate_collective(run, agents)

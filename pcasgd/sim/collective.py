@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from pcasgd.algorithms.collective import GlobalSGD, OneStepDelayAgent
-from pcasgd.sim.common import EpochClock, GradientOracle, SimResult, SimRun, check_finite
+from pcasgd.engine import EngineResult, EngineRun, EpochClock, GradientOracle, check_finite, clock_for
 
 
 def _mean_gradient(oracle: GradientOracle, clock: EpochClock, params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
@@ -34,11 +34,11 @@ def _mean_gradient(oracle: GradientOracle, clock: EpochClock, params: list[Tenso
     return torch.stack(grads).mean(dim=0), grads
 
 
-def simulate_collective(run: SimRun, agents: int) -> SimResult:
+def simulate_collective(run: EngineRun, agents: int) -> EngineResult:
     config, delays, oracle, initial_params = run.config, run.delays, run.oracle, run.initial_params
     delays.check_fits(agents)
     step_time = max(delays.slowdown(i) for i in range(agents))
-    clock = run.clock()
+    clock = clock_for(run)
     resumed = run.resume or {}
     iteration = resumed.get("iteration", 0)
     if config.mode == "ssgd":
@@ -55,7 +55,7 @@ def simulate_collective(run: SimRun, agents: int) -> SimResult:
             clock.record_staleness([0] * agents)
             iteration += 1
         clock.finish(view)
-        return SimResult(
+        return EngineResult(
             [shared.params] * agents,
             shared.params,
             [iteration] * agents,
@@ -99,4 +99,4 @@ def simulate_collective(run: SimRun, agents: int) -> SimResult:
     complete_due(float("inf"))
     clock.finish(view)
     local, reference, iterations = view()
-    return SimResult(local, reference, iterations, clock.total_staleness, Counter(), clock.budget)
+    return EngineResult(local, reference, iterations, clock.total_staleness, Counter(), clock.budget)

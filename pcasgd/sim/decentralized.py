@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from pcasgd.algorithms.consensus import ConsensusAgent, NeighbourRead, Snapshot
-from pcasgd.sim.common import SimResult, SimRun, check_finite
+from pcasgd.engine import EngineResult, EngineRun, check_finite, clock_for
 from pcasgd.topology import Schedule
 
 
@@ -46,7 +46,7 @@ class SnapshotRing:
         return self._snapshots[max(stamp, oldest) - oldest]
 
 
-def simulate_decentralized(run: SimRun, schedule: Schedule, segments: Sequence[int] | None = None) -> SimResult:
+def simulate_decentralized(run: EngineRun, schedule: Schedule, segments: Sequence[int] | None = None) -> EngineResult:
     config, delays, oracle = run.config, run.delays, run.oracle
     n = schedule.size
     delays.check_fits(n)
@@ -60,7 +60,7 @@ def simulate_decentralized(run: SimRun, schedule: Schedule, segments: Sequence[i
         durations = [max(delays.slowdown(i) for i in range(n))] * n
     else:
         durations = [delays.slowdown(i) for i in range(n)]
-    clock = run.clock()
+    clock = clock_for(run)
 
     def view() -> tuple[list[Tensor], Tensor, list[int]]:
         params = [agent.params for agent in agents]
@@ -97,4 +97,4 @@ def simulate_decentralized(run: SimRun, schedule: Schedule, segments: Sequence[i
     decisions: Counter[str] = Counter()
     for agent in agents:
         decisions.update(agent.decisions)
-    return SimResult(params, reference, iterations, clock.total_staleness, decisions, clock.budget)
+    return EngineResult(params, reference, iterations, clock.total_staleness, decisions, clock.budget)

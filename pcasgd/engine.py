@@ -1,4 +1,7 @@
-"""What every simulator engine shares: the gradient oracle, simulated time, per-epoch statistics.
+"""What every engine (the simulator, the MPI runtime) and the optimizer API share: the run they
+are given, the result they return, per-epoch statistics, when to record, the gradient oracle's
+protocol and the finiteness check; and the clock of simulated time that the simulator and the
+MPI runtime's lock-step modes run on.
 
 Simulated time: an agent of slowdown factor ``f`` spends ``f`` time units per iteration; one
 epoch is ``iterations_per_epoch`` units (an unslowed agent's pass over its shard). The run
@@ -28,13 +31,16 @@ def check_finite(params: Tensor, who: str, iteration: int) -> None:
 
 
 class GradientOracle(Protocol):
-    """Returns ``(gradient, loss)`` of agent ``agent``'s next mini-batch at ``params``."""
+    """Returns ``(gradient, loss)`` of agent ``agent``'s next mini-batch at ``params``;
+    ``samples`` counts the training samples it has drawn so far (0 for a synthetic problem)."""
+
+    samples: int
 
     def __call__(self, agent: int, params: Tensor) -> tuple[Tensor, float]: ...
 
 
 @dataclass(frozen=True)
-class SimRun:
+class EngineRun:
     """What every engine is given: the mode, the delays, the problem, and the run's length."""
 
     config: AlgorithmConfig
@@ -52,19 +58,6 @@ class SimRun:
 
     def records(self) -> RecordSchedule:
         return RecordSchedule(self.iterations_per_epoch, self.epochs, self.record_every)
-
-    def clock(self) -> EpochClock:
-        clock = EpochClock(
-            self.iterations_per_epoch,
-            self.epochs,
-            self.hook,
-            lambda: getattr(self.oracle, "samples", 0),
-            self.checkpoint,
-            self.record_every,
-        )
-        if self.resume is not None:
-            clock.restore(self.resume["clock"])
-        return clock
 
 
 @dataclass
@@ -141,7 +134,7 @@ Checkpoint = Callable[[int, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
-class SimResult:
+class EngineResult:
     agent_params: list[Tensor]
     reference_params: Tensor
     iterations: list[int]
@@ -269,3 +262,13 @@ class EpochClock:
             view = EpochView(epoch, agent_params, reference, iterations, self.stats, time, self.samples())
             self.hook(view)
         self.stats = EpochStats()
+
+
+def clock_for(run: EngineRun) -> EpochClock:
+    """The simulator's clock for ``run`` (restored from its checkpoint when resuming)."""
+    clock = EpochClock(
+        run.iterations_per_epoch, run.epochs, run.hook, lambda: run.oracle.samples, run.checkpoint, run.record_every
+    )
+    if run.resume is not None:
+        clock.restore(run.resume["clock"])
+    return clock
