@@ -10,7 +10,6 @@ import sys
 import time
 from collections import Counter
 
-import torch
 from mpi4py import MPI
 from torch import Tensor
 
@@ -18,6 +17,7 @@ from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.consensus import NeighbourRead, Snapshot
 from pcasgd.delays import DelayModel
 from pcasgd.errors import StallError
+from pcasgd.protocol.reads import gather_reads
 from pcasgd.topology import Schedule
 from pcasgd.transport.deadline import Deadline
 from pcasgd.transport.windows import FLAG_FINISHED, SnapshotWindow
@@ -69,20 +69,12 @@ class NeighbourExchange:
         if self.deterministic:
             self.deadline.wait(self.comm.Ibarrier(), f"the lock-step barrier of iteration {k}")
         topology = self.schedule.at(k)
-        self_weight = float(topology.weights[self.rank, self.rank])
-        reads = []
-        for j in topology.in_neighbours(self.rank):
-            snapshot = self._read(j, k)
-            weight = float(topology.weights[self.rank, j])
-            if not bool(torch.isfinite(snapshot.params).all() and torch.isfinite(snapshot.grad).all()):
-                self._report_poisoned(j, snapshot.stamp, k)
-                self_weight += weight
-                continue
-            reads.append(NeighbourRead(j, weight, snapshot, max(0, k - snapshot.stamp)))
-        return reads, self_weight
+        gathered = gather_reads(self.rank, k, topology, self.config, self.delays, lambda j, lag: self._read(j, k, lag))
+        for j, stamp in gathered.left_out:
+            self._report_poisoned(j, stamp, k)
+        return gathered.reads, gathered.self_weight
 
-    def _read(self, j: int, k: int) -> Snapshot:
-        lag = 0 if self.config.synchronous else self.delays.lag(self.rank, j, k)
+    def _read(self, j: int, k: int, lag: int) -> Snapshot:
         must_wait = self.config.synchronous and not self.deterministic
         while True:
             with self.deadline.guard(f"reading rank {j}'s window"):

@@ -7,9 +7,10 @@ Step order, which the MPI runtime's deterministic mode reproduces:
 2. At each time point, first every agent starting an iteration computes its gradient at its
    current parameters and publishes the snapshot ``(x_i, g_i, k)`` into its ring; agents are
    taken in rank order.
-3. Then each of them, in rank order, reads every in-neighbour ``j`` of the topology at ``k``:
-   the snapshot stamped ``s = max(0, latest_j - lag(i, j, k))``, with staleness
-   ``tau = max(0, k - s)``, and applies its update.
+3. Then each of them, in rank order, reads every in-neighbour ``j`` of the topology at ``k``
+   (:func:`~pcasgd.protocol.reads.gather_reads`): the snapshot stamped
+   ``s = max(0, latest_j - lag(i, j, k))``, with staleness ``tau = max(0, k - s)``, and applies
+   its update.
 
 A ring keeps each agent's last ``max_lag + 1`` snapshots, so an injected lag is exact.
 """
@@ -22,8 +23,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from pcasgd.algorithms.consensus import ConsensusAgent, NeighbourRead, Snapshot
+from pcasgd.algorithms.consensus import ConsensusAgent, Snapshot
 from pcasgd.engine import EngineResult, EngineRun, check_finite, clock_for
+from pcasgd.protocol.reads import gather_reads
 from pcasgd.topology import Schedule
 
 
@@ -40,9 +42,10 @@ class SnapshotRing:
     def latest_stamp(self) -> int:
         return self._snapshots[-1].stamp
 
-    def at(self, stamp: int) -> Snapshot:
-        """The snapshot stamped ``stamp``, or the oldest kept if it is older than the ring."""
+    def behind_newest(self, lag: int) -> Snapshot:
+        """The snapshot ``lag`` stamps behind the newest (stamp 0 at the least), or the oldest kept."""
         oldest = self._snapshots[0].stamp
+        stamp = max(0, self.latest_stamp - lag)
         return self._snapshots[max(stamp, oldest) - oldest]
 
 
@@ -80,13 +83,8 @@ def simulate_decentralized(run: EngineRun, schedule: Schedule, segments: Sequenc
             rings[i].publish(Snapshot(agents[i].params, grads[i], next_iteration[i]))
         for i in group:
             k = next_iteration[i]
-            topology = schedule.at(k)
-            reads = []
-            for j in topology.in_neighbours(i):
-                lag = 0 if config.synchronous else delays.lag(i, j, k)
-                snapshot = rings[j].at(max(0, rings[j].latest_stamp - lag))
-                reads.append(NeighbourRead(j, float(topology.weights[i, j]), snapshot, max(0, k - snapshot.stamp)))
-            report = agents[i].step(grads[i], reads, float(topology.weights[i, i]), clock.epoch_at(time))
+            gathered = gather_reads(i, k, schedule.at(k), config, delays, lambda j, lag: rings[j].behind_newest(lag))
+            report = agents[i].step(grads[i], gathered.reads, gathered.self_weight, clock.epoch_at(time))
             check_finite(agents[i].params, f"agent {i}", k)
             clock.record_staleness(report.staleness)
             if report.decision in ("predict", "clip"):

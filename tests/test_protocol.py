@@ -1,0 +1,93 @@
+"""The protocol steps both engines call (pcasgd/protocol/) and the record schedule, on their own."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pcasgd import delays, topology
+from pcasgd.algorithms.config import AlgorithmConfig
+from pcasgd.algorithms.consensus import Snapshot
+from pcasgd.engine import RecordSchedule
+from pcasgd.protocol.reads import gather_reads
+from pcasgd.protocol.server import VersionedServer
+
+
+def snapshot_of(j: int, stamp: int, value: float = 1.0) -> Snapshot:
+    return Snapshot(torch.full((3,), value + j), torch.zeros(3), stamp)
+
+
+def test_reads_take_each_neighbour_lag_stamps_behind_its_newest_and_measure_staleness():
+    ring = topology.build("ring", 4)
+    lags = delays.parse("edge:0-1=3")
+    asked = []
+
+    def read(j: int, lag: int) -> Snapshot:
+        asked.append((j, lag))
+        return snapshot_of(j, 10 - lag)
+
+    gathered = gather_reads(0, 10, ring, AlgorithmConfig(mode="asgd"), lags, read)
+    assert sorted(asked) == [(1, 3), (3, 0)]
+    assert {r.source: r.staleness for r in gathered.reads} == {1: 3, 3: 0}
+    assert math.isclose(gathered.self_weight + sum(r.weight for r in gathered.reads), 1.0)
+    assert gathered.left_out == []
+
+
+def test_synchronous_modes_read_without_the_injected_lag():
+    asked = []
+
+    def read(j: int, lag: int) -> Snapshot:
+        asked.append(lag)
+        return snapshot_of(j, 5)
+
+    gather_reads(0, 5, topology.build("ring", 4), AlgorithmConfig(mode="dsgd"), delays.parse("fixed:4"), read)
+    assert asked == [0, 0]
+
+
+def test_a_non_finite_snapshot_is_left_out_and_its_weight_goes_to_the_reader():
+    ring = topology.build("ring", 4)
+
+    def read(j: int, lag: int) -> Snapshot:
+        return snapshot_of(j, 7, math.nan) if j == 1 else snapshot_of(j, 7)
+
+    gathered = gather_reads(0, 7, ring, AlgorithmConfig(mode="asgd"), delays.parse("none"), read)
+    assert [r.source for r in gathered.reads] == [3] and gathered.left_out == [(1, 7)]
+    assert math.isclose(gathered.self_weight, float(ring.weights[0, 0] + ring.weights[0, 1]))
+
+
+def test_the_versioned_server_answers_pulls_with_lagged_versions_and_hardsync_waits():
+    params = torch.zeros(2)
+    lagged = VersionedServer(AlgorithmConfig(mode="ps-asgd", lr=1.0), delays.parse("fixed:1"), params, 2)
+    assert torch.equal(lagged.pull(0), params)
+    _, answer = lagged.push(0, torch.ones(2), 0.0)
+    assert answer == [0] and lagged.params.tolist() == [-1.0, -1.0]
+    assert lagged.pull(0).tolist() == [0.0, 0.0]  # one version behind
+    hardsync = VersionedServer(AlgorithmConfig(mode="sasgd", sasgd_n=1, lr=1.0), delays.parse("none"), params, 2)
+    for worker in (0, 1):
+        hardsync.pull(worker)
+    report, answer = hardsync.push(0, torch.ones(2), 0.0)
+    assert not report.applied and answer == [] and hardsync.waiting == [0]
+    report, answer = hardsync.push(1, torch.ones(2), 0.0)
+    assert report.applied and answer == [0, 1] and hardsync.waiting == []
+    assert hardsync.done == [1, 1] and hardsync.release_all() == []
+
+
+@pytest.mark.parametrize(
+    ("interval", "expected"),
+    [
+        (0, [(1, True), (2, True)]),
+        (4, [(0.4, False), (0.8, False), (1, True), (1.2, False), (1.6, False), (2, True), (2.4, False), (2.8, False)]),
+    ],
+)
+def test_the_record_schedule_yields_boundaries_and_marks_in_order_but_never_the_last(interval, expected):
+    schedule = RecordSchedule(iterations_per_epoch=10, epochs=3, interval=interval)
+    due = [(round(epoch, 6), is_epoch) for position in range(31) for epoch, is_epoch in schedule.due(float(position))]
+    assert due == expected
+
+
+def test_work_ending_at_a_boundary_belongs_before_it():
+    schedule = RecordSchedule(iterations_per_epoch=10, epochs=3)
+    assert list(schedule.due(10.0, ends=True)) == []  # a push ending at 10 is still epoch 1's
+    assert list(schedule.due(10.0)) == [(1, True)]  # an iteration starting at 10 is epoch 2's
