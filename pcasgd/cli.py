@@ -23,9 +23,10 @@ from pcasgd.app.data import DATASETS
 from pcasgd.app.models import MODELS
 from pcasgd.app.plots import plot_runs
 from pcasgd.app.progress import EpochProgress
-from pcasgd.app.train import BACKENDS, RunConfig, run_training, start_mpi_under_deadline
+from pcasgd.app.train import RunConfig, run_training, start_mpi_under_deadline
 from pcasgd.delays import ACCEPTED_FORMS
 from pcasgd.delays import parse as parse_delays
+from pcasgd.engines import BACKENDS, agents_in
 from pcasgd.errors import ConfigError, PcasgdError, RunFilesError, TrainingFailedError
 from pcasgd.runtime.device import DEVICES, HOST_STAGING
 from pcasgd.runtime.launch import launcher_rank
@@ -252,7 +253,7 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
     if agents is None:
         agents = RunConfig().agents
         if args.backend == "mpi":  # every rank an agent; parameter-server modes: rank 0 serves
-            agents = _world(args).Get_size() - (1 if algorithm.family == "server" else 0)
+            agents = agents_in(algorithm.family, _world(args).Get_size())
     return RunConfig(
         algorithm=algorithm,
         backend=args.backend,

@@ -91,3 +91,11 @@ def test_work_ending_at_a_boundary_belongs_before_it():
     schedule = RecordSchedule(iterations_per_epoch=10, epochs=3)
     assert list(schedule.due(10.0, ends=True)) == []  # a push ending at 10 is still epoch 1's
     assert list(schedule.due(10.0)) == [(1, True)]  # an iteration starting at 10 is epoch 2's
+
+
+def test_every_backend_and_family_has_one_engine_and_servers_take_one_more_rank():
+    from pcasgd.engines import BACKENDS, ENGINES, FAMILIES, agents_in, ranks_needed
+
+    assert set(ENGINES) == {(backend, family) for backend in BACKENDS for family in FAMILIES}
+    assert [ranks_needed(family, 4) for family in FAMILIES] == [4, 5, 4]
+    assert all(agents_in(family, ranks_needed(family, 7)) == 7 for family in FAMILIES)

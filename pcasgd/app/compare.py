@@ -22,8 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pcasgd.algorithms.config import SERVER_MODES
+from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.app.files import make_folder
+from pcasgd.engines import ranks_needed
 from pcasgd.errors import ConfigError
 
 EXIT_TRAINING_FAILED = 1  # pcasgd train's exit status for a run that failed while training (e.g. diverged)
@@ -131,7 +132,8 @@ def run_cell(
         if backend == "mpi":
             from pcasgd.runtime.launch import mpirun_path, open_mpi_env
 
-            ranks = agents + (1 if cell.variant.mode in SERVER_MODES else 0)
+            family = AlgorithmConfig(mode=cell.variant.mode or AlgorithmConfig().mode).family
+            ranks = ranks_needed(family, agents)
             command = [mpirun_path() or "mpirun", "-n", str(ranks), sys.executable, "-m", "pcasgd.cli", "train"]
             code = subprocess.run([*command, *argv], env=open_mpi_env(), check=False).returncode
         else:

@@ -38,17 +38,16 @@ from pcasgd.app.files import write_atomically
 from pcasgd.app.metrics import MetricsWriter
 from pcasgd.app.models import build_model
 from pcasgd.app.run_files import RunDirectory
-from pcasgd.engine import EpochView
+from pcasgd.engine import EngineRun, EpochView
+from pcasgd.engines import BACKENDS, EngineInputs, ranks_needed, run_engine
 from pcasgd.errors import ConfigError, PcasgdError
 from pcasgd.flat import flat_gradient, flatten_parameters, load_flat_parameters, segment_offsets
 from pcasgd.runtime.device import DEVICES, HOST_STAGING, select_device, stage_through_host
-from pcasgd.sim import simulate
 from pcasgd.transport.staging import HostStaging
 
 if TYPE_CHECKING:
     from pcasgd.transport.deadline import Deadline
 
-BACKENDS = ("sim", "mpi")
 EVAL_BATCH = 1000
 
 
@@ -430,7 +429,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
     algorithm = config.algorithm
     delay_model = delays.parse(config.delay, config.seed)
     device = select_device(config.device)  # before any output is prepared: a missing GPU changes nothing
-    ranks = config.agents + 1 if algorithm.family == "server" else config.agents
+    ranks = ranks_needed(algorithm.family, config.agents)
     delay_model.check_fits(ranks)
     if comm is not None:
         from pcasgd.runtime.checks import check_same_everywhere, check_world_size
@@ -539,50 +538,27 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
             if on_epoch is not None:
                 on_epoch(record)
 
-        if comm is None:
-            result = simulate(
-                algorithm,
-                config.agents,
-                delay_model,
-                oracle,
-                flatten_parameters(model),
-                iterations_per_epoch,
-                config.epochs,
-                hook=record_epoch,
-                topology=schedule,
-                segments=segment_offsets(model),
-                checkpoint=save_checkpoint if config.checkpoint_every else None,
-                resume=payload["engine"] if payload is not None else None,
-                record_every=config.eval_every,
-            )
-        else:
-            from pcasgd.engine import EngineRun
-            from pcasgd.runtime.collective import run_collective
-            from pcasgd.runtime.decentralized import DecentralizedRank, MpiOptions
-            from pcasgd.runtime.parameter_server import run_parameter_server
+        run = EngineRun(
+            algorithm,
+            delay_model,
+            oracle,
+            flatten_parameters(model),
+            iterations_per_epoch,
+            config.epochs,
+            record_epoch,
+            checkpoint=save_checkpoint if config.checkpoint_every else None,
+            resume=payload["engine"] if payload is not None else None,
+            record_every=config.eval_every,
+        )
+        inputs = EngineInputs(run, config.agents, schedule, segment_offsets(model), comm, deadline)
+        if comm is not None:
+            from pcasgd.runtime.decentralized import MpiOptions
 
-            run = EngineRun(
-                algorithm,
-                delay_model,
-                oracle,
-                flatten_parameters(model),
-                iterations_per_epoch,
-                config.epochs,
-                record_epoch,
-                checkpoint=save_checkpoint if config.checkpoint_every else None,
-                resume=payload["engine"] if payload is not None else None,
-                record_every=config.eval_every,
-            )
             staging = HostStaging(device, stage_through_host(device, config.host_staging))
-            if algorithm.family == "collective":
-                result = run_collective(comm, run, deadline, config.progress_thread, staging)
-            elif algorithm.family == "server":
-                result = run_parameter_server(comm, run, deadline, config.deterministic)
-            else:
-                options = MpiOptions(config.deterministic, config.shared_windows, config.progress_thread, staging)
-                result = DecentralizedRank(comm, run, schedule, segment_offsets(model), options, deadline).train()
-            if result is None:
-                return None
+            inputs.mpi = MpiOptions(config.deterministic, config.shared_windows, config.progress_thread, staging)
+        result = run_engine(config.backend, inputs)
+        if result is None:
+            return None
         load_flat_parameters(model, result.reference_params)
         write_atomically(out / "model.pt", lambda path: torch.save(model.state_dict(), path))
         staleness_total = sum(result.staleness.values())

@@ -15,10 +15,8 @@ from torch import Tensor
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.delays import DelayModel
 from pcasgd.engine import Checkpoint, EngineResult, EngineRun, EpochHook, GradientOracle
+from pcasgd.engines import EngineInputs, run_engine
 from pcasgd.errors import ConfigError
-from pcasgd.protocol.server import serve_in_simulated_time
-from pcasgd.sim.collective import simulate_collective
-from pcasgd.sim.decentralized import simulate_decentralized
 from pcasgd.topology import Schedule
 
 __all__ = ["simulate"]
@@ -48,12 +46,4 @@ def simulate(
     run = EngineRun(
         config, delays, oracle, initial_params, iterations_per_epoch, epochs, hook, checkpoint, resume, record_every
     )
-    if config.family == "decentralized":
-        if topology is None:
-            raise ConfigError(f"mode {config.mode!r} needs a topology")
-        if topology.size != agents:
-            raise ConfigError(f"topology has {topology.size} agents, the run has {agents}")
-        return simulate_decentralized(run, topology, segments)
-    if config.family == "server":
-        return serve_in_simulated_time(run, agents)
-    return simulate_collective(run, agents)
+    return run_engine("sim", EngineInputs(run, agents, topology, segments))
