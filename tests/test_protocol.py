@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -99,3 +100,20 @@ def test_every_backend_and_family_has_one_engine_and_servers_take_one_more_rank(
     assert set(ENGINES) == {(backend, family) for backend in BACKENDS for family in FAMILIES}
     assert [ranks_needed(family, 4) for family in FAMILIES] == [4, 5, 4]
     assert all(agents_in(family, ranks_needed(family, 7)) == 7 for family in FAMILIES)
+
+
+def test_a_straggler_sleeps_its_extra_share_of_the_last_work_before_each_step():
+    from pcasgd.protocol.pacing import StragglerPacing
+
+    slept = []
+    pacing = StragglerPacing(3.0, slept.append)
+    for work in (0.02, 0.01):
+        with pacing.work():
+            time.sleep(work)
+    assert len(slept) == 1 and slept[0] >= 2 * 0.02  # after the first step only: twice its work
+    plain = StragglerPacing(1.0, slept.append)
+    with plain.work():
+        pass
+    with plain.work():
+        pass
+    assert len(slept) == 1

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from pcasgd.algorithms.collective import GlobalSGD, OneStepDelayAgent
 from pcasgd.engine import EngineResult, EngineRun, EpochStats, check_finite
+from pcasgd.protocol.pacing import StragglerPacing
 from pcasgd.runtime.recording import RankState, Recorder
 from pcasgd.transport.deadline import POLL_SECONDS, Deadline
 from pcasgd.transport.progress import MpiProgress
@@ -94,11 +95,11 @@ class CollectiveRank:
         self.config = run.config
         self.deadline = deadline
         self.recorder = Recorder(comm, run, deadline)
-        self.slowdown = run.delays.slowdown(self.rank) if straggle else 1.0
+        slowdown = run.delays.slowdown(self.rank) if straggle else 1.0
+        self.pacing = StragglerPacing(slowdown, time.sleep if self.progress is None else self.progress.sleep)
         self.epoch_stats = EpochStats()
         self.staleness: Counter[int] = Counter()
         self.steps = 0
-        self._last_work_seconds = 0.0
         self.shared = GlobalSGD(self.config, run.initial_params) if self.config.mode == "ssgd" else None
         self.agent = OneStepDelayAgent(self.config, run.initial_params) if self.config.mode == "odsgd" else None
         self.in_flight: deque[tuple[int, PendingMean | CompletedMean]] = deque()
@@ -148,17 +149,10 @@ class CollectiveRank:
         return t * self.step_time / self.run.iterations_per_epoch
 
     def _gradient(self, params: Tensor) -> Tensor:
-        if self.slowdown > 1.0:
-            pause = (self.slowdown - 1.0) * self._last_work_seconds
+        with self.pacing.work():
+            grad, loss = self.run.oracle(self.rank, params)
             if self.progress is not None:
-                self.progress.sleep(pause)
-            else:
-                time.sleep(pause)
-        started = time.perf_counter()
-        grad, loss = self.run.oracle(self.rank, params)
-        if self.progress is not None:
-            self.progress.poke()
-        self._last_work_seconds = time.perf_counter() - started
+                self.progress.poke()
         self.epoch_stats.add_loss(loss)
         return grad
 

@@ -23,7 +23,6 @@ without stopping anyone.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from mpi4py import MPI
 from pcasgd.algorithms.consensus import ConsensusAgent
 from pcasgd.engine import EngineResult, EngineRun, EpochStats, check_finite
 from pcasgd.errors import ConfigError
+from pcasgd.protocol.pacing import StragglerPacing
 from pcasgd.runtime.exchange import NeighbourExchange, NeighbourFinishedError
 from pcasgd.runtime.recording import RankState, Recorder
 from pcasgd.topology import Schedule
@@ -118,7 +118,9 @@ class DecentralizedRank:
         self.overall = EpochStats()
         self.staleness: Counter[int] = Counter()
         self._last_totals: list[dict[str, float]] = [{} for _ in range(self.size)]
-        self._last_iteration_seconds = 0.0
+        # lock-step ranks wait for each other: a straggler's slowness then costs everyone time alike
+        slowdown = 1.0 if options.deterministic else run.delays.slowdown(self.rank)
+        self.pacing = StragglerPacing(slowdown, self.progress.sleep)
         self.first_iteration = 0
         self.records = run.records()
         if run.resume is not None:
@@ -167,23 +169,19 @@ class DecentralizedRank:
 
     def _iterate(self, k: int) -> None:
         run, rank = self.run, self.rank
-        slowdown = run.delays.slowdown(rank)
-        if slowdown > 1.0 and not self.options.deterministic:
-            self.progress.sleep((slowdown - 1.0) * self._last_iteration_seconds)
-        started = time.perf_counter()  # the work of the iteration, not the sleep, is what is scaled
-        grad, loss = run.oracle(rank, self.agent.params)
-        self.progress.poke()  # serve neighbours' reads that waited on this rank during the compute
-        self.epoch_stats.add_loss(loss)
-        self.overall.add_loss(loss)
-        reads, self_weight = self.exchange.exchange(k, self.agent.params, grad, self._totals(k))
-        report = self.agent.step(grad, reads, self_weight, k / run.iterations_per_epoch)
-        check_finite(self.agent.params, f"rank {rank}", k)
-        for stats in (self.epoch_stats, self.overall):
-            stats.add_staleness(report.staleness)
-            if report.decision in ("predict", "clip"):
-                stats.add_predict_share(report.predict_share)
-        self.staleness.update(report.staleness)
-        self._last_iteration_seconds = time.perf_counter() - started
+        with self.pacing.work():  # the work of the iteration, not the sleep, is what is scaled
+            grad, loss = run.oracle(rank, self.agent.params)
+            self.progress.poke()  # serve neighbours' reads that waited on this rank during the compute
+            self.epoch_stats.add_loss(loss)
+            self.overall.add_loss(loss)
+            reads, self_weight = self.exchange.exchange(k, self.agent.params, grad, self._totals(k))
+            report = self.agent.step(grad, reads, self_weight, k / run.iterations_per_epoch)
+            check_finite(self.agent.params, f"rank {rank}", k)
+            for stats in (self.epoch_stats, self.overall):
+                stats.add_staleness(report.staleness)
+                if report.decision in ("predict", "clip"):
+                    stats.add_predict_share(report.predict_share)
+            self.staleness.update(report.staleness)
 
     def _totals(self, k: int) -> dict[str, float]:
         return _header_totals(self.overall, k, self.run.oracle.samples)

@@ -26,9 +26,11 @@ from mpi4py import MPI
 from torch import Tensor
 
 from pcasgd.engine import EngineResult, EngineRun, EpochStats
+from pcasgd.protocol.pacing import StragglerPacing
 from pcasgd.protocol.server import VersionedServer, serve_in_simulated_time
 from pcasgd.runtime.recording import RankState, Recorder
 from pcasgd.transport.deadline import POLL_SECONDS, Deadline
+from pcasgd.transport.progress import MpiProgress
 
 # What an asynchronous server's checkpoint holds (its workers' data positions are in their own).
 CHECKPOINTED = ("served", "samples", "staleness")
@@ -221,10 +223,10 @@ class _AsynchronousServer:
 def _work(comm: MPI.Comm, run: EngineRun, link: _Link, deadline: Deadline, asynchronous: bool) -> None:
     rank = comm.Get_rank()
     worker = rank - 1
-    slowdown = run.delays.slowdown(rank) if asynchronous else 1.0
+    progress = MpiProgress(comm)
+    pacing = StragglerPacing(run.delays.slowdown(rank) if asynchronous else 1.0, progress.sleep)
     weights = torch.empty(link.numel, dtype=link.dtype)
     status = MPI.Status()
-    last_work = 0.0
     while True:
         with deadline.guard("waiting for weights from the server (rank 0)"):
             while not comm.Iprobe(source=0, tag=MPI.ANY_TAG, status=status):
@@ -239,12 +241,9 @@ def _work(comm: MPI.Comm, run: EngineRun, link: _Link, deadline: Deadline, async
                 run.checkpoint(int(epoch[0]), {})
             continue
         deadline.wait(comm.Irecv(weights.numpy(), source=0, tag=TAG_WEIGHTS), "receiving weights from rank 0")
-        if slowdown > 1.0:
-            time.sleep((slowdown - 1.0) * last_work)
-        started = time.perf_counter()
         before = run.oracle.samples
-        grad, loss = run.oracle(worker, weights.to(link.device))
-        last_work = time.perf_counter() - started
+        with pacing.work():
+            grad, loss = run.oracle(worker, weights.to(link.device))
         meta = np.array([loss, run.oracle.samples - before], dtype=np.float64)
         payload = grad.detach().cpu().numpy()
         deadline.wait(comm.Isend(meta, dest=0, tag=TAG_META), "sending a gradient's loss to rank 0")
