@@ -117,3 +117,20 @@ def test_a_straggler_sleeps_its_extra_share_of_the_last_work_before_each_step():
     with plain.work():
         pass
     assert len(slept) == 1
+
+
+@pytest.mark.parametrize(("overlap", "completes_at"), [(True, [None, None, 1, 2]), (False, [None, 1, 2, 3])])
+def test_odsgd_reductions_complete_one_step_late_with_overlap_and_at_once_without(overlap, completes_at):
+    from pcasgd.protocol.one_step_delay import ReductionQueue
+
+    queue = ReductionQueue(AlgorithmConfig(mode="odsgd", odsgd_overlap=overlap, odsgd_warmup=1))
+    completed = []
+    for step in range(4):
+        if queue.warming_up(step):
+            completed.append(None)
+            continue
+        queue.start(step, f"reduction of {step}")
+        done = [started for started, _ in queue.due(step)]
+        completed.append(done[0] if done else None)
+    assert completed == completes_at
+    assert [started for started, _ in queue.drain()] == ([3] if overlap else [])

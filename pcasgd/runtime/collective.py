@@ -13,13 +13,14 @@ completed under the run's deadline.
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
+from collections import Counter
 
 from mpi4py import MPI
 from torch import Tensor
 
 from pcasgd.algorithms.collective import GlobalSGD, OneStepDelayAgent
 from pcasgd.engine import EngineResult, EngineRun, EpochStats, check_finite
+from pcasgd.protocol.one_step_delay import ReductionQueue
 from pcasgd.protocol.pacing import StragglerPacing
 from pcasgd.runtime.recording import RankState, Recorder
 from pcasgd.transport.deadline import POLL_SECONDS, Deadline
@@ -102,7 +103,7 @@ class CollectiveRank:
         self.steps = 0
         self.shared = GlobalSGD(self.config, run.initial_params) if self.config.mode == "ssgd" else None
         self.agent = OneStepDelayAgent(self.config, run.initial_params) if self.config.mode == "odsgd" else None
-        self.in_flight: deque[tuple[int, PendingMean | CompletedMean]] = deque()
+        self.queue: ReductionQueue[PendingMean | CompletedMean] = ReductionQueue(self.config)
         self.step_time = max(run.delays.slowdown(r) for r in range(comm.Get_size()))  # the slowest sets the pace
         self.first_step = 0
         self.records = run.records()
@@ -134,10 +135,9 @@ class CollectiveRank:
             else:
                 self._odsgd_step(t)
             t += 1
-        while self.in_flight:  # odsgd: reductions still in flight complete before the final weights
-            started, pending = self.in_flight.popleft()
+        for started, pending in self.queue.drain():  # odsgd: complete before the final weights
             self.agent.complete(pending.mean(self.deadline, started), self._epoch_of(t))
-            self._record_staleness(1)
+            self._record_staleness(self.queue.latency)
         self.steps = t
         states = self.recorder.gather(self._state(), "gathering the final weights")
         return None if states is None else self.recorder.result(states, self._reference())
@@ -164,19 +164,17 @@ class CollectiveRank:
         self._record_staleness(0)
 
     def _odsgd_step(self, t: int) -> None:
-        agent, in_flight = self.agent, self.in_flight
+        agent, queue = self.agent, self.queue
         grad = self._gradient(agent.local_params)
-        if t < self.config.odsgd_warmup:
+        if queue.warming_up(t):
             agent.complete(PendingMean(self.comm, grad, self.staging, t).mean(self.deadline, t), self._epoch_of(t))
             agent.sync_local()
             self._record_staleness(0)
         else:
-            in_flight.append((t, PendingMean(self.comm, grad, self.staging, t)))
-            latency = 1 if self.config.odsgd_overlap else 0
-            while in_flight and in_flight[0][0] + latency <= t:
-                started, pending = in_flight.popleft()
+            queue.start(t, PendingMean(self.comm, grad, self.staging, t))
+            for started, pending in queue.due(t):
                 agent.complete(pending.mean(self.deadline, started), self._epoch_of(t))
-                self._record_staleness(latency)
+                self._record_staleness(queue.latency)
             agent.local_step(grad, self._epoch_of(t))
         check_finite(agent.global_params, f"rank {self.rank}", t)
 
@@ -204,14 +202,14 @@ class CollectiveRank:
     def _checkpoint_state(self, t: int) -> dict:
         """The weights and optimizer state before step ``t``; a reduction in flight is completed
         (its result is what step ``t`` would use) and kept as done."""
-        self.in_flight = deque(
-            (started, CompletedMean(pending.mean(self.deadline, started))) for started, pending in self.in_flight
-        )
+        in_flight = self.queue.in_flight
+        for index, (started, pending) in enumerate(in_flight):
+            in_flight[index] = (started, CompletedMean(pending.mean(self.deadline, started)))
         return {
             "step": t,
             "shared": self.shared,
             "agent": self.agent,
-            "in_flight": [(started, done.mean(self.deadline, started)) for started, done in self.in_flight],
+            "in_flight": [(started, done.mean(self.deadline, started)) for started, done in in_flight],
             "staleness": self.staleness,
         }
 
@@ -220,7 +218,9 @@ class CollectiveRank:
         for _ in self.records.due(self.first_step * self.step_time):  # recorded before the checkpoint
             pass
         self.shared, self.agent, self.staleness = state["shared"], state["agent"], state["staleness"]
-        self.in_flight = deque((started, CompletedMean(mean)) for started, mean in state["in_flight"])
+        self.queue = ReductionQueue(
+            self.config, [(started, CompletedMean(mean)) for started, mean in state["in_flight"]]
+        )
 
 
 def run_collective(

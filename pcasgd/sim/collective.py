@@ -7,22 +7,21 @@ Both protocols wait for their peers, so an injected lag costs them time (not mod
 beyond the slowest rank's pace), never staleness.
 
 * ``ssgd``: gradients at the shared weights, mean, one momentum step; staleness 0.
-* ``odsgd``: per iteration, each agent's gradient at its local weights; the reduction started
-  at ``t`` completes at ``t + L``, ``L = 1`` (one reduction in flight, as OD-SGD), or ``L = 0``
-  with ``odsgd_overlap=False``; reductions due by ``t`` complete before the local step, and
-  their staleness is ``L``; the first ``odsgd_warmup`` iterations are plain ssgd; a reduction
-  still in flight at the end completes before the final weights are read.
+* ``odsgd``: per iteration, each agent's gradient at its local weights, and the reductions as
+  :mod:`pcasgd.protocol.one_step_delay` orders them (the MPI runtime follows the same queue).
 """
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
 from pcasgd.algorithms.collective import GlobalSGD, OneStepDelayAgent
 from pcasgd.engine import EngineResult, EngineRun, EpochClock, GradientOracle, check_finite, clock_for
+from pcasgd.protocol.one_step_delay import ReductionQueue
 
 
 def _mean_gradient(oracle: GradientOracle, clock: EpochClock, params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
@@ -65,38 +64,36 @@ def simulate_collective(run: EngineRun, agents: int) -> EngineResult:
         )
 
     peers = resumed["peers"] if resumed else [OneStepDelayAgent(config, initial_params) for _ in range(agents)]
-    latency = 1 if config.odsgd_overlap else 0
-    in_flight: deque[tuple[int, Tensor]] = resumed["in_flight"] if resumed else deque()
+    queue: ReductionQueue[Tensor] = ReductionQueue(config, resumed.get("in_flight"))
 
     def state() -> dict:
-        return {"peers": peers, "in_flight": in_flight, "iteration": iteration}
+        return {"peers": peers, "in_flight": list(queue.in_flight), "iteration": iteration}
 
     def view() -> tuple[list[Tensor], Tensor, list[int]]:
         return [peer.local_params for peer in peers], peers[0].global_params, [iteration] * agents
 
-    def complete_due(now: int | float) -> None:
-        while in_flight and in_flight[0][0] <= now:
-            _, mean = in_flight.popleft()
+    def complete(means: Iterator[tuple[int, Tensor]]) -> None:
+        for _, mean in means:
             for peer in peers:
                 peer.complete(mean, clock.epoch_at(iteration * step_time))
             check_finite(peers[0].global_params, "the global weights", iteration)
-            clock.record_staleness([latency] * agents)
+            clock.record_staleness([queue.latency] * agents)
 
     while iteration * step_time < clock.budget:
         clock.advance(iteration * step_time, view, state=state)
         mean, grads = _mean_gradient(oracle, clock, [peer.local_params for peer in peers])
-        if iteration < config.odsgd_warmup:
+        if queue.warming_up(iteration):
             for peer in peers:
                 peer.complete(mean, clock.epoch_at(iteration * step_time))
                 peer.sync_local()
             clock.record_staleness([0] * agents)
         else:
-            in_flight.append((iteration + latency, mean))
-            complete_due(iteration)
+            queue.start(iteration, mean)
+            complete(queue.due(iteration))
             for peer, grad in zip(peers, grads, strict=True):
                 peer.local_step(grad, clock.epoch_at(iteration * step_time))
         iteration += 1
-    complete_due(float("inf"))
+    complete(queue.drain())
     clock.finish(view)
     local, reference, iterations = view()
     return EngineResult(local, reference, iterations, clock.total_staleness, Counter(), clock.budget)
