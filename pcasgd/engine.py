@@ -169,6 +169,11 @@ class RecordSchedule:
                 candidates.append((float(self.next_mark * self.interval), False))
         return min(candidates) if candidates else None
 
+    def skip_to(self, position: float) -> None:
+        """A resumed run: the records before ``position`` were made before the checkpoint."""
+        for _ in self.due(position):
+            pass
+
     def due(self, position: float, ends: bool = False) -> Iterator[tuple[float, bool]]:
         """The records ``position`` has reached, in order: ``(epoch, is_epoch_boundary)``.
 

@@ -134,3 +134,9 @@ def test_odsgd_reductions_complete_one_step_late_with_overlap_and_at_once_withou
         completed.append(done[0] if done else None)
     assert completed == completes_at
     assert [started for started, _ in queue.drain()] == ([3] if overlap else [])
+
+
+def test_a_resumed_schedule_skips_the_records_made_before_the_checkpoint():
+    schedule = RecordSchedule(iterations_per_epoch=10, epochs=4, interval=5)
+    schedule.skip_to(20.0)
+    assert [(round(e, 6), b) for e, b in schedule.due(31.0)] == [(2.5, False), (3, True)]  # epoch 2: before

@@ -241,8 +241,7 @@ class DecentralizedRank:
 
     def _restore(self, state: dict) -> None:
         self.first_iteration = state["iteration"]
-        for _ in self.records.due(self.first_iteration):  # recorded before the checkpoint
-            pass
+        self.records.skip_to(self.first_iteration)
         self.agent = state["agent"]
         self.overall, self.staleness, self._last_totals = state["overall"], state["staleness"], state["last_totals"]
         device = self.run.initial_params.device
