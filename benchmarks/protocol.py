@@ -87,7 +87,8 @@ def run_mode(comm, mode: str, step: float, factor: float, seconds: float, numel:
     run = EngineRun(config, delays.parse("none"), oracle, torch.zeros(numel), iterations, 1)
     exchange_seconds: list[float] = []
     if config.family == "decentralized":
-        from pcasgd.runtime.decentralized import DecentralizedRank, MpiOptions
+        from pcasgd.runtime.decentralized import DecentralizedRank
+        from pcasgd.runtime.exchange import MpiOptions
 
         agent = DecentralizedRank(comm, run, topology.build("ring", size), None, MpiOptions(), deadline)
         exchange = agent.exchange.exchange

@@ -146,7 +146,8 @@ def worker(contender: str, workload: str, factor: float, batch_size: int, steps:
         from pcasgd.app.train import BatchOracle
         from pcasgd.engine import EngineRun
         from pcasgd.flat import flatten_parameters, segment_offsets
-        from pcasgd.runtime.decentralized import DecentralizedRank, MpiOptions
+        from pcasgd.runtime.decentralized import DecentralizedRank
+        from pcasgd.runtime.exchange import MpiOptions
         from pcasgd.transport.deadline import Deadline
 
         comm = MPI.COMM_WORLD

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from pcasgd.errors import ConfigError
+
 
 def flatten_parameters(model: nn.Module) -> Tensor:
     return torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
@@ -37,7 +39,22 @@ def flat_gradient(model: nn.Module) -> Tensor:
 
 def segment_offsets(model: nn.Module) -> list[int]:
     """Offsets of each parameter tensor in the flat vector, ``[0, n1, n1 + n2, ..., total]``."""
+    return parameter_offsets(model.parameters())
+
+
+def parameter_offsets(params: Iterable[Tensor]) -> list[int]:
+    """Offsets of each of ``params`` in their flat vector, ``[0, n1, n1 + n2, ..., total]``."""
     offsets = [0]
-    for parameter in model.parameters():
+    for parameter in params:
         offsets.append(offsets[-1] + parameter.numel())
     return offsets
+
+
+def flat_device(params: list[Tensor]) -> torch.device:
+    """Where the flat vectors of ``params`` live: on their device (a model on a GPU keeps them
+    there); parameters spread over several devices are refused."""
+    devices = {p.device for p in params}
+    if len(devices) != 1:
+        found = ", ".join(sorted(str(d) for d in devices)) or "none"
+        raise ConfigError(f"the parameters must all be on one device to be mixed as one vector; found {found}")
+    return devices.pop()

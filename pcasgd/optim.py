@@ -32,7 +32,7 @@ from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.consensus import ConsensusAgent, StepReport
 from pcasgd.engine import check_finite
 from pcasgd.errors import ConfigError, UsageError
-from pcasgd.flat import copy_into_parameters, segment_offsets
+from pcasgd.flat import copy_into_parameters, flat_device, parameter_offsets
 
 
 def init():
@@ -90,17 +90,21 @@ def _check_same_parameters(optimizer: torch.optim.Optimizer, params: list[Tensor
         )
 
 
-class DecentralizedOptimizer:
+class DecentralizedOptimizer(torch.optim.Optimizer):
     """Wraps a torch optimizer so that each ``step()`` also mixes this rank with its neighbours.
 
-    ``mode``: ``dsgd``, ``asgd``, ``pcasgd``, ``pcasgd-pv``, ``predict`` or ``clip``;
-    ``topology`` and ``weights`` as for ``pcasgd train``; ``delay``: an injected lag spec
-    (for experiments); ``deterministic``: lock-step ranks (reproducible); ``deadline``: seconds
-    any wait may take; ``iterations_per_epoch``: needed by ``pcasgd-pv``'s warm-up, which is
-    counted in epochs. Other keyword arguments are :class:`~pcasgd.algorithms.AlgorithmConfig`
-    options (``theta``, ``predictor``, ``lam``, ...). The learning rate of the predict step is
-    the wrapped optimizer's first group's ``lr``. Call :meth:`close` (or use ``with``) on every
-    rank at the end: it frees the MPI windows, collectively.
+    It *is* a :class:`torch.optim.Optimizer` whose ``param_groups`` and ``state`` are the wrapped
+    optimizer's, so torch's learning-rate schedulers drive it, and the rate they set reaches the
+    predictor at every step. ``mode``: ``dsgd``, ``asgd``, ``pcasgd``, ``pcasgd-pv``,
+    ``predict`` or ``clip``; ``topology`` and ``weights`` as for ``pcasgd train``; ``delay``:
+    an injected lag spec (for experiments); ``deterministic``: lock-step ranks (reproducible);
+    ``deadline``: seconds any wait may take; ``iterations_per_epoch``: needed by ``pcasgd-pv``'s
+    warm-up, which is counted in epochs; ``progress_thread`` and ``host_staging``: as the
+    ``pcasgd train`` flags (the exchange is built as ``pcasgd train --backend mpi`` builds it).
+    Other keyword arguments are :class:`~pcasgd.algorithms.AlgorithmConfig` options (``theta``,
+    ``predictor``, ``lam``, ...). The flat vectors stay on the model's device. Call
+    :meth:`close` (or use ``with``) on every rank at the end: it frees the MPI windows,
+    collectively.
     """
 
     def __init__(
@@ -116,12 +120,15 @@ class DecentralizedOptimizer:
         iterations_per_epoch: int | None = None,
         seed: int = 0,
         comm=None,
+        progress_thread: bool = False,
+        host_staging: str = "auto",
         **options: Any,
     ) -> None:
         from pcasgd.runtime.checks import check_same_everywhere, model_signature
-        from pcasgd.runtime.exchange import NeighbourExchange
+        from pcasgd.runtime.device import stage_through_host
+        from pcasgd.runtime.exchange import ExchangeEndpoint, MpiOptions
         from pcasgd.transport.deadline import Deadline
-        from pcasgd.transport.windows import SnapshotWindow
+        from pcasgd.transport.staging import HostStaging
 
         self.optimizer = optimizer
         self.model = model
@@ -135,9 +142,14 @@ class DecentralizedOptimizer:
         self.iterations_per_epoch = iterations_per_epoch
         self.params = [p for p in model.parameters() if p.requires_grad]
         _check_same_parameters(optimizer, self.params)
+        self.device = flat_device(self.params)
+        super().__init__(optimizer.param_groups, optimizer.defaults)
+        self.param_groups = optimizer.param_groups  # the same dicts: a scheduler's change is the optimizer's
+        self.state = optimizer.state
         schedule = topologies.build(topology, self.comm.Get_size(), weights, seed)
         lags = delay_models.parse(delay, seed)
         lags.check_fits(self.comm.Get_size())
+        staging = HostStaging(self.device, stage_through_host(self.device, host_staging))
         self.deadline = Deadline(self.rank, deadline)
         try:
             with self.deadline.guard("agreeing on the optimizer's configuration with the other ranks (collective)"):
@@ -147,31 +159,20 @@ class DecentralizedOptimizer:
                 check_same_everywhere(self.comm, "the DecentralizedOptimizer configuration", settings)
                 check_same_everywhere(self.comm, "the model's parameter shapes and dtypes", model_signature(model))
             flat = self._flat_params()
-            self.agent = ConsensusAgent(self.config, flat, segment_offsets(model))
-            with self.deadline.guard("allocating the snapshot windows (collective)"):
-                self.window = SnapshotWindow(self.comm, flat.numel(), flat.dtype, lags.max_lag + 2)
+            self.agent = ConsensusAgent(self.config, flat, parameter_offsets(self.params))
+            mpi = MpiOptions(deterministic, progress_thread=progress_thread, staging=staging)
+            endpoint = ExchangeEndpoint(self.comm, flat, schedule, lags, self.config, mpi, self.deadline)
         except BaseException:
             self.deadline.close()
             raise
-        self.exchange = NeighbourExchange(
-            self.comm, self.window, schedule, lags, self.config, self.deadline, deterministic
-        )
+        self.window, self.progress, self.exchange = endpoint.window, endpoint.progress, endpoint.exchange
         self.iteration = 0
         self.last_report: StepReport | None = None
-
-    # -- what torch users expect of an optimizer ------------------------------------------------
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
-
-    @property
-    def state(self) -> dict:
-        return self.optimizer.state
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
+    @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         if self.window.win is None:
             raise UsageError("step() after close(): the windows are freed; build a new DecentralizedOptimizer")
@@ -180,15 +181,15 @@ class DecentralizedOptimizer:
             with torch.enable_grad():
                 loss = closure()
         before = self._flat_params()
-        grad = torch.cat(
-            [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).cpu() for p in self.params]
-        )
+        grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self.params])
+        lr = float(self.param_groups[0]["lr"])  # what a scheduler set for this step
         self.optimizer.step()
-        local_update = self._flat_params() - before
+        local_update = self._flat_params().sub_(before)
+        self.progress.poke()
         reads, self_weight = self.exchange.exchange(self.iteration, before, grad)
         epoch = self.iteration / self.iterations_per_epoch if self.iterations_per_epoch else 0.0
         self.agent.params = before
-        self.last_report = self.agent.step(grad, reads, self_weight, epoch, local_update=local_update)
+        self.last_report = self.agent.step(grad, reads, self_weight, epoch, local_update=local_update, lr=lr)
         check_finite(self.agent.params, f"rank {self.rank}", self.iteration)
         copy_into_parameters(self.params, self.agent.params)
         self.iteration += 1
@@ -230,6 +231,7 @@ class DecentralizedOptimizer:
         try:
             self.window.set_flags(FLAG_FINISHED)
             self.deadline.wait(self.comm.Ibarrier(), "the other ranks' close()")
+            self.progress.close()
             with self.deadline.guard("freeing the windows (collective)"):
                 self.window.close()
         finally:
@@ -245,4 +247,4 @@ class DecentralizedOptimizer:
             self.deadline.close()
 
     def _flat_params(self) -> Tensor:
-        return torch.nn.utils.parameters_to_vector(self.params).detach().cpu()  # a new tensor already
+        return torch.cat([p.detach().reshape(-1) for p in self.params])  # a new tensor, on the model's device

@@ -398,3 +398,12 @@ def test_the_optimizer_api_takes_horovods_idioms_and_refuses_misuse_clearly():
     assert "must hold exactly the model's trainable parameters" in checks["foreign_optimizer"], checks
     assert "not a DecentralizedOptimizer state" in checks["plain_state"], checks
     assert "step() after close()" in checks["step_after_close"] and checks["weights_untouched"], checks
+
+
+def test_torch_schedulers_drive_the_optimizer_and_the_predictor_uses_the_scheduled_lr():
+    result = mpirun(4, PYTHON, "tests/mpi_programs/optimizer_schedule.py", timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    case = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
+    assert case["scheduled_diff"] <= 1e-12, case  # StepLR's rate reached the local step and the predictor
+    assert case["constant_diff"] > 1e-6, case  # a rate frozen at construction would end elsewhere
+    assert case["one_cycle_finite"], case

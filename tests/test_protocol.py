@@ -140,3 +140,14 @@ def test_a_resumed_schedule_skips_the_records_made_before_the_checkpoint():
     schedule = RecordSchedule(iterations_per_epoch=10, epochs=4, interval=5)
     schedule.skip_to(20.0)
     assert [(round(e, 6), b) for e, b in schedule.due(31.0)] == [(2.5, False), (3, True)]  # epoch 2: before
+
+
+def test_flat_vectors_stay_on_the_parameters_device_and_mixed_devices_are_refused():
+    from pcasgd.errors import ConfigError
+    from pcasgd.flat import flat_device
+
+    on_meta = [torch.empty(3, device="meta"), torch.empty(2, device="meta")]
+    assert flat_device(on_meta) == torch.device("meta")  # as a model on cuda:1 keeps its vectors on cuda:1
+    assert flat_device([torch.zeros(2)]) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="one device"):
+        flat_device([torch.zeros(2), torch.empty(2, device="meta")])

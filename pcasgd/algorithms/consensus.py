@@ -91,15 +91,18 @@ class ConsensusAgent:
         self_weight: float,
         epoch: float = 0.0,
         local_update: Tensor | None = None,
+        lr: float | None = None,
     ) -> StepReport:
         """Apply one iteration: the local step, then the mode's mix of self and neighbour snapshots.
 
         The local step is SGD with momentum (``v``), unless ``local_update`` is given: then it is
         that displacement (what a wrapped torch optimizer did to the parameters this step).
+        ``lr``: this step's learning rate, for the predictor (default: the config's schedule at
+        ``epoch``; a wrapped torch optimizer passes the rate its scheduler set).
         """
         config = self.config
         own = self.params
-        self._lr = config.lr_at(epoch)
+        self._lr = config.lr_at(epoch) if lr is None else lr
         self._history.append((self.iteration, own))  # parameters are replaced, never modified in place
         if local_update is None:
             self.velocity = momentum_velocity(self.velocity, grad, self._lr, config.effective_momentum)

@@ -552,7 +552,7 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
         )
         inputs = EngineInputs(run, config.agents, schedule, segment_offsets(model), comm, deadline)
         if comm is not None:
-            from pcasgd.runtime.decentralized import MpiOptions
+            from pcasgd.runtime.exchange import MpiOptions
 
             staging = HostStaging(device, stage_through_host(device, config.host_staging))
             inputs.mpi = MpiOptions(config.deterministic, config.shared_windows, config.progress_thread, staging)

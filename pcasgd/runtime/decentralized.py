@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from mpi4py import MPI
 
@@ -33,21 +32,11 @@ from pcasgd.algorithms.consensus import ConsensusAgent
 from pcasgd.engine import EngineResult, EngineRun, EpochStats, check_finite
 from pcasgd.errors import ConfigError
 from pcasgd.protocol.pacing import StragglerPacing
-from pcasgd.runtime.exchange import NeighbourExchange, NeighbourFinishedError
+from pcasgd.runtime.exchange import ExchangeEndpoint, MpiOptions, NeighbourFinishedError
 from pcasgd.runtime.recording import RankState, Recorder
 from pcasgd.topology import Schedule
 from pcasgd.transport.deadline import Deadline
-from pcasgd.transport.progress import MpiProgress
-from pcasgd.transport.staging import HostStaging
-from pcasgd.transport.windows import FLAG_FINISHED, ControlWindow, SnapshotWindow
-
-
-@dataclass(frozen=True)
-class MpiOptions:
-    deterministic: bool = False
-    shared_windows: bool = False  # MPI.Win.Allocate_shared (one node only)
-    progress_thread: bool = False  # a helper thread keeps one-sided transfers moving during compute
-    staging: HostStaging | None = None  # GPU ranks: host copies of what the windows hold (None: CPU)
+from pcasgd.transport.windows import FLAG_FINISHED, ControlWindow
 
 
 def _header_totals(overall: EpochStats, iterations: int, samples: int) -> dict[str, float]:
@@ -104,16 +93,10 @@ class DecentralizedRank:
         self.agent = ConsensusAgent(run.config, run.initial_params, segments)
         self.deadline = deadline
         self.recorder = Recorder(comm, run, deadline)
-        numel = run.initial_params.numel()
-        with deadline.guard("allocating the snapshot windows (collective)"):
-            slots = run.delays.max_lag + 2
-            dtype = run.initial_params.dtype
-            self.window = SnapshotWindow(comm, numel, dtype, slots, options.shared_windows, options.staging)
+        endpoint = ExchangeEndpoint(comm, run.initial_params, schedule, run.delays, run.config, options, deadline)
+        self.window, self.progress, self.exchange = endpoint.window, endpoint.progress, endpoint.exchange
+        with deadline.guard("allocating the control window (collective)"):
             self.control = ControlWindow(comm)
-        self.progress = MpiProgress(comm, thread=options.progress_thread)
-        self.exchange = NeighbourExchange(
-            comm, self.window, schedule, run.delays, run.config, deadline, options.deterministic
-        )
         self.epoch_stats = EpochStats()
         self.overall = EpochStats()
         self.staleness: Counter[int] = Counter()

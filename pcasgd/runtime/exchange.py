@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 from mpi4py import MPI
 from torch import Tensor
@@ -20,7 +21,20 @@ from pcasgd.errors import StallError
 from pcasgd.protocol.reads import gather_reads
 from pcasgd.topology import Schedule
 from pcasgd.transport.deadline import Deadline
+from pcasgd.transport.progress import MpiProgress
+from pcasgd.transport.staging import HostStaging
 from pcasgd.transport.windows import FLAG_FINISHED, SnapshotWindow
+
+
+@dataclass(frozen=True)
+class MpiOptions:
+    """How a rank's exchange runs: lock-step, shared-memory windows, a progress thread, and
+    host staging of GPU buffers."""
+
+    deterministic: bool = False
+    shared_windows: bool = False  # MPI.Win.Allocate_shared (one node only)
+    progress_thread: bool = False  # a helper thread keeps one-sided transfers moving during compute
+    staging: HostStaging | None = None  # GPU ranks: host copies of what the windows hold (None: CPU)
 
 
 class NeighbourFinishedError(Exception):
@@ -109,3 +123,27 @@ class NeighbourExchange:
                 file=sys.stderr,
                 flush=True,
             )
+
+
+class ExchangeEndpoint:
+    """This rank's side of the decentralized exchange: its snapshot window (a ring of
+    ``max_lag + 2`` slots, staged through pinned host memory where MPI cannot read the device),
+    the progress helper and the :class:`NeighbourExchange`. ``pcasgd train --backend mpi`` and
+    :class:`pcasgd.DecentralizedOptimizer` build it the same way. Collective."""
+
+    def __init__(
+        self,
+        comm: MPI.Comm,
+        params: Tensor,
+        schedule: Schedule,
+        delays: DelayModel,
+        config: AlgorithmConfig,
+        options: MpiOptions,
+        deadline: Deadline,
+    ) -> None:
+        with deadline.guard("allocating the snapshot windows (collective)"):
+            self.window = SnapshotWindow(
+                comm, params.numel(), params.dtype, delays.max_lag + 2, options.shared_windows, options.staging
+            )
+        self.progress = MpiProgress(comm, thread=options.progress_thread)
+        self.exchange = NeighbourExchange(comm, self.window, schedule, delays, config, deadline, options.deterministic)
