@@ -11,7 +11,8 @@
             loss_fn(model(x), y).backward()
             opt.step()
 
-:class:`DecentralizedOptimizer` *holds* your optimizer (it does not subclass it). Each
+:class:`DecentralizedOptimizer` holds your optimizer and shares its ``param_groups`` (so it is a
+``torch.optim.Optimizer`` that torch's schedulers drive). Each
 ``step()``: your optimizer takes its step from the current weights ``x`` (that displacement is
 the local update ``v``), this rank publishes ``(x, g)`` in its MPI window, reads its neighbours'
 snapshots, and sets the weights to the mode's mix of ``x`` and the neighbours plus ``v``. With
