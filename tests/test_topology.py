@@ -116,7 +116,7 @@ def test_bad_specs_name_the_problem(spec, message):
         topology.build(spec, 8)
 
 
-@pytest.mark.parametrize("spec", ["ring", "exponential", "torus", "random:4", "star"])
+@pytest.mark.parametrize("spec", ["ring", "exponential", "torus", "random:4", "star", "full"])
 def test_the_spectral_gap_of_a_large_graph_is_the_dense_one_without_a_dense_decomposition(spec):
     n = topology.DENSE_SPECTRAL_GAP_AGENTS + 44
     weights = topology.build(spec, n).weights

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
 from mpi4py import MPI
 
 from pcasgd.algorithms.consensus import ConsensusAgent
@@ -37,6 +38,28 @@ from pcasgd.runtime.recording import RankState, Recorder
 from pcasgd.topology import Schedule
 from pcasgd.transport.deadline import Deadline
 from pcasgd.transport.windows import FLAG_FINISHED, ControlWindow
+
+# The running totals each rank publishes in its window header, in this order, from which rank 0
+# records an asynchronous run's metrics without stopping anyone.
+TOTALS = (
+    "iterations",
+    "staleness_sum",
+    "staleness_count",
+    "staleness_max",
+    "loss_sum",
+    "loss_count",
+    "predict_sum",
+    "predict_count",
+    "samples",
+)
+
+
+def _totals_in_header(totals: dict[str, float]) -> np.ndarray:
+    return np.array([totals[name] for name in TOTALS], dtype=np.float64)
+
+
+def _totals_from_header(values: np.ndarray) -> dict[str, float]:
+    return dict(zip(TOTALS, values.tolist(), strict=True))
 
 
 def _header_totals(overall: EpochStats, iterations: int, samples: int) -> dict[str, float]:
@@ -93,7 +116,9 @@ class DecentralizedRank:
         self.agent = ConsensusAgent(run.config, run.initial_params, segments)
         self.deadline = deadline
         self.recorder = Recorder(comm, run, deadline)
-        endpoint = ExchangeEndpoint(comm, run.initial_params, schedule, run.delays, run.config, options, deadline)
+        endpoint = ExchangeEndpoint(
+            comm, run.initial_params, schedule, run.delays, run.config, options, deadline, len(TOTALS)
+        )
         self.window, self.progress, self.exchange = endpoint.window, endpoint.progress, endpoint.exchange
         with deadline.guard("allocating the control window (collective)"):
             self.control = ControlWindow(comm)
@@ -140,7 +165,7 @@ class DecentralizedRank:
                 self._record_unreached(k, budget)
                 break
             k += 1
-        self.window.set_flags(FLAG_FINISHED, self._totals(k))
+        self.window.set_flags(FLAG_FINISHED, _totals_in_header(self._totals(k)))
         self.deadline.wait(self.comm.Ibarrier(), "the end-of-training barrier")
         result = self._finish(k)
         # Freed only after a clean run: a failed rank ends the job (the CLI aborts it), and a
@@ -157,7 +182,8 @@ class DecentralizedRank:
             self.progress.poke()  # serve neighbours' reads that waited on this rank during the compute
             self.epoch_stats.add_loss(loss)
             self.overall.add_loss(loss)
-            reads, self_weight = self.exchange.exchange(k, self.agent.params, grad, self._totals(k))
+            header = _totals_in_header(self._totals(k))
+            reads, self_weight = self.exchange.exchange(k, self.agent.params, grad, header)
             report = self.agent.step(grad, reads, self_weight, k / run.iterations_per_epoch)
             check_finite(self.agent.params, f"rank {rank}", k)
             for stats in (self.epoch_stats, self.overall):
@@ -230,7 +256,8 @@ class DecentralizedRank:
         device = self.run.initial_params.device
         for stamp, params, grad in state["ring"]:
             with self.deadline.guard(f"republishing snapshot {stamp} from the checkpoint"):
-                self.window.publish(stamp, params.to(device), grad.to(device), self._totals(stamp + 1))
+                header = _totals_in_header(self._totals(stamp + 1))
+                self.window.publish(stamp, params.to(device), grad.to(device), header)
 
     def _remote_states(self, k: int, epoch: int) -> list[RankState]:
         """Asynchronous mode: every rank's newest snapshot and totals, read without stopping it."""
@@ -239,7 +266,7 @@ class DecentralizedRank:
             with self.deadline.guard(f"reading rank {j}'s window for the epoch {epoch} metrics"):
                 read = self.window.read(j)
             params = read.snapshot.params if read.snapshot is not None else self.run.initial_params
-            totals = read.header
+            totals = _totals_from_header(read.values)
             states.append(RankState(params, EpochStats(), int(totals["iterations"]), int(totals["samples"]), totals))
         return states
 

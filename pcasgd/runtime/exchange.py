@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
 from mpi4py import MPI
 from torch import Tensor
 
@@ -75,11 +76,12 @@ class NeighbourExchange:
         self.poisoned: Counter[int] = Counter()
 
     def exchange(
-        self, k: int, params: Tensor, grad: Tensor, totals: dict[str, float] | None = None
+        self, k: int, params: Tensor, grad: Tensor, values: np.ndarray | None = None
     ) -> tuple[list[NeighbourRead], float]:
-        """Publish ``(params, grad, k)``; return the reads to mix and this rank's own weight."""
+        """Publish ``(params, grad, k)`` (and ``values`` in the window header); return the reads to
+        mix and this rank's own weight."""
         with self.deadline.guard(f"publishing snapshot {k}"):
-            self.window.publish(k, params, grad, totals)
+            self.window.publish(k, params, grad, values)
         if self.deterministic:
             self.deadline.wait(self.comm.Ibarrier(), f"the lock-step barrier of iteration {k}")
         topology = self.schedule.at(k)
@@ -93,21 +95,21 @@ class NeighbourExchange:
         while True:
             with self.deadline.guard(f"reading rank {j}'s window"):
                 read = self.window.read(j, lag, newest=k if self.deterministic else None)
-            self._check_alive(j, int(read.header["stamp"]), read.header)
+            self._check_alive(j, read.stamp, read.flags)
             if read.snapshot is not None and not (must_wait and read.snapshot.stamp < k):
                 return read.snapshot
-            if must_wait and int(read.header["flags"]) & FLAG_FINISHED:
+            if must_wait and read.flags & FLAG_FINISHED:
                 raise NeighbourFinishedError(f"rank {j} ended its run before publishing iteration {k}")
             time.sleep(0.0002)
 
-    def _check_alive(self, j: int, stamp: int, header: dict[str, float]) -> None:
+    def _check_alive(self, j: int, stamp: int, flags: int) -> None:
         """A neighbour whose newest stamp has not moved for ``deadline`` seconds has stalled."""
         now = time.monotonic()
         last_stamp, since = self._last_seen.get(j, (None, now))
         if stamp != last_stamp:
             self._last_seen[j] = (stamp, now)
             return
-        finished = int(header["flags"]) & FLAG_FINISHED
+        finished = flags & FLAG_FINISHED
         if not finished and now - since > self.deadline.seconds:
             raise StallError(
                 f"rank {self.rank}: neighbour rank {j} published nothing new for {now - since:.1f} s "
@@ -128,7 +130,8 @@ class NeighbourExchange:
 class ExchangeEndpoint:
     """This rank's side of the decentralized exchange: its snapshot window (a ring of
     ``max_lag + 2`` slots, staged through pinned host memory where MPI cannot read the device),
-    the progress helper and the :class:`NeighbourExchange`. ``pcasgd train --backend mpi`` and
+    the progress helper and the :class:`NeighbourExchange`; ``header_values`` numbers ride in the
+    window's header with each snapshot. ``pcasgd train --backend mpi`` and
     :class:`pcasgd.DecentralizedOptimizer` build it the same way. Collective."""
 
     def __init__(
@@ -140,10 +143,12 @@ class ExchangeEndpoint:
         config: AlgorithmConfig,
         options: MpiOptions,
         deadline: Deadline,
+        header_values: int = 0,
     ) -> None:
         with deadline.guard("allocating the snapshot windows (collective)"):
+            slots = delays.max_lag + 2
             self.window = SnapshotWindow(
-                comm, params.numel(), params.dtype, delays.max_lag + 2, options.shared_windows, options.staging
+                comm, params.numel(), params.dtype, slots, options.shared_windows, options.staging, header_values
             )
         self.progress = MpiProgress(comm, thread=options.progress_thread)
         self.exchange = NeighbourExchange(comm, self.window, schedule, delays, config, deadline, options.deterministic)

@@ -2,7 +2,7 @@
 
 Layout of a :class:`SnapshotWindow` (bytes, all fields 8-byte aligned)::
 
-    header  float64[HEADER]   latest stamp (-1: none yet), flags, then the owner's running totals
+    header  float64[2 + V]    latest stamp (-1: none yet), flags, then V values the owner publishes
     slot 0  int64 stamp, params[n], grad[n]
     ...
     slot D-1
@@ -26,22 +26,9 @@ from torch import Tensor
 from pcasgd.algorithms.consensus import Snapshot
 from pcasgd.transport.staging import HostStaging
 
-#: Header fields (float64 each; integers stay exact below 2**53).
-HEADER_FIELDS = (
-    "stamp",
-    "flags",
-    "iterations",
-    "staleness_sum",
-    "staleness_count",
-    "staleness_max",
-    "loss_sum",
-    "loss_count",
-    "predict_sum",
-    "predict_count",
-    "samples",
-)
-HEADER = len(HEADER_FIELDS)
-HEADER_BYTES = 8 * HEADER
+#: The header's fixed part (float64 each): the newest stamp and the flags. The values after it
+#: (integers stay exact below 2**53) mean what the code that publishes them says.
+HEADER_FIXED = 2
 
 FLAG_FINISHED = 1
 FLAG_FAILED = 2
@@ -49,20 +36,28 @@ FLAG_FAILED = 2
 
 @dataclass(frozen=True)
 class Read:
-    """A neighbour's snapshot and its header (``None`` snapshot: nothing published yet)."""
+    """A neighbour's snapshot (``None``: nothing published yet), and its header: newest stamp,
+    flags and published values."""
 
     snapshot: Snapshot | None
-    header: dict[str, float]
+    stamp: int
+    flags: int
+    values: np.ndarray
 
 
-def window_bytes(numel: int, itemsize: int, slots: int) -> int:
+def header_bytes(values: int) -> int:
+    return 8 * (HEADER_FIXED + values)
+
+
+def window_bytes(numel: int, itemsize: int, slots: int, values: int = 0) -> int:
     """Bytes of one rank's snapshot window: the header and ``slots`` slots of stamp, parameters
     and gradient."""
-    return HEADER_BYTES + slots * (8 + 2 * numel * itemsize)
+    return header_bytes(values) + slots * (8 + 2 * numel * itemsize)
 
 
 class SnapshotWindow:
-    """A ring of ``slots`` snapshots per rank (``slots = max_lag + 2`` makes injected lags exact)."""
+    """A ring of ``slots`` snapshots per rank (``slots = max_lag + 2`` makes injected lags exact),
+    and a header of ``values`` numbers the owner publishes with each snapshot."""
 
     def __init__(
         self,
@@ -72,6 +67,7 @@ class SnapshotWindow:
         slots: int,
         shared: bool = False,
         staging: HostStaging | None = None,
+        values: int = 0,
     ) -> None:
         self.comm = comm
         self.staging = staging if staging is not None else HostStaging(torch.device("cpu"), active=False)
@@ -81,21 +77,22 @@ class SnapshotWindow:
         self.np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
         self.slots = slots
         self.slot_bytes = 8 + 2 * numel * self.np_dtype.itemsize
-        size = window_bytes(numel, self.np_dtype.itemsize, slots)
+        self._header_bytes = header_bytes(values)
+        size = window_bytes(numel, self.np_dtype.itemsize, slots, values)
         allocate = MPI.Win.Allocate_shared if shared else MPI.Win.Allocate
         self.win: MPI.Win | None = allocate(size, 1, comm=comm)
         self._payload_bytes = numel * self.np_dtype.itemsize
-        self._header = np.zeros(HEADER)
+        self._header = np.zeros(HEADER_FIXED + values)
         self._header[0] = -1.0
         self._stamp = np.zeros(1, dtype=np.int64)
-        self._read_header = np.zeros(HEADER)
+        self._read_header = np.zeros(HEADER_FIXED + values)
         self._read_stamp = np.zeros(1, dtype=np.int64)
         self._write_header()
         comm.Barrier()
 
     # -- owner side -----------------------------------------------------------------------------
 
-    def publish(self, stamp: int, params: Tensor, grad: Tensor, totals: dict[str, float] | None = None) -> None:
+    def publish(self, stamp: int, params: Tensor, grad: Tensor, values: np.ndarray | None = None) -> None:
         """Write snapshot ``stamp`` into its slot and the header, atomically for readers.
 
         The payload goes straight from the tensors' memory (no copy on the CPU; a pinned host copy
@@ -105,7 +102,7 @@ class SnapshotWindow:
         grad_bytes = self.staging.to_host(grad.contiguous(), "publish.grad")
         self._stamp[0] = stamp
         self._header[0] = stamp
-        self._set_totals(totals)
+        self._set_values(values)
         offset = self._slot_offset(stamp)
         win = self._open()
         win.Lock(self.rank, MPI.LOCK_EXCLUSIVE)
@@ -114,12 +111,12 @@ class SnapshotWindow:
         win.Put(
             [grad_bytes, MPI.BYTE], self.rank, target=(offset + 8 + self._payload_bytes, self._payload_bytes, MPI.BYTE)
         )
-        win.Put([self._header, MPI.BYTE], self.rank, target=(0, HEADER_BYTES, MPI.BYTE))
+        win.Put([self._header, MPI.BYTE], self.rank, target=(0, self._header_bytes, MPI.BYTE))
         win.Unlock(self.rank)
 
-    def set_flags(self, flags: int, totals: dict[str, float] | None = None) -> None:
+    def set_flags(self, flags: int, values: np.ndarray | None = None) -> None:
         self._header[1] = float(int(self._header[1]) | flags)
-        self._set_totals(totals)
+        self._set_values(values)
         self._write_header()
 
     # -- reader side ----------------------------------------------------------------------------
@@ -135,7 +132,7 @@ class SnapshotWindow:
         """
         win = self._open()
         win.Lock(source, MPI.LOCK_SHARED)
-        win.Get([self._read_header, MPI.BYTE], source, target=(0, HEADER_BYTES, MPI.BYTE))
+        win.Get([self._read_header, MPI.BYTE], source, target=(0, self._header_bytes, MPI.BYTE))
         win.Flush(source)
         latest = int(self._read_header[0])
         snapshot = None
@@ -150,19 +147,12 @@ class SnapshotWindow:
             target = (offset + 8 + self._payload_bytes, self._payload_bytes, MPI.BYTE)
             win.Get([grad, MPI.BYTE], source, target=target)
         win.Unlock(source)
-        header = dict(zip(HEADER_FIELDS, self._read_header.tolist(), strict=True))
         if latest >= 0:
             if int(self._read_stamp[0]) != stamp:
                 raise RuntimeError(f"rank {source}'s slot holds stamp {int(self._read_stamp[0])}, expected {stamp}")
             snapshot = Snapshot(self.staging.to_device(params), self.staging.to_device(grad), stamp)
-        return Read(snapshot, header)
-
-    def read_header(self, source: int) -> dict[str, float]:
-        win = self._open()
-        win.Lock(source, MPI.LOCK_SHARED)
-        win.Get([self._read_header, MPI.BYTE], source, target=(0, HEADER_BYTES, MPI.BYTE))
-        win.Unlock(source)
-        return dict(zip(HEADER_FIELDS, self._read_header.tolist(), strict=True))
+        header = self._read_header
+        return Read(snapshot, latest, int(header[1]), header[HEADER_FIXED:].copy())
 
     def close(self) -> None:
         """Free the window (collective: every rank must call it)."""
@@ -178,16 +168,16 @@ class SnapshotWindow:
         return self.win
 
     def _slot_offset(self, stamp: int) -> int:
-        return HEADER_BYTES + (stamp % self.slots) * self.slot_bytes
+        return self._header_bytes + (stamp % self.slots) * self.slot_bytes
 
-    def _set_totals(self, totals: dict[str, float] | None) -> None:
-        for name, value in (totals or {}).items():
-            self._header[HEADER_FIELDS.index(name)] = value
+    def _set_values(self, values: np.ndarray | None) -> None:
+        if values is not None:
+            self._header[HEADER_FIXED:] = values
 
     def _write_header(self) -> None:
         win = self._open()
         win.Lock(self.rank, MPI.LOCK_EXCLUSIVE)
-        win.Put([self._header, MPI.BYTE], self.rank, target=(0, HEADER_BYTES, MPI.BYTE))
+        win.Put([self._header, MPI.BYTE], self.rank, target=(0, self._header_bytes, MPI.BYTE))
         win.Unlock(self.rank)
 
 
