@@ -143,7 +143,7 @@ def worker(contender: str, workload: str, factor: float, batch_size: int, steps:
 
         from pcasgd import delays, topology
         from pcasgd.algorithms.config import AlgorithmConfig
-        from pcasgd.app.train import BatchOracle
+        from pcasgd.app.oracle import BatchOracle
         from pcasgd.engine import EngineRun
         from pcasgd.flat import flatten_parameters, segment_offsets
         from pcasgd.runtime.decentralized import DecentralizedRank

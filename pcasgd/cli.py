@@ -23,7 +23,8 @@ from pcasgd.app.data import DATASETS
 from pcasgd.app.models import MODELS
 from pcasgd.app.plots import plot_runs
 from pcasgd.app.progress import EpochProgress
-from pcasgd.app.train import RunConfig, run_training, start_mpi_under_deadline
+from pcasgd.app.run_config import RunConfig
+from pcasgd.app.train import run_training, start_mpi_under_deadline
 from pcasgd.delays import ACCEPTED_FORMS
 from pcasgd.delays import parse as parse_delays
 from pcasgd.engines import BACKENDS, agents_in

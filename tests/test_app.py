@@ -224,3 +224,9 @@ def test_records_every_k_iterations_between_the_epochs(tmp_path):
     assert [r["epoch"] for r in records] == pytest.approx(expected)
     assert [r["sim_time"] for r in records if r["epoch"] not in (1, 2)] == [5, 10, 15, 20]
     assert records[-1]["epoch"] == 2 and isinstance(records[2]["epoch"], int)  # epoch boundaries stay integers
+
+
+def test_shards_smaller_than_a_batch_are_named_in_a_warning(tmp_path, capsys):
+    assert cli.main(["train", "--epochs", "1", "--batch-size", "400", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "pcasgd: warning: 4 shard(s) hold fewer samples than a batch of 400 (agent 0: 360" in err

@@ -1,0 +1,94 @@
+"""Choosing the checkpoint a run resumes from: the newest readable one (every rank's, or each
+rank's own in asynchronous decentralized runs), never one that would cut a run short."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pcasgd.app import checkpoint as checkpoints
+from pcasgd.app.run_config import RunConfig
+from pcasgd.errors import ConfigError
+
+
+def _readable_checkpoints(out: Path, rank: int) -> tuple[dict[int, dict[str, Any]], str | None]:
+    """This rank's checkpoints that load whole, by epoch; one that does not is skipped with a
+    warning (a crash or a full disk while it was written), so an older one is used instead.
+    Also the newest one's problem if none loads (raised after the ranks compared notes)."""
+    readable, problems = {}, []
+    for epoch in reversed(checkpoints.available_epochs(out, rank)):
+        try:
+            readable[epoch] = checkpoints.load(out, rank, epoch)
+        except ConfigError as error:
+            problems.append(str(error))
+    if problems and readable:
+        newest = max(readable)
+        print(f"pcasgd: warning: {problems[0]}; resuming rank {rank} from epoch {newest} instead", file=sys.stderr)
+    return readable, (problems[0] if problems and not readable else None)
+
+
+def _resume_length_problem(out: Path, checkpoint_epoch: int, epochs: int) -> str | None:
+    """Why resuming to ``epochs`` would cut a run short (its checkpoint, or its finished summary,
+    is further on), or None."""
+    if checkpoint_epoch > epochs:
+        return (
+            f"the checkpoint in {out} has trained {checkpoint_epoch} epochs; --epochs {epochs} is fewer "
+            f"(resuming continues a run: pass --epochs {checkpoint_epoch} or more)"
+        )
+    try:
+        finished = json.loads((out / "summary.json").read_text())["config"]["epochs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not finished (or no summary this rank can read)
+    if epochs <= finished:
+        return (
+            f"the run in {out} has finished its {finished} epochs; resuming it needs more: pass --epochs "
+            f"{finished + 1} or more (or --overwrite without --resume to train it again)"
+        )
+    return None
+
+
+def resume_payload(comm, deadline, config: RunConfig, out: Path) -> dict[str, Any] | None:
+    """This rank's checkpoint to resume from; a problem on any rank is raised on every rank.
+
+    Asynchronous decentralized ranks each take their own newest checkpoint; a rank that wrote
+    none (a straggler stopped before its first epoch ended) starts again from the beginning.
+    """
+    rank = 0 if comm is None else comm.Get_rank()
+    readable, unreadable = _readable_checkpoints(out, rank)
+    epochs = sorted(readable)
+    independent = comm is not None and not config.deterministic and config.algorithm.family == "decentralized"
+    fresh = False
+    if comm is not None:
+        with deadline.guard("agreeing on the checkpoint to resume from (collective)"):
+            held = comm.allgather(epochs)
+        if not independent:
+            epochs = sorted(set.intersection(*(set(e) for e in held)))
+        elif not epochs and any(held):
+            print(
+                f"pcasgd: warning: rank {rank} has no checkpoint in {out}: it starts again from the beginning",
+                file=sys.stderr,
+                flush=True,
+            )
+            fresh = True
+    problem, payload = unreadable, None
+    if problem is None and not epochs and not fresh:
+        problem = (
+            f"nothing to resume in {out}: no checkpoints/rank-{rank}/epoch-*.pt common to every rank "
+            "(the run wrote none: --checkpoint-every 0, or it stopped before its first checkpoint)"
+        )
+    elif problem is None and epochs:
+        payload = readable[epochs[-1]]
+        try:
+            checkpoints.check_same_run(payload, config.record(), out)
+        except ConfigError as error:
+            problem = str(error)
+        problem = problem or _resume_length_problem(out, payload["epoch"], config.epochs)
+    if comm is not None:
+        with deadline.guard("agreeing that every rank can resume (collective)"):
+            problems = [p for p in comm.allgather(problem) if p is not None]
+        problem = problems[0] if problems else None
+    if problem is not None:
+        raise ConfigError(problem)
+    return payload

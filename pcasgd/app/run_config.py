@@ -1,0 +1,79 @@
+"""What defines a training run besides the algorithm's options, validated: ``pcasgd train``'s
+flags as one record, which checkpoints compare when a run resumes."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pcasgd.algorithms.config import AlgorithmConfig
+from pcasgd.app.data import DATASETS, parse_partition
+from pcasgd.engines import BACKENDS
+from pcasgd.errors import ConfigError
+from pcasgd.runtime.device import DEVICES, HOST_STAGING
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run besides the algorithm's own options."""
+
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    backend: str = "sim"
+    agents: int = 4
+    topology: str = "ring"
+    weights: str = "auto"
+    delay: str = "none"
+    dataset: str = "digits"
+    data_dir: str | None = None  # where the dataset's files are (default: the dataset's usual places)
+    download: bool = False  # fetch mnist / fashion-mnist / cifar10 with torchvision into data_dir
+    partition: str = "iid"  # or dirichlet:ALPHA (non-IID)
+    model: str = "mlp"
+    epochs: int = 10
+    batch_size: int = 32
+    seed: int = 0
+    deterministic: bool = False  # mpi: lock-step iterations, reproduces the simulator
+    deadline: float = 60.0  # mpi: seconds any wait may take before the run fails
+    # mpi: seconds the start may take (MPI start-up, rank 0 finding, decoding or downloading the data)
+    startup_deadline: float = 600.0
+    progress_thread: bool = False  # mpi: a helper thread keeps MPI transfers moving during the compute
+    shared_windows: bool = False  # mpi, decentralized: MPI.Win.Allocate_shared (all ranks on one node)
+    device: str = "cpu"  # cpu | cuda (GPU local_rank % count) | auto
+    host_staging: str = "auto"  # mpi: copy GPU buffers through pinned host memory (auto: unless CUDA-aware)
+    tensorboard: bool = False  # also write the per-epoch scalars as TensorBoard events
+    checkpoint_every: int = 1  # epochs between checkpoints (0: none); every rank writes its own
+    eval_every: int = 0  # also record every K iterations inside an epoch (0: once per epoch)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}; available: {', '.join(BACKENDS)}")
+        if self.agents < 1 or self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("agents, epochs and batch size must be >= 1")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every must be >= 0 (0: once per epoch), got {self.eval_every}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be >= 0 (0: no checkpoints), got {self.checkpoint_every}")
+        for name in ("deadline", "startup_deadline"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a finite number of seconds > 0, got {value}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
+        if self.backend == "sim" and self.algorithm.comm == "horovod":
+            raise ConfigError("--comm horovod is for --backend mpi")
+        if self.backend == "sim" and (self.deterministic or self.progress_thread or self.shared_windows):
+            raise ConfigError("--deterministic, --progress-thread and --shared-windows are for --backend mpi")
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; available: {', '.join(DATASETS)}")
+        parse_partition(self.partition)
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown device {self.device!r}; available: {', '.join(DEVICES)}")
+        if self.host_staging not in HOST_STAGING:
+            raise ConfigError(f"unknown host staging {self.host_staging!r}; available: {', '.join(HOST_STAGING)}")
+        if self.algorithm.comm == "horovod" and self.progress_thread:
+            raise ConfigError("--progress-thread is for MPI transfers; Horovod progresses in its own thread")
+
+    def record(self) -> dict[str, Any]:
+        """The effective configuration as plain JSON values (what checkpoints compare)."""
+        return json.loads(json.dumps(asdict(self), default=str))
