@@ -23,7 +23,7 @@ from pcasgd.app.data import DATASETS
 from pcasgd.app.models import MODELS
 from pcasgd.app.plots import plot_runs
 from pcasgd.app.progress import EpochProgress
-from pcasgd.app.run_config import RunConfig
+from pcasgd.app.run_config import SEED_MAX, RunConfig
 from pcasgd.app.train import run_training, start_mpi_under_deadline
 from pcasgd.delays import ACCEPTED_FORMS
 from pcasgd.delays import parse as parse_delays
@@ -51,8 +51,6 @@ def _number(kind: type, minimum: float | None = None, maximum: float | None = No
 
     return parse
 
-
-SEED_MAX = 2**32 - 1  # numpy's and torch's generators both take it
 
 # (flag, AlgorithmConfig field, argparse keyword arguments)
 ALGORITHM_FLAGS = [

@@ -14,6 +14,8 @@ from pcasgd.engines import BACKENDS
 from pcasgd.errors import ConfigError
 from pcasgd.runtime.device import DEVICES, HOST_STAGING
 
+SEED_MAX = 2**32 - 1  # numpy's and torch's generators both take it
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -58,7 +60,7 @@ class RunConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite number of seconds > 0, got {value}")
-        if not 0 <= self.seed < 2**32:
+        if not 0 <= self.seed <= SEED_MAX:
             raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.backend == "sim" and self.algorithm.comm == "horovod":
             raise ConfigError("--comm horovod is for --backend mpi")

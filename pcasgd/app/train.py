@@ -246,12 +246,21 @@ class _Recording:
     ``--eval-every`` mark): evaluates, writes the metrics (rank 0), saves this rank's state."""
 
     def __init__(
-        self, config: RunConfig, out: Path, prepared: _Prepared, oracle: BatchOracle, writer, on_epoch, rank: int
+        self,
+        config: RunConfig,
+        out: Path,
+        prepared: _Prepared,
+        oracle: BatchOracle,
+        directory: RunDirectory | None,
+        on_epoch,
+        rank: int,
     ) -> None:
         self.config, self.out, self.rank = config, out, rank
         self.model, self.data, self.oracle = prepared.model, prepared.data, oracle
         self.agent_test = prepared.data.test_subset(AGENT_EVAL_SAMPLES)
-        self.writer, self.on_epoch, self.directory = writer, on_epoch, None
+        # rank 0 (which alone records) holds the directory and writes the metrics
+        self.directory, self.on_epoch = directory, on_epoch
+        self.writer = MetricsWriter(out, config.tensorboard) if directory is not None else None
         self.started = time.perf_counter()
         self.last_time, self.last_samples = self.started, 0
         self.records: list[dict[str, Any]] = []
@@ -375,10 +384,8 @@ def _train(config: RunConfig, out: Path, prepared: _Prepared, on_epoch, comm, de
     model, shards = prepared.model, prepared.shards
     oracle = BatchOracle(model, prepared.data, shards, config.batch_size, config.seed, config.algorithm.weight_decay)
     per_epoch = math.ceil(min(len(shard) for shard in shards) / config.batch_size)
-    writer = MetricsWriter(out, config.tensorboard) if directory is not None else None
     rank = 0 if comm is None else comm.Get_rank()
-    recording = _Recording(config, out, prepared, oracle, writer, on_epoch, rank)
-    recording.directory = directory
+    recording = _Recording(config, out, prepared, oracle, directory, on_epoch, rank)
     payload = prepared.payload
     run = EngineRun(
         config.algorithm,
@@ -404,6 +411,6 @@ def _train(config: RunConfig, out: Path, prepared: _Prepared, on_epoch, comm, de
     load_flat_parameters(model, result.reference_params)
     write_atomically(out / "model.pt", lambda path: torch.save(model.state_dict(), path))
     summary = _summary(config, prepared, result, recording.records, per_epoch)
-    writer.close()
+    recording.writer.close()
     write_atomically(out / "summary.json", lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"))
     return summary

@@ -11,6 +11,7 @@ to 1.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -20,13 +21,13 @@ from pcasgd.delays import DelayModel
 from pcasgd.topology import Topology
 
 
+@dataclass(frozen=True)
 class Reads:
     """What an agent mixes: its neighbours' reads, its own weight, and the snapshots left out."""
 
-    def __init__(self, reads: list[NeighbourRead], self_weight: float, left_out: list[tuple[int, int]]) -> None:
-        self.reads = reads
-        self.self_weight = self_weight
-        self.left_out = left_out  # (neighbour, stamp) of each non-finite snapshot
+    reads: list[NeighbourRead]
+    self_weight: float
+    left_out: list[tuple[int, int]]  # (neighbour, stamp) of each non-finite snapshot
 
 
 def gather_reads(

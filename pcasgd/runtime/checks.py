@@ -27,11 +27,8 @@ def check_window_memory(numel: int, itemsize: int, max_lag: int) -> None:
     slots = max_lag + 2
     need = window_bytes(numel, itemsize, slots)
     if need * local > memory:
-        header, per_slot = (
-            window_bytes(numel, itemsize, 0),
-            window_bytes(numel, itemsize, 1) - window_bytes(numel, itemsize, 0),
-        )
-        most = max(0, (memory // local - header) // per_slot - 2)
+        empty = window_bytes(numel, itemsize, 0)
+        most = max(0, (memory // local - empty) // (window_bytes(numel, itemsize, 1) - empty) - 2)
         raise ConfigError(
             f"a lag of {max_lag} iterations needs {slots} snapshot slots per rank: {need / 2**30:.3g} GiB of window "
             f"memory for each of the {local} rank(s) on this node, more than its {memory / 2**30:.3g} GiB; "
