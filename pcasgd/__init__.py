@@ -1,7 +1,8 @@
 """pcasgd: decentralized, asynchronous training of PyTorch models (PC-ASGD and baselines).
 
-The MPI-facing API (:func:`init`, :func:`broadcast_parameters`, :class:`DecentralizedOptimizer`)
-is imported on first use, so ``import pcasgd`` needs neither mpi4py nor an MPI library.
+The API for your own training loop (:mod:`pcasgd.collectives`: ``init``, ``rank``, ``size``,
+``local_rank``, broadcasts, ``allreduce``, ``averaged_model``; :mod:`pcasgd.optim`: the optimizer
+wrappers) is imported on first use, so ``import pcasgd`` needs neither mpi4py nor an MPI library.
 """
 
 from __future__ import annotations
@@ -9,12 +10,28 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["DecentralizedOptimizer", "broadcast_parameters", "init"]
+OPTIMIZERS = ("CollectiveOptimizer", "DecentralizedOptimizer", "DistributedOptimizer")
+COLLECTIVES = (
+    "allreduce",
+    "averaged_model",
+    "broadcast_optimizer_state",
+    "broadcast_parameters",
+    "init",
+    "local_rank",
+    "local_size",
+    "rank",
+    "size",
+)
+__all__ = [*OPTIMIZERS, *COLLECTIVES]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name in OPTIMIZERS:
         from pcasgd import optim
 
         return getattr(optim, name)
+    if name in COLLECTIVES:
+        from pcasgd import collectives
+
+        return getattr(collectives, name)
     raise AttributeError(f"module 'pcasgd' has no attribute {name!r}")

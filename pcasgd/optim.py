@@ -1,27 +1,35 @@
-"""Decentralized training inside your own training loop: one MPI rank per agent.
+"""Training inside your own loop: your torch optimizer, wrapped so that each ``step()`` also runs
+one of pcasgd's modes over MPI, one rank per agent.
 
-    comm = pcasgd.init()
+    pcasgd.init()
     model = Net()
     pcasgd.broadcast_parameters(model)                 # every rank starts from rank 0's weights
-    opt = pcasgd.DecentralizedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
-                                        model, mode="pcasgd", topology="ring")
+    opt = pcasgd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                                      model, mode="pcasgd", topology="ring")
     with opt:
         for x, y in loader:
             opt.zero_grad()
             loss_fn(model(x), y).backward()
             opt.step()
+        opt.join()                                     # no more data here (close() joins too)
 
-:class:`DecentralizedOptimizer` holds your optimizer and shares its ``param_groups`` (so it is a
-``torch.optim.Optimizer`` that torch's schedulers drive). Each
-``step()``: your optimizer takes its step from the current weights ``x`` (that displacement is
-the local update ``v``), this rank publishes ``(x, g)`` in its MPI window, reads its neighbours'
-snapshots, and sets the weights to the mode's mix of ``x`` and the neighbours plus ``v``. With
-``torch.optim.SGD(momentum=mu)`` this is exactly the update of ``pcasgd train``.
+:func:`DistributedOptimizer` gives a :class:`DecentralizedOptimizer` for the decentralized modes
+and a :class:`CollectiveOptimizer` for ``ssgd`` and ``odsgd``. Both *are*
+``torch.optim.Optimizer``\\ s whose ``param_groups`` and ``state`` are the wrapped optimizer's, so
+torch's schedulers drive them and the rate they set reaches the algorithm at every step.
+
+Decentralized, each ``step()``: your optimizer takes its step from the current weights ``x``
+(that displacement is the local update ``v``), this rank publishes ``(x, g)`` in its MPI window,
+reads its neighbours' snapshots, and sets the weights to the mode's mix of ``x`` and the
+neighbours plus ``v``. With ``torch.optim.SGD(momentum=mu)`` this is exactly the update of
+``pcasgd train``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -29,89 +37,242 @@ from torch import Tensor, nn
 
 from pcasgd import delays as delay_models
 from pcasgd import topology as topologies
+from pcasgd.algorithms.collective import OneStepDelayAgent
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.consensus import ConsensusAgent, StepReport
+from pcasgd.collectives import init
 from pcasgd.engine import check_finite
+from pcasgd.engines import optimizer_for
 from pcasgd.errors import ConfigError, UsageError
 from pcasgd.flat import copy_into_parameters, flat_device, parameter_offsets
+from pcasgd.protocol.one_step_delay import ReductionQueue
+
+NamedTensors = Iterable[tuple[str, Tensor]]
 
 
-def init():
-    """Initialise MPI (through mpi4py) and return ``MPI.COMM_WORLD``."""
-    from mpi4py import MPI
+def DistributedOptimizer(  # noqa: N802 (Horovod's name, for a class chosen by the mode)
+    optimizer: torch.optim.Optimizer, model: nn.Module | None = None, mode: str = "pcasgd", **options: Any
+) -> DecentralizedOptimizer | CollectiveOptimizer:
+    """The optimizer wrapper that runs ``mode``: :class:`DecentralizedOptimizer` (dsgd, asgd,
+    pcasgd, pcasgd-pv, predict, clip) or :class:`CollectiveOptimizer` (ssgd, odsgd), with
+    ``options`` passed on. The parameter-server modes need a server rank: run them with
+    ``pcasgd train``."""
+    family = AlgorithmConfig(mode=mode).family
+    return optimizer_for(family)(optimizer, model, mode=mode, **options)
 
-    return MPI.COMM_WORLD
 
-
-Broadcastable = nn.Module | Mapping[str, Tensor] | Iterable[Tensor] | Iterable[tuple[str, Tensor]]
-
-
-def broadcast_parameters(tensors: Broadcastable, root: int = 0, comm=None, *, root_rank: int | None = None) -> None:
-    """Overwrite every rank's tensors with ``root``'s, in place (call once, before training).
-
-    ``tensors``: a module (its parameters and its buffers, such as BatchNorm's running
-    statistics), a ``state_dict()``, or an iterable of tensors or of ``(name, tensor)`` pairs
-    (``named_parameters()``), as Horovod's ``broadcast_parameters`` takes them. ``root_rank`` is
-    Horovod's name for ``root``. Tensors are sent in one message per dtype.
-    """
-    comm = comm if comm is not None else init()
-    root = root if root_rank is None else root_rank
-    if isinstance(tensors, nn.Module):
-        found = [*tensors.parameters(), *tensors.buffers()]
-    elif isinstance(tensors, Mapping):
-        found = list(tensors.values())
+def _trained_tensors(
+    optimizer: torch.optim.Optimizer, model: nn.Module | None, named_parameters: NamedTensors | None
+) -> list[Tensor]:
+    """The tensors the wrapper trains: the model's (or ``named_parameters``') trainable parameters,
+    else the optimizer's. The wrapped optimizer must step exactly those: the algorithm writes
+    them, so an optimizer over other tensors would train nothing that is shared."""
+    if model is not None and named_parameters is not None:
+        raise ConfigError("pass the model or named_parameters, not both")
+    if model is not None:
+        found = [p for p in model.parameters() if p.requires_grad]
+    elif named_parameters is not None:
+        found = [p for _, p in named_parameters if p.requires_grad]
     else:
-        found = [item[1] if isinstance(item, tuple) else item for item in tensors]
-    bad = [type(t).__name__ for t in found if not isinstance(t, Tensor)]
-    if bad:
-        raise ConfigError(f"broadcast_parameters takes tensors; got {', '.join(sorted(set(bad)))}")
-    by_dtype: dict[torch.dtype, list[Tensor]] = {}
-    for tensor in found:
-        by_dtype.setdefault(tensor.dtype, []).append(tensor)
-    with torch.no_grad():
-        for group in by_dtype.values():
-            flat = torch.cat([t.detach().reshape(-1).cpu() for t in group])
-            comm.Bcast(flat.numpy(), root=root)
-            offset = 0
-            for tensor in group:
-                tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
-                offset += tensor.numel()
-
-
-def _check_same_parameters(optimizer: torch.optim.Optimizer, params: list[Tensor]) -> None:
-    """The wrapped optimizer must step exactly the model's trainable parameters: the mix writes
-    the model's, so an optimizer over other tensors would train nothing that is shared."""
+        return [p for group in optimizer.param_groups for p in group["params"]]
     stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    trained = {id(p) for p in params}
+    trained = {id(p) for p in found}
     if stepped != trained:
         raise ConfigError(
             "the torch optimizer must hold exactly the model's trainable parameters: "
             f"{len(stepped - trained)} of its {len(stepped)} tensors are not the model's, and "
             f"{len(trained - stepped)} of the model's {len(trained)} are not in it"
         )
+    return found
 
 
-class DecentralizedOptimizer(torch.optim.Optimizer):
+def _flat(tensors: list[Tensor], out: Tensor | None = None) -> Tensor:
+    """The tensors in one vector, on their device (a new one unless ``out``)."""
+    return torch.cat([t.detach().reshape(-1) for t in tensors], out=out)
+
+
+def _flat_gradient(params: list[Tensor], out: Tensor) -> Tensor:
+    """The parameters' gradients written into ``out`` (zeros where the loss did not reach)."""
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params], out=out)
+
+
+def _base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The rate the optimizer was made with (a scheduler's warm-up may have set the current one to 0)."""
+    group = optimizer.param_groups[0]
+    return float(group.get("initial_lr", group["lr"]))
+
+
+def _signature(tensors: list[Tensor]) -> str:
+    return ";".join(f"{tuple(t.shape)}:{t.dtype}" for t in tensors)
+
+
+class _RankOptimizer(torch.optim.Optimizer):
+    """What both wrappers share: the wrapped optimizer's ``param_groups`` and ``state``, the trained
+    tensors, this rank's watchdog, the agreement of all ranks on the configuration, and the end of
+    the run (:meth:`join`, then :meth:`close`)."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: list[Tensor],
+        config: AlgorithmConfig,
+        family: str,
+        comm: Any,
+        deadline: float,
+    ) -> None:
+        from pcasgd.transport.deadline import Deadline
+
+        if config.family != family:
+            wanted = "DecentralizedOptimizer" if config.family == "decentralized" else "CollectiveOptimizer"
+            raise ConfigError(
+                f"{type(self).__name__} runs the {family} modes, not {config.mode!r}"
+                + (f" (use {wanted}, or DistributedOptimizer)" if config.family != "server" else "")
+            )
+        self.optimizer = optimizer
+        self.params = params
+        self.config = config
+        self.comm = comm if comm is not None else init()
+        self.rank = self.comm.Get_rank()
+        self.device = flat_device(params)
+        super().__init__(optimizer.param_groups, optimizer.defaults)
+        self.param_groups = optimizer.param_groups  # the same dicts: a scheduler's change is the optimizer's
+        self.state = optimizer.state
+        self.deadline = Deadline(self.rank, deadline)
+        self.iteration = 0
+        self.joined = False
+        self._skipping = False
+
+    def _agree(self, settings: str, tensors: list[Tensor]) -> None:
+        from pcasgd.runtime.checks import check_same_everywhere
+
+        name = type(self).__name__
+        with self.deadline.guard(f"agreeing on the {name} configuration with the other ranks (collective)"):
+            check_same_everywhere(self.comm, f"the {name} configuration", f"{self.config.to_dict()} {settings}")
+            check_same_everywhere(self.comm, "the trained tensors' shapes and dtypes", _signature(tensors))
+
+    @property
+    def lr(self) -> float:
+        """This step's learning rate, as the schedulers set it."""
+        return float(self.param_groups[0]["lr"])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def synchronize(self) -> None:
+        """Make ``.grad`` what ``step()`` applies, before you act on it (``GradScaler.unscale_``,
+        gradient clipping), as Horovod's ``synchronize()``. The decentralized modes and odsgd
+        apply this rank's own gradient: nothing to wait for. ssgd averages it here."""
+
+    @contextmanager
+    def skip_synchronize(self) -> Iterator[None]:
+        """Horovod's: ``step()`` inside applies ``.grad`` as it is (call :meth:`synchronize` first)."""
+        self._skipping = True
+        try:
+            yield
+        finally:
+            self._skipping = False
+
+    def _start_step(self, closure: Callable[[], Tensor] | None) -> Tensor | None:
+        if self.closed:
+            raise UsageError(f"step() after close(): the MPI resources are freed; build a new {type(self).__name__}")
+        if self.joined:
+            raise UsageError("step() after join(): this rank has left the training")
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped optimizer's state, and what the algorithm needs to resume (the weights are
+        the model's, which you save)."""
+        state = {"iteration": self.iteration, "config": self.config.to_dict(), **self._algorithm_state()}
+        return {"optimizer": self.optimizer.state_dict(), "pcasgd": state}
+
+    def _state_keys(self) -> tuple[str, ...]:
+        return ("iteration", "config")
+
+    def _algorithm_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        name = type(self).__name__
+        if not isinstance(state, Mapping) or not isinstance(state.get("pcasgd"), Mapping) or "optimizer" not in state:
+            keys = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ConfigError(
+                f"not a {name} state (it holds {keys}): load what its state_dict() returned; "
+                "a plain torch optimizer's state goes to .optimizer.load_state_dict()"
+            )
+        missing = [key for key in self._state_keys() if key not in state["pcasgd"]]
+        if missing:
+            raise ConfigError(f"this {name} state lacks {', '.join(missing)}")
+        saved = state["pcasgd"]["config"]
+        if saved != self.config.to_dict():
+            differing = sorted(k for k in saved if saved[k] != self.config.to_dict().get(k))
+            raise ConfigError(f"this state was saved with other options: {differing}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = int(state["pcasgd"]["iteration"])
+        self._load_pcasgd_state(state["pcasgd"])
+
+    def _load_pcasgd_state(self, state: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    # -- the end ----------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        raise NotImplementedError
+
+    def join(self) -> None:
+        raise NotImplementedError
+
+    def _free(self) -> None:
+        """Free this wrapper's MPI resources (collective; every rank has joined)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Join (if not yet), wait for every rank, free the MPI resources (collective)."""
+        if self.closed:
+            return
+        try:
+            self.join()
+            self.deadline.wait(self.comm.Ibarrier(), "the other ranks' close()")
+            self._free()
+        finally:
+            self.deadline.close()
+
+    def __enter__(self) -> _RankOptimizer:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:  # no collective call after a failure: other ranks may be gone
+            self.deadline.close()
+
+
+class DecentralizedOptimizer(_RankOptimizer):
     """Wraps a torch optimizer so that each ``step()`` also mixes this rank with its neighbours.
 
-    It *is* a :class:`torch.optim.Optimizer` whose ``param_groups`` and ``state`` are the wrapped
-    optimizer's, so torch's learning-rate schedulers drive it, and the rate they set reaches the
-    predictor at every step. ``mode``: ``dsgd``, ``asgd``, ``pcasgd``, ``pcasgd-pv``,
-    ``predict`` or ``clip``; ``topology`` and ``weights`` as for ``pcasgd train``; ``delay``:
-    an injected lag spec (for experiments); ``deterministic``: lock-step ranks (reproducible);
-    ``deadline``: seconds any wait may take; ``iterations_per_epoch``: needed by ``pcasgd-pv``'s
-    warm-up, which is counted in epochs; ``progress_thread`` and ``host_staging``: as the
-    ``pcasgd train`` flags (the exchange is built as ``pcasgd train --backend mpi`` builds it).
-    Other keyword arguments are :class:`~pcasgd.algorithms.AlgorithmConfig` options (``theta``,
-    ``predictor``, ``lam``, ...). The flat vectors stay on the model's device. Call
-    :meth:`close` (or use ``with``) on every rank at the end: it frees the MPI windows,
-    collectively.
+    ``mode``: ``dsgd``, ``asgd``, ``pcasgd``, ``pcasgd-pv``, ``predict`` or ``clip``; ``topology``
+    and ``weights`` as for ``pcasgd train``; ``delay``: an injected lag spec (for experiments);
+    ``deterministic``: lock-step ranks (reproducible); ``deadline``: seconds any wait may take;
+    ``iterations_per_epoch``: needed by ``pcasgd-pv``'s warm-up, which is counted in epochs;
+    ``progress_thread`` and ``host_staging``: as the ``pcasgd train`` flags (the exchange is built
+    as ``pcasgd train --backend mpi`` builds it). ``model`` or ``named_parameters`` name the
+    trained tensors (default: the optimizer's); ``mix_buffers``: mix the model's floating-point
+    buffers (BatchNorm's running statistics) with the parameters, as weights whose gradient is
+    zero. Other keyword arguments are :class:`~pcasgd.algorithms.AlgorithmConfig` options
+    (``theta``, ``predictor``, ``lam``, ...). The flat vectors stay on the model's device.
+
+    A rank with fewer batches calls :meth:`join` (or :meth:`close`): its neighbours mix its last
+    snapshot until every rank has joined. Call :meth:`close` (or use ``with``) on every rank at the
+    end: it frees the MPI windows, collectively.
     """
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
-        model: nn.Module,
+        model: nn.Module | None = None,
         mode: str = "pcasgd",
         topology: str = "ring",
         weights: str = "auto",
@@ -123,129 +284,291 @@ class DecentralizedOptimizer(torch.optim.Optimizer):
         comm=None,
         progress_thread: bool = False,
         host_staging: str = "auto",
+        named_parameters: NamedTensors | None = None,
+        mix_buffers: bool = False,
         **options: Any,
     ) -> None:
-        from pcasgd.runtime.checks import check_same_everywhere, model_signature
         from pcasgd.runtime.device import stage_through_host
         from pcasgd.runtime.exchange import ExchangeEndpoint, MpiOptions
-        from pcasgd.transport.deadline import Deadline
         from pcasgd.transport.staging import HostStaging
 
-        self.optimizer = optimizer
-        self.model = model
-        self.comm = comm if comm is not None else init()
-        self.rank = self.comm.Get_rank()
-        self.config = AlgorithmConfig(mode=mode, lr=float(optimizer.param_groups[0]["lr"]), **options)
-        if self.config.family != "decentralized":
-            raise ConfigError(f"DecentralizedOptimizer runs the decentralized modes, not {mode!r}")
-        if mode == "pcasgd-pv" and self.config.pv_warmup_epochs > 0 and iterations_per_epoch is None:
-            raise ConfigError("pcasgd-pv counts its warm-up in epochs: pass iterations_per_epoch")
-        self.iterations_per_epoch = iterations_per_epoch
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        _check_same_parameters(optimizer, self.params)
-        self.device = flat_device(self.params)
-        super().__init__(optimizer.param_groups, optimizer.defaults)
-        self.param_groups = optimizer.param_groups  # the same dicts: a scheduler's change is the optimizer's
-        self.state = optimizer.state
-        schedule = topologies.build(topology, self.comm.Get_size(), weights, seed)
-        lags = delay_models.parse(delay, seed)
-        lags.check_fits(self.comm.Get_size())
-        staging = HostStaging(self.device, stage_through_host(self.device, host_staging))
-        self.deadline = Deadline(self.rank, deadline)
+        config = AlgorithmConfig(mode=mode, lr=_base_lr(optimizer), **options)
+        params = _trained_tensors(optimizer, model, named_parameters)
+        super().__init__(optimizer, params, config, "decentralized", comm, deadline)
         try:
-            with self.deadline.guard("agreeing on the optimizer's configuration with the other ranks (collective)"):
-                settings = (
-                    f"{self.config.to_dict()} {topology} {weights} {delay} {deterministic} {iterations_per_epoch}"
-                )
-                check_same_everywhere(self.comm, "the DecentralizedOptimizer configuration", settings)
-                check_same_everywhere(self.comm, "the model's parameter shapes and dtypes", model_signature(model))
-            flat = self._flat_params()
-            self.agent = ConsensusAgent(self.config, flat, parameter_offsets(self.params))
+            if mode == "pcasgd-pv" and config.pv_warmup_epochs > 0 and iterations_per_epoch is None:
+                raise ConfigError("pcasgd-pv counts its warm-up in epochs: pass iterations_per_epoch")
+            if mix_buffers and model is None:
+                raise ConfigError("mix_buffers mixes the model's buffers: pass the model")
+            self.iterations_per_epoch = iterations_per_epoch
+            self.deterministic = deterministic
+            buffers = [b for b in model.buffers() if b.is_floating_point()] if mix_buffers else []
+            self.mixed = params + buffers  # what the mix reads and writes, in this order
+            schedule = topologies.build(topology, self.comm.Get_size(), weights, seed)
+            lags = delay_models.parse(delay, seed)
+            lags.check_fits(self.comm.Get_size())
+            staging = HostStaging(self.device, stage_through_host(self.device, host_staging))
+            self._agree(
+                f"{topology} {weights} {delay} {deterministic} {iterations_per_epoch} {mix_buffers}", self.mixed
+            )
+            flat = _flat(self.mixed)
+            self.agent = ConsensusAgent(config, flat, parameter_offsets(self.mixed))
             mpi = MpiOptions(deterministic, progress_thread=progress_thread, staging=staging)
-            endpoint = ExchangeEndpoint(self.comm, flat, schedule, lags, self.config, mpi, self.deadline)
+            endpoint = ExchangeEndpoint(
+                self.comm, flat, schedule, lags, config, mpi, self.deadline, final_snapshots=True
+            )
         except BaseException:
             self.deadline.close()
             raise
         self.window, self.progress, self.exchange = endpoint.window, endpoint.progress, endpoint.exchange
-        self.iteration = 0
+        trained = sum(p.numel() for p in params)
+        self._grad = torch.zeros_like(flat)  # buffers' part stays zero
+        self._trained_grad = self._grad[:trained]
+        self._update = torch.empty_like(flat)
         self.last_report: StepReport | None = None
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        if self.window.win is None:
-            raise UsageError("step() after close(): the windows are freed; build a new DecentralizedOptimizer")
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        before = self._flat_params()
-        grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self.params])
-        lr = float(self.param_groups[0]["lr"])  # what a scheduler set for this step
+        loss = self._start_step(closure)
+        before = _flat(self.mixed)  # a new tensor: the agent keeps it as this step's own weights
+        _flat_gradient(self.params, out=self._trained_grad)
+        grad = self._grad
+        lr = self.lr
         self.optimizer.step()
-        local_update = self._flat_params().sub_(before)
+        local_update = _flat(self.mixed, out=self._update).sub_(before)
         self.progress.poke()
         reads, self_weight = self.exchange.exchange(self.iteration, before, grad)
         epoch = self.iteration / self.iterations_per_epoch if self.iterations_per_epoch else 0.0
         self.agent.params = before
         self.last_report = self.agent.step(grad, reads, self_weight, epoch, local_update=local_update, lr=lr)
         check_finite(self.agent.params, f"rank {self.rank}", self.iteration)
-        copy_into_parameters(self.params, self.agent.params)
+        copy_into_parameters(self.mixed, self.agent.params)
         self.iteration += 1
         return loss
 
-    def state_dict(self) -> dict[str, Any]:
-        """The wrapped optimizer's state plus the algorithm's (history, MeanSquare, counters)."""
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "pcasgd": {"agent": self.agent.state_dict(), "iteration": self.iteration, "config": self.config.to_dict()},
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, Mapping) or not isinstance(state.get("pcasgd"), Mapping) or "optimizer" not in state:
-            keys = sorted(state) if isinstance(state, Mapping) else type(state).__name__
-            raise ConfigError(
-                f"not a DecentralizedOptimizer state (it holds {keys}): load what its state_dict() returned; "
-                "a plain torch optimizer's state goes to .optimizer.load_state_dict()"
-            )
-        missing = [key for key in ("agent", "iteration", "config") if key not in state["pcasgd"]]
-        if missing:
-            raise ConfigError(f"this DecentralizedOptimizer state lacks {', '.join(missing)}")
-        saved = state["pcasgd"]["config"]
-        if saved != self.config.to_dict():
-            differing = sorted(k for k in saved if saved[k] != self.config.to_dict().get(k))
-            raise ConfigError(f"this state was saved with other options: {differing}")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.agent.load_state_dict(state["pcasgd"]["agent"])
-        self.iteration = int(state["pcasgd"]["iteration"])
-
-    # -- the end ----------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Tell the neighbours this rank is done, wait for every rank, free the windows (collective)."""
+    def join(self) -> None:
+        """This rank has no more batches: its weights stay as they are, and its neighbours mix its
+        last snapshot (``dsgd`` stops waiting for it) until every rank has joined. Returns when
+        every rank has joined. Collective (:meth:`close` joins first if needed)."""
+        from pcasgd.transport.deadline import POLL_SECONDS
         from pcasgd.transport.windows import FLAG_FINISHED
 
-        if self.window.win is None:
+        if self.joined or self.closed:
             return
+        self.joined = True
+        if self.deterministic:  # keep the lock step, publishing the same weights, until all have joined
+            k = self.iteration
+            while True:
+                with self.deadline.guard(f"publishing snapshot {k} after join()"):
+                    self.window.publish(k, self.agent.params, self._grad)
+                if self.exchange.lock_step(k, stepping=False) == 0:
+                    return
+                k += 1
+        self.window.set_flags(FLAG_FINISHED)
+        everyone = self.comm.Ibarrier()
+        while not everyone.Test():  # as long as the ranks still stepping make progress
+            self.exchange.watch_neighbours(self.iteration)
+            time.sleep(POLL_SECONDS)
+
+    def _state_keys(self) -> tuple[str, ...]:
+        return (*super()._state_keys(), "agent")
+
+    def _algorithm_state(self) -> dict[str, Any]:
+        """The agent's counters and the neighbours' gradient MeanSquares."""
+        return {"agent": self.agent.state_dict(weights=False)}
+
+    def _load_pcasgd_state(self, state: Mapping[str, Any]) -> None:
+        self.agent.load_state_dict(state["agent"])
+
+    @property
+    def closed(self) -> bool:
+        return self.window.win is None
+
+    def _free(self) -> None:
+        self.progress.close()
+        with self.deadline.guard("freeing the windows (collective)"):
+            self.window.close()
+
+
+class _TorchGlobalStep:
+    """odsgd's global optimizer as the wrapped torch optimizer: the global weights ``W`` go into
+    the model, the torch optimizer steps them with the mean gradient, and ``W`` is read back."""
+
+    def __init__(self, wrapper: CollectiveOptimizer, params: Tensor) -> None:
+        self.wrapper = wrapper
+        self.params = params.clone()
+
+    def apply(self, mean_grad: Tensor, epoch: float = 0.0) -> None:
+        wrapper = self.wrapper
+        copy_into_parameters(wrapper.params, self.params)
+        wrapper.set_gradients(mean_grad)
+        wrapper.optimizer.step()
+        _flat(wrapper.params, out=self.params)
+
+
+class CollectiveOptimizer(_RankOptimizer):
+    """Wraps a torch optimizer for the collective modes.
+
+    ``ssgd``: each ``step()`` averages the gradients over the ranks (an MPI allreduce, started when
+    ``step()`` is called) and then takes your optimizer's step: every rank holds the same weights,
+    as with Horovod's ``DistributedOptimizer``. ``odsgd``: the model holds the local weights
+    ``W~``; each ``step()`` starts the allreduce of this step's gradient, completes the one
+    started the step before (its one-step delay) into the global weights ``W`` with your
+    optimizer, and sets ``W~ = W - alpha_l g``; the first ``odsgd_warmup`` steps are ssgd.
+    A rank with fewer batches calls :meth:`join` (or :meth:`close`): it then adds nothing to the
+    reductions but applies them, so its weights stay those of the others.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: nn.Module | None = None,
+        mode: str = "ssgd",
+        deadline: float = 60.0,
+        comm=None,
+        progress_thread: bool = False,
+        host_staging: str = "auto",
+        named_parameters: NamedTensors | None = None,
+        **options: Any,
+    ) -> None:
+        from pcasgd.runtime.device import stage_through_host
+        from pcasgd.transport.progress import MpiProgress
+        from pcasgd.transport.staging import HostStaging
+
+        config = AlgorithmConfig(mode=mode, lr=_base_lr(optimizer), **options)
+        params = _trained_tensors(optimizer, model, named_parameters)
+        super().__init__(optimizer, params, config, "collective", comm, deadline)
         try:
-            self.window.set_flags(FLAG_FINISHED)
-            self.deadline.wait(self.comm.Ibarrier(), "the other ranks' close()")
-            self.progress.close()
-            with self.deadline.guard("freeing the windows (collective)"):
-                self.window.close()
-        finally:
+            self._agree("", params)
+            self.staging = HostStaging(self.device, stage_through_host(self.device, host_staging))
+            self.progress = MpiProgress(self.comm, thread=progress_thread)
+        except BaseException:
             self.deadline.close()
+            raise
+        flat = _flat(params)
+        # Two send vectors (odsgd keeps one reduction in flight): the gradient, then 1 for a rank
+        # that contributes, 0 for one that has joined; the mean divides by that count.
+        self._send = [torch.zeros(flat.numel() + 1, dtype=flat.dtype, device=flat.device) for _ in range(2)]
+        self.agent = OneStepDelayAgent(config, flat, _TorchGlobalStep(self, flat)) if mode == "odsgd" else None
+        self.queue: ReductionQueue[Any] = ReductionQueue(config)
+        self._closed = False
+        self._synchronized = False
 
-    def __enter__(self) -> DecentralizedOptimizer:
-        return self
+    def synchronize(self) -> None:
+        """ssgd: average ``.grad`` over the ranks now (once per step), so that what you do to it
+        before ``step()`` (unscaling, clipping) acts on the mean, as with Horovod."""
+        if self.agent is None and not self._synchronized:
+            self._start_step(None)
+            self.set_gradients(self._mean(self._start_reduction(contributes=True), self.iteration))
+            self._synchronized = True
 
-    def __exit__(self, kind, error, traceback) -> None:
-        if kind is None:
-            self.close()
-        else:  # no collective call after a failure: other ranks may be gone
-            self.deadline.close()
+    def set_gradients(self, flat_grad: Tensor) -> None:
+        """Write ``flat_grad`` into the parameters' ``.grad``."""
+        offset = 0
+        for p in self.params:
+            part = flat_grad[offset : offset + p.numel()].view_as(p)
+            if p.grad is None:
+                p.grad = part.clone()
+            else:
+                p.grad.copy_(part)
+            offset += p.numel()
 
-    def _flat_params(self) -> Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in self.params])  # a new tensor, on the model's device
+    def _start_reduction(self, contributes: bool) -> Any:
+        from pcasgd.runtime.collective import PendingMean
+
+        send = self._send[self.iteration % 2]
+        if contributes:
+            _flat_gradient(self.params, out=send[:-1])
+            send[-1] = 1.0
+        else:
+            send.zero_()
+        self.progress.poke()
+        return PendingMean(self.comm, send, self.staging, self.iteration)
+
+    def _mean(self, reduction: Any, started: int) -> Tensor | None:
+        """The mean gradient of a reduction (None when no rank contributed: all have joined)."""
+        if isinstance(reduction, Tensor):
+            return reduction
+        total = reduction.total(self.deadline, started)
+        count = float(total[-1])
+        return total[:-1].div(count) if count > 0 else None
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = self._start_step(closure)
+        t = self.iteration
+        if self.agent is None:  # ssgd
+            if not self._skipping:
+                self.synchronize()
+            self._synchronized = False
+            self.optimizer.step()
+            check_finite(_flat(self.params, out=self._send[(t + 1) % 2][:-1]), f"rank {self.rank}", t)
+        else:
+            self._odsgd_step(t, self._start_reduction(contributes=True))
+        self.iteration += 1
+        return loss
+
+    def _odsgd_step(self, t: int, reduction: Any) -> None:
+        agent, queue = self.agent, self.queue
+        grad = self._send[t % 2][:-1]  # MPI only reads it while the reduction is in flight
+        lr = self.lr
+        if queue.warming_up(t):
+            agent.complete(self._mean(reduction, t))
+            agent.sync_local()
+        else:
+            queue.start(t, reduction)
+            for started, pending in queue.due(t):
+                agent.complete(self._mean(pending, started))
+            agent.local_step(grad, lr=lr)
+        check_finite(agent.global_params, f"rank {self.rank}", t)
+        copy_into_parameters(self.params, agent.local_params)
+
+    def join(self) -> None:
+        """This rank has no more batches: it completes its reductions in flight, then adds zeros
+        to the others' (and applies their means, so its weights stay theirs) until every rank has
+        joined. odsgd's model then holds the global weights. Collective (:meth:`close` joins first)."""
+        if self.joined or self.closed:
+            return
+        self.joined = True
+        if self.agent is not None:
+            for started, pending in self.queue.drain():
+                self.agent.complete(self._mean(pending, started))
+        while True:
+            mean = self._mean(self._start_reduction(contributes=False), self.iteration)
+            self.iteration += 1
+            if mean is None:
+                break
+            if self.agent is None:
+                self.set_gradients(mean)
+                self.optimizer.step()
+            else:
+                self.agent.complete(mean)
+        if self.agent is not None:
+            self.agent.sync_local()
+            copy_into_parameters(self.params, self.agent.local_params)
+
+    def _state_keys(self) -> tuple[str, ...]:
+        return (*super()._state_keys(), *(("global_params", "in_flight") if self.agent is not None else ()))
+
+    def _algorithm_state(self) -> dict[str, Any]:
+        """odsgd: the global weights and the reduction in flight (completed here: a local wait, no
+        collective call, so rank 0 alone may save)."""
+        if self.agent is None:
+            return {}
+        in_flight = self.queue.in_flight
+        for index, (started, pending) in enumerate(in_flight):
+            in_flight[index] = (started, self._mean(pending, started))
+        return {"global_params": self.agent.global_params.clone(), "in_flight": list(in_flight)}
+
+    def _load_pcasgd_state(self, state: Mapping[str, Any]) -> None:
+        if self.agent is not None:
+            self.agent.global_params.copy_(state["global_params"])
+            self.queue = ReductionQueue(self.config, [(s, mean.to(self.device)) for s, mean in state["in_flight"]])
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _free(self) -> None:
+        self.progress.close()
+        self._closed = True

@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pcasgd"
 LOWER = [*sorted((PACKAGE / "runtime").glob("*.py")), *sorted((PACKAGE / "transport").glob("*.py"))]
 LOWER += [
     PACKAGE / "optim.py",
+    PACKAGE / "collectives.py",
     PACKAGE / "engine.py",
     PACKAGE / "flat.py",
     *sorted((PACKAGE / "protocol").glob("*.py")),

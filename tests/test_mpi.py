@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import torch
 
 from pcasgd.app import checkpoint as checkpoints
 from pcasgd.runtime.launch import OSC_UCX_ENV
+from tests.conftest import FASHION_MNIST
 from tests.mpi_support import MPIRUN, PYTHON, ROOT, assert_reproduces_simulator, mpi_env, mpirun, needs_mpirun, train
 
 pytestmark = needs_mpirun
@@ -228,6 +230,23 @@ def test_example_of_an_own_training_loop_runs_and_learns():
     assert len(accuracies) == 4 and min(accuracies) > 0.5, last
 
 
+@pytest.mark.parametrize("mode", ["pcasgd", "ssgd"])
+def test_horovods_pytorch_mnist_example_ported_to_pcasgd_learns_on_four_ranks(mode, tmp_path, fashion_mnist):
+    """examples/horovod_pytorch_mnist.py (Horovod's example, ported) for one epoch, on Fashion-MNIST
+    laid out as torchvision's MNIST expects (the same IDX files), so nothing is downloaded."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for packed in FASHION_MNIST.parent.glob("*-ubyte.gz"):
+        (raw / packed.name.removesuffix(".gz")).write_bytes(gzip.decompress(packed.read_bytes()))
+    command = ["bash", "launch/mpirun.sh", "-n", "4", "examples/horovod_pytorch_mnist.py", "--epochs", "1"]
+    command += ["--data-dir", str(tmp_path), "--mode", mode, "--log-interval", "100"]
+    env = {**mpi_env(), "PCASGD_VENV": str(Path(PYTHON).parents[1])}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    accuracy = float(re.search(r"Test set: Average loss: [\d.]+, Accuracy: ([\d.]+)%", result.stdout).group(1))
+    assert accuracy > 40.0, result.stdout[-2000:]  # chance is 10%; one epoch reaches about 60-70%
+
+
 def test_odsgd_progress_thread_changes_timing_not_weights(tmp_path):
     weights = []
     for extra in ([], ["--progress-thread"]):
@@ -398,6 +417,22 @@ def test_the_optimizer_api_takes_horovods_idioms_and_refuses_misuse_clearly():
     assert "must hold exactly the model's trainable parameters" in checks["foreign_optimizer"], checks
     assert "not a DecentralizedOptimizer state" in checks["plain_state"], checks
     assert "step() after close()" in checks["step_after_close"] and checks["weights_untouched"], checks
+
+
+def test_horovod_style_helpers_join_with_uneven_data_and_the_collective_modes_through_the_api():
+    """tests/mpi_programs/api_helpers.py on 4 ranks: each check is computed there and named here."""
+    result = mpirun(4, PYTHON, "tests/mpi_programs/api_helpers.py", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checks = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
+    for name in ("world", "allreduce", "broadcast_optimizer_state", "averaged_model", "mix_buffers"):
+        assert all(checks[name]), (name, checks[name])
+    # rank r has 10 + 3r batches: every mode finishes; decentralized joined ranks keep their
+    # weights, collective ones keep applying the others' means (weights equal everywhere)
+    for name in ("join_dsgd", "join_pcasgd", "join_pcasgd_deterministic", "join_ssgd", "join_odsgd"):
+        assert all(checks[name]), (name, checks[name])
+    assert checks["dsgd_skipped_step"], checks  # one rank skips one step (a GradScaler overflow)
+    assert checks["ssgd_matches_simulator"] <= 1e-12, checks
+    assert checks["odsgd_matches_simulator"] <= 1e-12, checks
 
 
 def test_torch_schedulers_drive_the_optimizer_and_the_predictor_uses_the_scheduled_lr():

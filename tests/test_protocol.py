@@ -10,8 +10,10 @@ import torch
 
 from pcasgd import delays, topology
 from pcasgd.algorithms.config import AlgorithmConfig
-from pcasgd.algorithms.consensus import Snapshot
-from pcasgd.engine import RecordSchedule
+from pcasgd.algorithms.consensus import ConsensusAgent, NeighbourRead, Snapshot
+from pcasgd.engine import RecordSchedule, all_finite
+from pcasgd.errors import ConfigError
+from pcasgd.optim import DistributedOptimizer
 from pcasgd.protocol.reads import gather_reads
 from pcasgd.protocol.server import VersionedServer
 
@@ -151,3 +153,32 @@ def test_flat_vectors_stay_on_the_parameters_device_and_mixed_devices_are_refuse
     assert flat_device([torch.zeros(2)]) == torch.device("cpu")
     with pytest.raises(ConfigError, match="one device"):
         flat_device([torch.zeros(2), torch.empty(2, device="meta")])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_finiteness_check_sees_nan_and_inf_and_is_not_fooled_by_an_overflowing_sum(dtype):
+    big = torch.finfo(dtype).max
+    assert all_finite(torch.tensor([big, big, 1.0], dtype=dtype))  # the sum overflows, no element does
+    assert not all_finite(torch.tensor([1.0, math.nan, 2.0], dtype=dtype))
+    assert not all_finite(torch.tensor([math.inf, -math.inf], dtype=dtype))  # the sum is nan
+    assert not all_finite(torch.tensor([big, math.inf], dtype=dtype))
+
+
+def test_an_agent_state_without_weights_resumes_the_counters_and_keeps_the_weights_it_has():
+    config = AlgorithmConfig(mode="pcasgd", lr=0.1, lam_adaptive=True)
+    agent = ConsensusAgent(config, torch.zeros(3))
+    read = NeighbourRead(1, 0.5, Snapshot(torch.ones(3), torch.full((3,), 2.0), 0), staleness=2)
+    for _ in range(3):
+        agent.step(torch.ones(3), [read], 0.5)
+    light, full = agent.state_dict(weights=False), agent.state_dict()
+    assert set(full) - set(light) == {"params", "velocity", "history"}
+    other = ConsensusAgent(config, torch.full((3,), 7.0))
+    other.load_state_dict(light)
+    assert torch.equal(other.params, torch.full((3,), 7.0)) and other.iteration == 3
+    assert torch.equal(other._mean_square[1], agent._mean_square[1])
+
+
+def test_the_optimizer_api_refuses_the_parameter_server_modes_before_touching_mpi():
+    model = torch.nn.Linear(2, 1)
+    with pytest.raises(ConfigError, match="need a server rank"):
+        DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, mode="dcasgd-a")

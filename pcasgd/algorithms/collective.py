@@ -6,6 +6,8 @@ MPI allreduce) and decides when a reduction completes; these classes hold the ar
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor
 
@@ -34,16 +36,26 @@ class GlobalSGD:
         self.params.add_(self.velocity)
 
 
+class GlobalStep(Protocol):
+    """What moves odsgd's global weights ``params`` by a mean gradient: :class:`GlobalSGD`, or the
+    torch optimizer that :class:`pcasgd.CollectiveOptimizer` wraps."""
+
+    params: Tensor
+
+    def apply(self, mean_grad: Tensor, epoch: float = 0.0) -> None: ...
+
+
 class OneStepDelayAgent:
     """One odsgd agent: global weights ``W`` (identical everywhere) and local weights ``W~``.
 
     Per iteration the engine computes ``g`` at :attr:`local_params`, starts an allreduce, calls
     :meth:`complete` for every reduction that has finished by now, then :meth:`local_step`.
+    ``global_opt``: what steps ``W`` (default: SGD with the config's momentum).
     """
 
-    def __init__(self, config: AlgorithmConfig, params: Tensor) -> None:
+    def __init__(self, config: AlgorithmConfig, params: Tensor, global_opt: GlobalStep | None = None) -> None:
         self.config = config
-        self.global_opt = GlobalSGD(config, params)
+        self.global_opt = global_opt if global_opt is not None else GlobalSGD(config, params)
         self.local_params = params.detach().clone()
         # The W that local_params were derived from (the dc local optimizer's reference).
         self._base = self.global_opt.params.clone() if config.odsgd_local_opt == "dc" else None
@@ -63,8 +75,9 @@ class OneStepDelayAgent:
         if self._base is not None:
             self._base.copy_(self.global_opt.params)
 
-    def local_step(self, grad: Tensor, epoch: float = 0.0) -> None:
-        """``W~ <- W - alpha_l * g_hat`` from the last completed ``W``."""
+    def local_step(self, grad: Tensor, epoch: float = 0.0, lr: float | None = None) -> None:
+        """``W~ <- W - alpha_l * g_hat`` from the last completed ``W``; ``lr``: the global rate a
+        torch scheduler set for this step (default: the config's schedule at ``epoch``)."""
         config = self.config
         direction = grad
         if config.odsgd_local_opt == "dc":
@@ -72,4 +85,5 @@ class OneStepDelayAgent:
             scale = config.effective_lambda / torch.sqrt(self._mean_square + config.eps)
             direction = grad + scale * grad * grad * (self.global_opt.params - self._base)
             self._base.copy_(self.global_opt.params)
-        torch.add(self.global_opt.params, direction, alpha=-config.local_lr_at(epoch), out=self.local_params)
+        local_lr = config.local_lr_at(epoch) if lr is None else config.local_lr_for(lr)
+        torch.add(self.global_opt.params, direction, alpha=-local_lr, out=self.local_params)

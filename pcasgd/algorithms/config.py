@@ -165,7 +165,10 @@ class AlgorithmConfig:
     def local_lr_at(self, epoch: float) -> float:
         """odsgd's local learning rate: the scheduled lr, scaled by ``odsgd_local_lr / lr`` if given,
         so an explicit local rate follows the same schedule and warm-up as the global one."""
-        scheduled = self.lr_at(epoch)
+        return self.local_lr_for(self.lr_at(epoch))
+
+    def local_lr_for(self, scheduled: float) -> float:
+        """odsgd's local learning rate when the global one is ``scheduled`` (by a torch scheduler)."""
         return scheduled if self.odsgd_local_lr is None else scheduled * self.odsgd_local_lr / self.lr
 
     @property

@@ -63,7 +63,9 @@ class ConsensusAgent:
     ``segments`` are the offsets of the model's tensors in the flat vector (for the per-tensor
     pv decision); without them the whole model is one segment. Each step replaces
     :attr:`params` with a new tensor and never writes into the old one, so the history, and the
-    snapshots engines publish, may keep references instead of copies.
+    snapshots engines publish, may keep references instead of copies. The mixes in between are
+    written into buffers kept from step to step: on a CPU, a fresh tensor as large as the model
+    costs more in page faults than the arithmetic written into it.
     """
 
     def __init__(self, config: AlgorithmConfig, params: Tensor, segments: Sequence[int] | None = None) -> None:
@@ -81,6 +83,7 @@ class ConsensusAgent:
         self._mean_square: dict[int, Tensor] = {}
         self._last_stamp: dict[int, int] = {}
         self.decisions: Counter[str] = Counter()
+        self._buffers: dict[str, Tensor] = {}
 
     # -- the update -----------------------------------------------------------------------------
 
@@ -113,7 +116,8 @@ class ConsensusAgent:
         mode = config.mode
         warming_up = mode == "pcasgd-pv" and epoch < config.pv_warmup_epochs
         if mode in ("dsgd", "asgd", "pcasgd-pv"):  # the plain stale mix: the update, or pv's reference
-            stale_mix = self_weight * own + sum((r.weight * r.snapshot.params for r in reads), torch.zeros_like(own))
+            neighbours = [(r.weight, r.snapshot.params) for r in reads]
+            stale_mix = self._weighted_sum("stale mix", own, self_weight, neighbours)
         if mode in ("dsgd", "asgd") or warming_up:
             mixed, decision, share = stale_mix, "mix", 0.0
         else:
@@ -127,10 +131,10 @@ class ConsensusAgent:
                 self.decisions["clip"] += parts - predicted_parts
             else:
                 theta = config.effective_theta
-                mixed, decision, share = theta * predicted + (1.0 - theta) * clipped, "blend", theta
+                mixed, decision, share = predicted.mul_(theta).add_(clipped, alpha=1.0 - theta), "blend", theta
         if decision not in ("predict", "clip"):
             self.decisions[decision] += 1
-        self.params = mixed + step_vector
+        self.params = torch.add(mixed, step_vector)  # a new tensor: the old one may be referenced
         self.iteration += 1
         return StepReport(tuple(r.staleness for r in reads), len(delayed), decision, share)
 
@@ -160,21 +164,34 @@ class ConsensusAgent:
                 return params
         return self._history[0][1]
 
+    def _buffer(self, name: str) -> Tensor:
+        """A scratch vector shaped like the parameters, kept for the next step."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape != self.params.shape or buffer.dtype != self.params.dtype:
+            buffer = self._buffers[name] = torch.empty_like(self.params)
+        return buffer
+
+    def _weighted_sum(self, name: str, own: Tensor, own_weight: float, terms: Sequence[tuple[float, Tensor]]) -> Tensor:
+        """``own_weight * own + sum(weight * vector)``, written into the buffer ``name``."""
+        total = torch.mul(own, own_weight, out=self._buffer(name))
+        for weight, vector in terms:
+            total.add_(vector, alpha=weight)
+        return total
+
     def _predicted(self, read: NeighbourRead, own: Tensor) -> Tensor:
-        snapshot, lam = read.snapshot, self._lambda_for(read.source)
+        """The neighbour's predicted parameters, in the ``prediction`` buffer (valid until the next call)."""
+        snapshot, lam, out = read.snapshot, self._lambda_for(read.source), self._buffer("prediction")
         if self.config.predictor == "draft":
             then = self._own_params_at(self.iteration - read.staleness)
-            return predict_draft(snapshot.params, snapshot.grad, own, then, self._lr, lam)
-        return predict_taylor(snapshot.params, snapshot.grad, own, read.staleness, self._lr, lam)
+            return predict_draft(snapshot.params, snapshot.grad, own, then, self._lr, lam, out=out)
+        return predict_taylor(snapshot.params, snapshot.grad, own, read.staleness, self._lr, lam, out=out)
 
     def _predict_mix(
         self, own: Tensor, self_weight: float, fresh: Sequence[NeighbourRead], delayed: Sequence[NeighbourRead]
     ) -> Tensor:
-        mixed = self_weight * own
-        for read in fresh:
-            mixed = mixed + read.weight * read.snapshot.params
+        mixed = self._weighted_sum("predict mix", own, self_weight, [(r.weight, r.snapshot.params) for r in fresh])
         for read in delayed:
-            mixed = mixed + read.weight * self._predicted(read, own)
+            mixed.add_(self._predicted(read, own), alpha=read.weight)
         return mixed
 
     def _clip_mix(self, own: Tensor, self_weight: float, fresh: Sequence[NeighbourRead]) -> Tensor:
@@ -184,10 +201,8 @@ class ConsensusAgent:
         else:
             total = self_weight + sum(read.weight for read in fresh)
             weights = [self_weight / total] + [read.weight / total for read in fresh]
-        mixed = weights[0] * own
-        for weight, read in zip(weights[1:], fresh, strict=True):
-            mixed = mixed + weight * read.snapshot.params
-        return mixed
+        terms = [(weight, read.snapshot.params) for weight, read in zip(weights[1:], fresh, strict=True)]
+        return self._weighted_sum("clip mix", own, weights[0], terms)
 
     def _choose(
         self, predicted: Tensor, clipped: Tensor, stale_mix: Tensor, grad: Tensor
@@ -197,7 +212,7 @@ class ConsensusAgent:
         Returns the chosen mix, the share of elements predicted, and how many of how many
         segments chose predict."""
         segments = self.segments if self.config.pv_scope == "tensor" else [0, predicted.numel()]
-        chosen = clipped.clone()
+        chosen = clipped  # its buffer: the clipped mix is not needed after the choice
         predicted_elements, predicted_parts = 0, 0
         for start, end in itertools.pairwise(segments):
             part = slice(start, end)
@@ -211,22 +226,30 @@ class ConsensusAgent:
 
     # -- state for checkpoints ------------------------------------------------------------------
 
-    def state_dict(self) -> dict:
-        return {
-            "params": self.params.clone(),
-            "velocity": self.velocity.clone(),
+    def state_dict(self, weights: bool = True) -> dict:
+        """What resumes this agent: counters, the neighbours' MeanSquares and, with ``weights``,
+        its parameters, momentum and own-parameter history (without them, a caller that keeps the
+        weights elsewhere, such as the optimizer API, saves several model-sized vectors; the draft
+        predictor's history then refills over ``history`` steps, using the oldest snapshot kept
+        meanwhile, as for a lag beyond the history)."""
+        state = {
             "iteration": self.iteration,
-            "history": [(stamp, params.clone()) for stamp, params in self._history],
             "mean_square": {k: v.clone() for k, v in self._mean_square.items()},
             "last_stamp": dict(self._last_stamp),
             "decisions": dict(self.decisions),
         }
+        if weights:
+            history = [(stamp, params.clone()) for stamp, params in self._history]
+            state.update(params=self.params.clone(), velocity=self.velocity.clone(), history=history)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.params = state["params"].clone()
-        self.velocity = state["velocity"].clone()
+        """Restore :meth:`state_dict`; without weights in it, the parameters stay as they are."""
+        if "params" in state:
+            self.params = state["params"].clone()
+            self.velocity = state["velocity"].clone()
+            self._history = deque(((s, p.clone()) for s, p in state["history"]), maxlen=self.config.history + 1)
         self.iteration = int(state["iteration"])
-        self._history = deque(((s, p.clone()) for s, p in state["history"]), maxlen=self.config.history + 1)
         self._mean_square = {int(k): v.clone() for k, v in state["mean_square"].items()}
         self._last_stamp = {int(k): int(v) for k, v in state["last_stamp"].items()}
         self.decisions = Counter(state["decisions"])

@@ -17,13 +17,17 @@ def predict_draft(
     own_then: Tensor,
     lr: float,
     lam: float | Tensor,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Author-side draft: ``x_j^s - lr * lam * g_j^s (.) g_j^s (.) (x_i - x_i^(k - tau))``.
 
     Corrects the neighbour's stale parameters by the agent's own displacement over the same delay
     window; with ``lam = 0`` it returns the stale snapshot unchanged (plain asynchronous mixing).
+    ``out``: where to write the result (a new tensor when None).
     """
-    return stale_params - lr * lam * stale_grad * stale_grad * (own_now - own_then)
+    result = torch.sub(own_now, own_then, out=out)
+    result.mul_(stale_grad).mul_(stale_grad).mul_(lam)
+    return result.mul_(-lr).add_(stale_params)
 
 
 def predict_taylor(
@@ -33,14 +37,17 @@ def predict_taylor(
     staleness: int,
     lr: float,
     lam: float | Tensor,
+    out: Tensor | None = None,
 ) -> Tensor:
     """[choice] Extrapolate the neighbour ``staleness`` SGD steps ahead with a Taylor gradient.
 
     ``g_hat = g_j^s + lam * g_j^s (.) g_j^s (.) (x_i - x_j^s)``; ``x_hat = x_j^s - lr * tau * g_hat``,
     taking the agent's own parameters ``x_i`` as the point the neighbour has moved towards.
+    ``out``: where to write the result (a new tensor when None).
     """
-    predicted_grad = stale_grad + lam * stale_grad * stale_grad * (own_now - stale_params)
-    return stale_params - lr * staleness * predicted_grad
+    result = torch.sub(own_now, stale_params, out=out)
+    result.mul_(stale_grad).mul_(stale_grad).mul_(lam).add_(stale_grad)  # g_hat
+    return result.mul_(-lr * staleness).add_(stale_params)
 
 
 def adaptive_lambda(lam0: float, mean_square: Tensor, eps: float) -> Tensor:

@@ -13,11 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.consensus import NeighbourRead, Snapshot
 from pcasgd.delays import DelayModel
+from pcasgd.engine import all_finite
 from pcasgd.topology import Topology
 
 
@@ -45,7 +44,7 @@ def gather_reads(
         lag = 0 if config.synchronous else delays.lag(agent, j, k)
         snapshot = read(j, lag)
         weight = float(topology.weights[agent, j])
-        if not bool(torch.isfinite(snapshot.params).all() and torch.isfinite(snapshot.grad).all()):
+        if not (all_finite(snapshot.params) and all_finite(snapshot.grad)):
             self_weight += weight
             left_out.append((j, snapshot.stamp))
             continue

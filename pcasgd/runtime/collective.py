@@ -43,9 +43,13 @@ class PendingMean:
         self.receive = staging.host_buffer(f"allreduce.receive.{iteration % 2}", grad.shape, grad.dtype)
         self.request = comm.Iallreduce(self.send, self.receive, op=MPI.SUM)
 
-    def mean(self, deadline: Deadline, iteration: int) -> Tensor:
+    def total(self, deadline: Deadline, iteration: int) -> Tensor:
+        """The sum over the ranks: the receive buffer itself, unless staged."""
         deadline.wait(self.request, f"the gradient allreduce of iteration {iteration}")
-        return self.staging.to_device(self.receive).div_(self.size)  # the buffer itself, unless staged
+        return self.staging.to_device(self.receive)
+
+    def mean(self, deadline: Deadline, iteration: int) -> Tensor:
+        return self.total(deadline, iteration).div_(self.size)
 
 
 class CompletedMean:

@@ -48,10 +48,13 @@ class NeighbourExchange:
 
     ``dsgd`` (synchronous) waits, neighbour by neighbour, for a snapshot stamped with the
     current iteration; the others take the newest (``lag`` older when a delay spec injects
-    one). ``deterministic`` adds a barrier after each publish and reads stamp ``k - lag``
-    exactly. A neighbour whose newest stamp does not move for ``deadline`` seconds, and has
-    not finished, raises :class:`~pcasgd.errors.StallError`; a snapshot with NaN/Inf is left out
-    and its weight goes to this rank.
+    one). ``deterministic`` adds a lock-step reduction after each publish (which also counts the
+    ranks still stepping, for :meth:`pcasgd.DecentralizedOptimizer.join`) and reads stamp
+    ``k - lag`` exactly. A neighbour whose newest stamp does not move for ``deadline`` seconds,
+    and has not finished, raises :class:`~pcasgd.errors.StallError`; a snapshot with NaN/Inf is
+    left out and its weight goes to this rank. A finished neighbour ends a ``dsgd`` run
+    (:class:`NeighbourFinishedError`), unless ``final_snapshots``: then its last snapshot is
+    mixed from then on (a rank that joined with less data).
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class NeighbourExchange:
         config: AlgorithmConfig,
         deadline: Deadline,
         deterministic: bool,
+        final_snapshots: bool = False,
     ) -> None:
         self.comm = comm
         self.rank = comm.Get_rank()
@@ -72,6 +76,9 @@ class NeighbourExchange:
         self.config = config
         self.deadline = deadline
         self.deterministic = deterministic
+        self.final_snapshots = final_snapshots
+        self._stepping = np.ones(1, dtype=np.int64)
+        self._still_stepping = np.zeros(1, dtype=np.int64)
         self._last_seen: dict[int, tuple[int, float]] = {}
         self.poisoned: Counter[int] = Counter()
 
@@ -83,7 +90,7 @@ class NeighbourExchange:
         with self.deadline.guard(f"publishing snapshot {k}"):
             self.window.publish(k, params, grad, values)
         if self.deterministic:
-            self.deadline.wait(self.comm.Ibarrier(), f"the lock-step barrier of iteration {k}")
+            self.lock_step(k, stepping=True)
         topology = self.schedule.at(k)
         gathered = gather_reads(self.rank, k, topology, self.config, self.delays, lambda j, lag: self._read(j, k, lag))
         for j, stamp in gathered.left_out:
@@ -99,8 +106,25 @@ class NeighbourExchange:
             if read.snapshot is not None and not (must_wait and read.snapshot.stamp < k):
                 return read.snapshot
             if must_wait and read.flags & FLAG_FINISHED:
+                if self.final_snapshots and read.snapshot is not None:
+                    return read.snapshot
                 raise NeighbourFinishedError(f"rank {j} ended its run before publishing iteration {k}")
             time.sleep(0.0002)
+
+    def lock_step(self, k: int, stepping: bool) -> int:
+        """The lock-step point of iteration ``k`` (every rank passes it together); returns how
+        many ranks are still stepping (a rank that has joined passes it with ``stepping=False``)."""
+        self._stepping[0] = int(stepping)
+        request = self.comm.Iallreduce(self._stepping, self._still_stepping, op=MPI.SUM)
+        self.deadline.wait(request, f"the lock-step barrier of iteration {k}")
+        return int(self._still_stepping[0])
+
+    def watch_neighbours(self, k: int) -> None:
+        """Raise :class:`~pcasgd.errors.StallError` if an in-neighbour of iteration ``k`` that has not
+        finished has published nothing new for ``deadline`` seconds (while this rank waits for the
+        others to join)."""
+        for j in self.schedule.at(k).in_neighbours(self.rank):
+            self._check_alive(j, *self.window.header(j))
 
     def _check_alive(self, j: int, stamp: int, flags: int) -> None:
         """A neighbour whose newest stamp has not moved for ``deadline`` seconds has stalled."""
@@ -131,7 +155,8 @@ class ExchangeEndpoint:
     """This rank's side of the decentralized exchange: its snapshot window (a ring of
     ``max_lag + 2`` slots, staged through pinned host memory where MPI cannot read the device),
     the progress helper and the :class:`NeighbourExchange`; ``header_values`` numbers ride in the
-    window's header with each snapshot. ``pcasgd train --backend mpi`` and
+    window's header with each snapshot; ``final_snapshots`` as for :class:`NeighbourExchange`.
+    ``pcasgd train --backend mpi`` and
     :class:`pcasgd.DecentralizedOptimizer` build it the same way. Collective."""
 
     def __init__(
@@ -144,6 +169,7 @@ class ExchangeEndpoint:
         options: MpiOptions,
         deadline: Deadline,
         header_values: int = 0,
+        final_snapshots: bool = False,
     ) -> None:
         with deadline.guard("allocating the snapshot windows (collective)"):
             slots = delays.max_lag + 2
@@ -151,4 +177,6 @@ class ExchangeEndpoint:
                 comm, params.numel(), params.dtype, slots, options.shared_windows, options.staging, header_values
             )
         self.progress = MpiProgress(comm, thread=options.progress_thread)
-        self.exchange = NeighbourExchange(comm, self.window, schedule, delays, config, deadline, options.deterministic)
+        self.exchange = NeighbourExchange(
+            comm, self.window, schedule, delays, config, deadline, options.deterministic, final_snapshots
+        )

@@ -154,6 +154,14 @@ class SnapshotWindow:
         header = self._read_header
         return Read(snapshot, latest, int(header[1]), header[HEADER_FIXED:].copy())
 
+    def header(self, source: int) -> tuple[int, int]:
+        """``source``'s newest stamp and flags, without its snapshot."""
+        win = self._open()
+        win.Lock(source, MPI.LOCK_SHARED)
+        win.Get([self._read_header, MPI.BYTE], source, target=(0, self._header_bytes, MPI.BYTE))
+        win.Unlock(source)
+        return int(self._read_header[0]), int(self._read_header[1])
+
     def close(self) -> None:
         """Free the window (collective: every rank must call it)."""
         if self.win is not None:
