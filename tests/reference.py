@@ -40,6 +40,21 @@ class Quadratic:
         return torch.from_numpy(self.x0.copy())
 
 
+class QuadraticPoint(torch.nn.Module):
+    """Agent ``agent``'s weights on a :class:`Quadratic`, as a model that a torch optimizer
+    trains: the gradient of :meth:`loss` ``(k)`` is the problem's ``k``-th gradient of the agent."""
+
+    def __init__(self, problem: Quadratic, agent: int, x0: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.x = torch.nn.Parameter((problem.initial() if x0 is None else x0).clone())
+        self.h, self.c, self.noise = (
+            torch.from_numpy(a) for a in (problem.h[agent], problem.c[agent], problem.noise[agent])
+        )
+
+    def loss(self, k: int) -> torch.Tensor:
+        return 0.5 * (self.h * (self.x - self.c) ** 2).sum() + (self.noise[k] * self.x).sum()
+
+
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
     norm = np.linalg.norm(a) * np.linalg.norm(b)
     return float(a @ b / norm) if norm > 0 else 0.0

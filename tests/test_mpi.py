@@ -419,6 +419,21 @@ def test_the_optimizer_api_takes_horovods_idioms_and_refuses_misuse_clearly():
     assert "step() after close()" in checks["step_after_close"] and checks["weights_untouched"], checks
 
 
+def test_the_neighbour_exchange_waits_for_dsgd_handles_a_finished_neighbour_detects_a_stall_and_drops_nan():
+    """tests/mpi_programs/neighbour_exchange.py on 2 ranks (deadline 2 s)."""
+    result = mpirun(2, PYTHON, "tests/mpi_programs/neighbour_exchange.py", timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checks = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
+    for final in (False, True):  # rank 1 publishes each iteration 0.2 s after rank 0 asks for it
+        assert checks[f"dsgd_final_snapshots_{final}"]["waited_for"] == [[0], [1], [2]], checks
+    assert checks["dsgd_final_snapshots_False"]["after_finish"].startswith("ended: rank 1 ended its run"), checks
+    assert checks["dsgd_final_snapshots_True"]["after_finish"] == {"stamp": 2, "staleness": 1}, checks
+    stall = checks["stall"]
+    assert "neighbour rank 1 published nothing new" in stall["message"] and 2.0 <= stall["after_s"] < 10, checks
+    assert checks["nan"] == {"reads": 0, "self_weight": 1.0, "reported": {"1": 1}}, checks
+    assert "holds NaN/Inf at iteration 0" in result.stderr
+
+
 def test_horovod_style_helpers_join_with_uneven_data_and_the_collective_modes_through_the_api():
     """tests/mpi_programs/api_helpers.py on 4 ranks: each check is computed there and named here."""
     result = mpirun(4, PYTHON, "tests/mpi_programs/api_helpers.py", timeout=300)

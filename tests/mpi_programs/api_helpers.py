@@ -13,7 +13,7 @@ import pcasgd
 from pcasgd import delays, topology
 from pcasgd.algorithms import AlgorithmConfig
 from pcasgd.sim import simulate
-from tests.reference import Quadratic
+from tests.reference import Quadratic, QuadraticPoint
 
 comm = pcasgd.init(deadline=120.0)
 rank, size = pcasgd.rank(), pcasgd.size()
@@ -91,23 +91,15 @@ checks["mix_buffers"] = [
 # -- the quadratic problem of tests/reference.py, through the wrappers ------------------------------
 ITERATIONS, LR, MU = 24, 0.05, 0.9
 problem = Quadratic(size)
-h, c, noise = (torch.from_numpy(a) for a in (problem.h[rank], problem.c[rank], problem.noise[rank]))
 
 
-class Point(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.x = nn.Parameter(problem.initial().clone())
-
-
-def train(mode: str, steps: int, skip: int | None = None, **options) -> tuple[Point, object]:
-    model = Point()
+def train(mode: str, steps: int, skip: int | None = None, **options) -> tuple[QuadraticPoint, bool]:
+    model = QuadraticPoint(problem, rank)
     opt = pcasgd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=LR, momentum=MU), model, mode, **options)
     with opt:
         for k in range(steps):
             opt.zero_grad()
-            loss = 0.5 * (h * (model.x - c) ** 2).sum() + (noise[k % len(noise)] * model.x).sum()
-            loss.backward()
+            model.loss(k).backward()
             if k != skip:  # a skipped step, as GradScaler skips one after an overflow
                 opt.step()
         joined_at = model.x.detach().clone()

@@ -7,55 +7,46 @@ import sys
 
 import torch
 from mpi4py import MPI
-from torch import nn
 
 import pcasgd
 from pcasgd import delays, topology
 from pcasgd.algorithms import AlgorithmConfig
 from pcasgd.sim import simulate
-from tests.reference import Quadratic
+from tests.reference import Quadratic, QuadraticPoint
 
 ITERATIONS, PER_EPOCH, LR, MU = 30, 10, 0.05, 0.9
 mode, delay = sys.argv[1], sys.argv[2]
 comm = pcasgd.init()
 rank, size = comm.Get_rank(), comm.Get_size()
 problem = Quadratic(size)
-h, c, noise = (torch.from_numpy(a) for a in (problem.h[rank], problem.c[rank], problem.noise[rank]))
 
 
-class Point(nn.Module):
-    def __init__(self, x0: torch.Tensor) -> None:
-        super().__init__()
-        self.x = nn.Parameter(x0.clone())
-
-
-def wrapped(model: Point) -> pcasgd.DecentralizedOptimizer:
+def wrapped(model: QuadraticPoint) -> pcasgd.DecentralizedOptimizer:
     sgd = torch.optim.SGD(model.parameters(), lr=LR, momentum=MU)
     return pcasgd.DecentralizedOptimizer(
         sgd, model, mode=mode, delay=delay, deterministic=True, iterations_per_epoch=PER_EPOCH, pv_warmup_epochs=1.0
     )
 
 
-def train(model: Point, opt: pcasgd.DecentralizedOptimizer, start: int, stop: int) -> None:
+def train(model: QuadraticPoint, opt: pcasgd.DecentralizedOptimizer, start: int, stop: int) -> None:
     for k in range(start, stop):
         opt.zero_grad()
-        loss = 0.5 * (h * (model.x - c) ** 2).sum() + (noise[k] * model.x).sum()
-        loss.backward()
+        model.loss(k).backward()
         opt.step()
 
 
-model = Point(problem.initial())
+model = QuadraticPoint(problem, rank)
 with wrapped(model) as opt:
     train(model, opt, 0, ITERATIONS)
 finals = comm.gather(model.x.detach().clone(), root=0)
 
 resumed_diff = None
 if delay == "none":
-    first = Point(problem.initial())
+    first = QuadraticPoint(problem, rank)
     with wrapped(first) as opt:
         train(first, opt, 0, 15)
         state = opt.state_dict()
-    second = Point(first.x.detach())
+    second = QuadraticPoint(problem, rank, first.x.detach())
     with wrapped(second) as opt:
         opt.load_state_dict(state)
         train(second, opt, 15, ITERATIONS)

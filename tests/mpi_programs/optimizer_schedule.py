@@ -7,35 +7,27 @@ JSON line."""
 import json
 
 import torch
-from torch import nn
 
 import pcasgd
 from pcasgd import delays, topology
 from pcasgd.algorithms import AlgorithmConfig
 from pcasgd.sim import simulate
-from tests.reference import Quadratic
+from tests.reference import Quadratic, QuadraticPoint
 
 ITERATIONS, PER_EPOCH, LR = 30, 10, 0.05
 comm = pcasgd.init()
 rank, size = comm.Get_rank(), comm.Get_size()
 problem = Quadratic(size)
-h, c, noise = (torch.from_numpy(a) for a in (problem.h[rank], problem.c[rank], problem.noise[rank]))
-
-
-class Point(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.x = nn.Parameter(problem.initial().clone())
 
 
 def train(scheduler_for) -> torch.Tensor:
-    model = Point()
+    model = QuadraticPoint(problem, rank)
     sgd = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.0)
     with pcasgd.DecentralizedOptimizer(sgd, model, mode="pcasgd", delay="fixed:2", deterministic=True) as opt:
         scheduler = scheduler_for(opt)
         for k in range(ITERATIONS):
             opt.zero_grad()
-            (0.5 * (h * (model.x - c) ** 2).sum() + (noise[k] * model.x).sum()).backward()
+            model.loss(k).backward()
             opt.step()
             scheduler.step()
     return model.x.detach().clone()

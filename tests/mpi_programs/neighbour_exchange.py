@@ -1,0 +1,92 @@
+"""The neighbour exchange (pcasgd.runtime.exchange) on 2 ranks, each the other's only neighbour:
+rank 1 publishes what each case needs, rank 0 exchanges and records what it got. Rank 0
+prints one JSON line."""
+
+import json
+import time
+
+import torch
+from mpi4py import MPI
+
+from pcasgd import delays, topology
+from pcasgd.algorithms import AlgorithmConfig
+from pcasgd.errors import StallError
+from pcasgd.runtime.exchange import NeighbourExchange, NeighbourFinishedError
+from pcasgd.transport.deadline import Deadline
+from pcasgd.transport.windows import FLAG_FINISHED, SnapshotWindow
+
+comm = MPI.COMM_WORLD
+rank = comm.Get_rank()
+ring = topology.build("ring", 2)
+deadline = Deadline(rank, 2.0)
+results: dict[str, object] = {}
+
+
+def vector(value: float) -> torch.Tensor:
+    return torch.full((4,), value, dtype=torch.float64)
+
+
+def case(mode: str, final_snapshots: bool = False) -> tuple[SnapshotWindow, NeighbourExchange]:
+    window = SnapshotWindow(comm, 4, torch.float64, slots=2)
+    config = AlgorithmConfig(mode=mode, lr=0.1)
+    exchange = NeighbourExchange(comm, window, ring, delays.parse("none"), config, deadline, False, final_snapshots)
+    return window, exchange
+
+
+def stamps(reads) -> list[int]:
+    return [read.snapshot.stamp for read in reads]
+
+
+# dsgd waits for the neighbour's snapshot of the same iteration; once the neighbour has finished,
+# it ends the run, or (final_snapshots, a joined rank) mixes its last snapshot.
+for final_snapshots in (False, True):
+    window, exchange = case("dsgd", final_snapshots)
+    if rank == 1:
+        for k in range(3):
+            time.sleep(0.2)  # rank 0 reaches each iteration first and must wait
+            window.publish(k, vector(k), vector(0.0))
+        window.set_flags(FLAG_FINISHED)
+    else:
+        got = [stamps(exchange.exchange(k, vector(0.0), vector(0.0))[0]) for k in range(3)]
+        try:
+            reads, _ = exchange.exchange(3, vector(0.0), vector(0.0))
+            after = {"stamp": reads[0].snapshot.stamp, "staleness": reads[0].staleness}
+        except NeighbourFinishedError as error:
+            after = f"ended: {error}"
+        results[f"dsgd_final_snapshots_{final_snapshots}"] = {"waited_for": got, "after_finish": after}
+    comm.Barrier()
+    window.close()
+
+# A neighbour that publishes nothing new for the deadline, and has not finished, has stalled.
+window, exchange = case("asgd")
+if rank == 1:
+    window.publish(0, vector(1.0), vector(0.0))
+    comm.Barrier()
+    comm.Barrier()  # rank 0 watches it stand still meanwhile
+else:
+    comm.Barrier()
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < 10:
+            exchange.exchange(0, vector(0.0), vector(0.0))
+            time.sleep(0.05)
+        results["stall"] = "not detected in 10 s"
+    except StallError as error:
+        results["stall"] = {"message": str(error), "after_s": round(time.monotonic() - started, 2)}
+    comm.Barrier()
+window.close()
+
+# A snapshot holding NaN is left out, and its weight goes to the reader.
+window, exchange = case("asgd")
+if rank == 1:
+    window.publish(0, vector(float("nan")), vector(0.0))
+comm.Barrier()
+if rank == 0:
+    reads, self_weight = exchange.exchange(0, vector(0.0), vector(0.0))
+    results["nan"] = {"reads": len(reads), "self_weight": self_weight, "reported": dict(exchange.poisoned)}
+comm.Barrier()
+window.close()
+
+deadline.close()
+if rank == 0:
+    print(json.dumps(results), flush=True)
