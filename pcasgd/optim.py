@@ -69,6 +69,10 @@ def _trained_tensors(
     them, so an optimizer over other tensors would train nothing that is shared."""
     if model is not None and named_parameters is not None:
         raise ConfigError("pass the model or named_parameters, not both")
+    if model is not None and not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model must be an nn.Module, not {type(model).__name__}: pass (name, tensor) pairs as named_parameters="
+        )
     if model is not None:
         found = [p for p in model.parameters() if p.requires_grad]
     elif named_parameters is not None:

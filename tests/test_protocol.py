@@ -182,3 +182,9 @@ def test_the_optimizer_api_refuses_the_parameter_server_modes_before_touching_mp
     model = torch.nn.Linear(2, 1)
     with pytest.raises(ConfigError, match="need a server rank"):
         DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, mode="dcasgd-a")
+
+
+def test_the_optimizer_api_says_how_to_pass_horovods_named_parameters():
+    model = torch.nn.Linear(2, 1)
+    with pytest.raises(ConfigError, match="pass \\(name, tensor\\) pairs as named_parameters="):
+        DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model.named_parameters(), mode="ssgd")
