@@ -419,7 +419,7 @@ def test_the_optimizer_api_takes_horovods_idioms_and_refuses_misuse_clearly():
     assert "step() after close()" in checks["step_after_close"] and checks["weights_untouched"], checks
 
 
-def test_the_neighbour_exchange_waits_for_dsgd_handles_a_finished_neighbour_detects_a_stall_and_drops_nan():
+def test_the_neighbour_exchange_waits_for_dsgd_reads_exactly_x_j_k_detects_a_stall_and_drops_nan():
     """tests/mpi_programs/neighbour_exchange.py on 2 ranks (deadline 2 s)."""
     result = mpirun(2, PYTHON, "tests/mpi_programs/neighbour_exchange.py", timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -428,6 +428,7 @@ def test_the_neighbour_exchange_waits_for_dsgd_handles_a_finished_neighbour_dete
         assert checks[f"dsgd_final_snapshots_{final}"]["waited_for"] == [[0], [1], [2]], checks
     assert checks["dsgd_final_snapshots_False"]["after_finish"].startswith("ended: rank 1 ended its run"), checks
     assert checks["dsgd_final_snapshots_True"]["after_finish"] == {"stamp": 2, "staleness": 1}, checks
+    assert checks["dsgd_neighbour_ahead"] == [[0], [1]], checks  # x_j^k exactly, not a newer x_j^{k+1}
     stall = checks["stall"]
     assert "neighbour rank 1 published nothing new" in stall["message"] and 2.0 <= stall["after_s"] < 10, checks
     assert checks["nan"] == {"reads": 0, "self_weight": 1.0, "reported": {"1": 1}}, checks

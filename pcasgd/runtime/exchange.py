@@ -98,10 +98,14 @@ class NeighbourExchange:
         return gathered.reads, gathered.self_weight
 
     def _read(self, j: int, k: int, lag: int) -> Snapshot:
+        """Neighbour ``j``'s snapshot for iteration ``k``. Lock-step and waiting (``dsgd``) readers
+        name the iteration: a neighbour one step ahead has also published ``k + 1``, and ``dsgd``
+        mixes exactly ``x_j^k`` (the ring keeps both)."""
         must_wait = self.config.synchronous and not self.deterministic
+        exact = self.deterministic or must_wait
         while True:
             with self.deadline.guard(f"reading rank {j}'s window"):
-                read = self.window.read(j, lag, newest=k if self.deterministic else None)
+                read = self.window.read(j, lag, newest=k if exact else None)
             self._check_alive(j, read.stamp, read.flags)
             if read.snapshot is not None and not (must_wait and read.snapshot.stamp < k):
                 return read.snapshot

@@ -57,6 +57,18 @@ for final_snapshots in (False, True):
     comm.Barrier()
     window.close()
 
+# dsgd mixes exactly the neighbour's snapshot of its own iteration, even when the neighbour is
+# already one step ahead (it has published k + 1 too).
+window, exchange = case("dsgd")
+if rank == 1:
+    for k in range(2):
+        window.publish(k, vector(k), vector(0.0))
+comm.Barrier()
+if rank == 0:
+    results["dsgd_neighbour_ahead"] = [stamps(exchange.exchange(k, vector(0.0), vector(0.0))[0]) for k in range(2)]
+comm.Barrier()
+window.close()
+
 # A neighbour that publishes nothing new for the deadline, and has not finished, has stalled.
 window, exchange = case("asgd")
 if rank == 1:
