@@ -449,6 +449,7 @@ def test_horovod_style_helpers_join_with_uneven_data_and_the_collective_modes_th
     assert checks["dsgd_skipped_step"], checks  # one rank skips one step (a GradScaler overflow)
     assert checks["ssgd_matches_simulator"] <= 1e-12, checks
     assert checks["odsgd_matches_simulator"] <= 1e-12, checks
+    assert checks["ssgd_resumed_exactly"] and checks["odsgd_resumed_exactly"], checks
 
 
 def test_torch_schedulers_drive_the_optimizer_and_the_predictor_uses_the_scheduled_lr():

@@ -3,6 +3,7 @@ allreduce, the averaged model, mixed BatchNorm buffers, join() with uneven data 
 the wrapper, asynchronous and lock-step), dsgd with one skipped step, and ssgd/odsgd through the
 same API against the simulator. Rank 0 prints one JSON line of checks."""
 
+import copy
 import json
 
 import torch
@@ -93,11 +94,19 @@ ITERATIONS, LR, MU = 24, 0.05, 0.9
 problem = Quadratic(size)
 
 
-def train(mode: str, steps: int, skip: int | None = None, **options) -> tuple[QuadraticPoint, bool]:
-    model = QuadraticPoint(problem, rank)
+def train(mode: str, steps: int, skip: int | None = None, save_at: int | None = None, resume=None, **options):
+    """``steps`` steps of ``mode`` (``skip``: one step not taken), then join(); returns the model,
+    whether join() kept its weights, and the (weights, state_dict) saved before step ``save_at``.
+    ``resume``: such a pair to continue from, at its iteration."""
+    model = QuadraticPoint(problem, rank, None if resume is None else resume[0])
     opt = pcasgd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=LR, momentum=MU), model, mode, **options)
+    saved = None
     with opt:
-        for k in range(steps):
+        if resume is not None:
+            opt.load_state_dict(resume[1])
+        for k in range(opt.iteration, steps):
+            if k == save_at:
+                saved = (model.x.detach().clone(), copy.deepcopy(opt.state_dict()))  # as torch.save would
             opt.zero_grad()
             model.loss(k).backward()
             if k != skip:  # a skipped step, as GradScaler skips one after an overflow
@@ -105,7 +114,7 @@ def train(mode: str, steps: int, skip: int | None = None, **options) -> tuple[Qu
         joined_at = model.x.detach().clone()
         opt.join()
         kept = torch.equal(joined_at, model.x.detach())
-    return model, kept
+    return model, kept, saved
 
 
 # uneven data: rank r has 10 + 3 r batches
@@ -116,7 +125,7 @@ for mode, options in (
     ("ssgd", {}),
     ("odsgd", {"odsgd_warmup": 3}),
 ):
-    model, kept = train(mode, 10 + 3 * rank, **options)
+    model, kept, _ = train(mode, 10 + 3 * rank, **options)
     name = f"join_{mode}" + ("_deterministic" if options.get("deterministic") else "")
     finite = everywhere(bool(torch.isfinite(model.x).all()))
     if mode in ("ssgd", "odsgd"):  # a joined rank applies the others' reductions: weights stay equal
@@ -124,12 +133,15 @@ for mode, options in (
     else:  # a joined rank's weights stay as they were when it joined
         checks[name] = [finite, everywhere(kept)]
 
-model, _ = train("dsgd", 12, skip=5 if rank == 1 else None)
+model, _, _ = train("dsgd", 12, skip=5 if rank == 1 else None)
 checks["dsgd_skipped_step"] = everywhere(bool(torch.isfinite(model.x).all()))
 
-# ssgd and odsgd through the API equal the simulator
+# ssgd and odsgd through the API equal the simulator, and a state saved at step 12 (odsgd: a
+# reduction in flight) continues to the same weights
 for mode, options in (("ssgd", {}), ("odsgd", {"odsgd_warmup": 5})):
-    model, _ = train(mode, ITERATIONS, **options)
+    model, _, saved = train(mode, ITERATIONS, save_at=12, **options)
+    continued, _, _ = train(mode, ITERATIONS, resume=saved, **options)
+    checks[f"{mode}_resumed_exactly"] = everywhere(torch.equal(continued.x, model.x))
     finals = comm.gather(model.x.detach().clone(), root=0)
     if rank == 0:
         config = AlgorithmConfig(mode=mode, lr=LR, momentum=MU, **options)
