@@ -165,7 +165,7 @@ def allreduce(tensor: Tensor | float, name: str | None = None, op: str = "averag
     receive = np.empty_like(send)
     reduce = {"average": MPI.SUM, "sum": MPI.SUM, "min": MPI.MIN, "max": MPI.MAX}[op]
     request = world.comm.Iallreduce(send, receive, op=reduce)
-    world.deadline.wait(request, f"the allreduce {name or ''} (collective)".replace("  ", " "))
+    world.deadline.wait(request, f"the allreduce {name!r} (collective)" if name else "an allreduce (collective)")
     result = torch.from_numpy(receive).to(value.device)
     return result / world.comm.Get_size() if op == "average" else result
 
@@ -181,7 +181,7 @@ def averaged_model(model: nn.Module, buffers: bool = True) -> Iterator[nn.Module
         own = [t.detach().clone() for t in tensors]
         for dtype in {t.dtype for t in tensors}:
             group = [t for t in tensors if t.dtype == dtype]
-            mean = allreduce(torch.cat([t.detach().reshape(-1) for t in group]), name="of the model average")
+            mean = allreduce(torch.cat([t.detach().reshape(-1) for t in group]), name="model average")
             copy_into_parameters(group, mean)
     try:
         yield model

@@ -176,11 +176,15 @@ class _RankOptimizer(torch.optim.Optimizer):
         finally:
             self._skipping = False
 
-    def _start_step(self, closure: Callable[[], Tensor] | None) -> Tensor | None:
+    def _check_training(self, call: str) -> None:
+        """``call`` needs this rank still training: not closed, not joined."""
         if self.closed:
-            raise UsageError(f"step() after close(): the MPI resources are freed; build a new {type(self).__name__}")
+            raise UsageError(f"{call} after close(): the MPI resources are freed; build a new {type(self).__name__}")
         if self.joined:
-            raise UsageError("step() after join(): this rank has left the training")
+            raise UsageError(f"{call} after join(): this rank has left the training")
+
+    def _start_step(self, closure: Callable[[], Tensor] | None) -> Tensor | None:
+        self._check_training("step()")
         if closure is None:
             return None
         with torch.enable_grad():
@@ -462,7 +466,7 @@ class CollectiveOptimizer(_RankOptimizer):
         """ssgd: average ``.grad`` over the ranks now (once per step), so that what you do to it
         before ``step()`` (unscaling, clipping) acts on the mean, as with Horovod."""
         if self.agent is None and not self._synchronized:
-            self._start_step(None)
+            self._check_training("synchronize()")
             self.set_gradients(self._mean(self._start_reduction(contributes=True), self.iteration))
             self._synchronized = True
 
@@ -506,7 +510,8 @@ class CollectiveOptimizer(_RankOptimizer):
                 self.synchronize()
             self._synchronized = False
             self.optimizer.step()
-            check_finite(_flat(self.params, out=self._send[(t + 1) % 2][:-1]), f"rank {self.rank}", t)
+            for param in self.params:  # one sum each: no model-sized copy
+                check_finite(param, f"rank {self.rank}", t)
         else:
             self._odsgd_step(t, self._start_reduction(contributes=True))
         self.iteration += 1
