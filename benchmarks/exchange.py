@@ -39,6 +39,7 @@ def worker(numel: int, repeats: int) -> None:
     import torch
     from mpi4py import MPI
 
+    from pcasgd.algorithms.consensus import Snapshot
     from pcasgd.transport.windows import SnapshotWindow
 
     comm = MPI.COMM_WORLD
@@ -50,12 +51,12 @@ def worker(numel: int, repeats: int) -> None:
     stamp = [0]
 
     def exchange() -> None:
-        window.publish(stamp[0], params, grad)
+        window.publish(Snapshot(params, grad, stamp[0]))
         stamp[0] += 1
         for j in neighbours:
             window.read(j)
 
-    window.publish(0, params, grad)
+    window.publish(Snapshot(params, grad, 0))
     comm.Barrier()
     results = {}
     if rank == 0:

@@ -82,7 +82,16 @@ ALGORITHM_FLAGS = [
         {"action": "store_true", "help": "lambda / sqrt(MeanSquare + eps), as DC-ASGD-a"},
     ),
     ("--ms-decay", "ms_decay", {"type": _number(float, 0.0, 0.999999), "help": "MeanSquare decay m"}),
-    ("--tau-fresh", "tau_fresh", {"type": _number(int, 0), "help": "largest staleness still counted fresh"}),
+    (
+        "--age-fresh",
+        "age_fresh",
+        {"type": _number(float, 0.0), "help": "largest neighbour-step age still counted fresh (pcasgd family)"},
+    ),
+    (
+        "--age-max",
+        "age_max",
+        {"type": _number(float, 1e-9), "help": "cap on the age a predictor extrapolates over"},
+    ),
     (
         "--pv-warmup-epochs",
         "pv_warmup_epochs",
@@ -340,9 +349,15 @@ def _train(args: argparse.Namespace) -> int:
         f"final test accuracy {final['test_accuracy']:.4f} (agents {final['agent_accuracy_min']:.4f}.."
         f"{final['agent_accuracy_max']:.4f}), consensus distance {final['consensus_distance_mean']:.4g}, "
         f"staleness mean {summary['staleness']['mean']:.2f} max {summary['staleness']['max']}, "
-        f"{final['wall_seconds']:.1f}s; run files in {out}"
+        f"{_ages_text(summary['ages'])}{final['wall_seconds']:.1f}s; run files in {out}"
     )
     return 0
+
+
+def _ages_text(ages: dict) -> str:
+    """The median ages of each neighbour's snapshots, for the final line (empty without ages)."""
+    medians = [f"{source}<{entry['median_below']:g}" for source, entry in ages["by_source"].items()]
+    return f"median age by rank {' '.join(medians)}, " if medians else ""
 
 
 def _end_the_job(args: argparse.Namespace, status: int) -> None:

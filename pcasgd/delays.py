@@ -5,11 +5,13 @@ Two kinds of effect, combinable with ``+`` (for example ``fixed:2+straggler:3=2.
 * a **lag**: how many iterations old the snapshot is that agent ``reader`` reads from agent
   ``source`` at the reader's iteration ``k`` (``none``, ``fixed:D``, ``edge:I-J=D,...``,
   ``uniform:A..B``). Lags of several terms add up.
-* a **slowdown**: a factor on a rank's compute time per iteration (``straggler:R=F,...``).
-  Factors of several terms multiply.
+* a **slowdown**: a factor on a rank's compute time per iteration: persistent
+  (``straggler:R=F,...``) or transient (``transient:P=F``: each iteration of each rank, with
+  probability ``P``, takes ``F`` times as long). Factors of several terms multiply.
 
-Every value is a pure function of ``(seed, reader, source, k)``, so a schedule can be replayed
-exactly by the simulator and by the MPI runtime.
+Every value is a pure function of ``(seed, reader, source, k)`` (a transient slowdown of
+``(seed, rank, k)``), so a schedule can be replayed exactly by the simulator and by the MPI
+runtime.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from pcasgd.errors import DelaySpecError
 
 ACCEPTED_FORMS = (
-    "none | fixed:D | edge:I-J=D[,I-J=D...] | uniform:A..B | straggler:R=F[,R=F...]"
+    "none | fixed:D | edge:I-J=D[,I-J=D...] | uniform:A..B | straggler:R=F[,R=F...] | transient:P=F"
     " (combine with '+', e.g. fixed:2+straggler:1=3.0)"
 )
 
@@ -36,6 +38,7 @@ class DelayModel:
     edges: dict[tuple[int, int], int] = field(default_factory=dict)
     uniform: tuple[int, int] | None = None
     slowdowns: dict[int, float] = field(default_factory=dict)
+    transient: tuple[float, float] | None = None  # (probability, factor) per rank and iteration
     seed: int = 0
 
     def lag(self, reader: int, source: int, iteration: int) -> int:
@@ -57,8 +60,22 @@ class DelayModel:
         return self.max_lag > 0
 
     def slowdown(self, rank: int) -> float:
-        """Factor on ``rank``'s compute time per iteration (1.0 = nominal speed)."""
+        """The persistent factor on ``rank``'s compute time per iteration (1.0 = nominal speed)."""
         return self.slowdowns.get(rank, 1.0)
+
+    def step_slowdown(self, rank: int, iteration: int) -> float:
+        """Factor on the compute time of ``rank``'s ``iteration``: persistent times transient."""
+        factor = self.slowdown(rank)
+        if self.transient is not None:
+            probability, transient = self.transient
+            if np.random.default_rng([self.seed, rank, iteration, 1]).random() < probability:
+                factor *= transient
+        return factor
+
+    @property
+    def has_slowdown(self) -> bool:
+        """Whether any rank is ever slowed (lock-step runs refuse it: waiting makes it moot)."""
+        return bool(self.slowdowns) or self.transient is not None
 
     def check_fits(self, size: int, edges: np.ndarray | None = None) -> None:
         """Raise :class:`DelaySpecError` if the spec names ranks or edges the run does not have."""
@@ -101,6 +118,7 @@ def parse(spec: str, seed: int = 0) -> DelayModel:
     edges: dict[tuple[int, int], int] = {}
     uniform: tuple[int, int] | None = None
     slowdowns: dict[int, float] = {}
+    transient: tuple[float, float] | None = None
     for term in spec.strip().split("+"):
         kind, colon, body = term.strip().partition(":")
         if kind == "none" and not colon:
@@ -127,6 +145,21 @@ def parse(spec: str, seed: int = 0) -> DelayModel:
                 if factor <= 0:
                     raise _bad(spec, f"slowdown of rank {key} must be > 0")
                 slowdowns[int(key)] = slowdowns.get(int(key), 1.0) * factor
+        elif kind == "transient":
+            match = re.fullmatch(rf"\s*({_FLOAT})\s*=\s*({_FLOAT})\s*", body)
+            if not match or not 0 < float(match.group(1)) <= 1 or float(match.group(2)) <= 0:
+                raise _bad(spec, "transient needs P=F with a probability 0 < P <= 1 and a factor F > 0")
+            if transient is not None:
+                raise _bad(spec, "transient given twice")
+            transient = (float(match.group(1)), float(match.group(2)))
         else:
             raise _bad(spec, f"unknown term {term.strip()!r}")
-    return DelayModel(spec=spec.strip(), fixed=fixed, edges=edges, uniform=uniform, slowdowns=slowdowns, seed=seed)
+    return DelayModel(
+        spec=spec.strip(),
+        fixed=fixed,
+        edges=edges,
+        uniform=uniform,
+        slowdowns=slowdowns,
+        transient=transient,
+        seed=seed,
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ from torch import Tensor
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.delays import DelayModel
 from pcasgd.errors import DivergenceError
+from pcasgd.protocol.ages import age_bin
 
 
 def all_finite(values: Tensor) -> bool:
@@ -86,12 +87,23 @@ class EpochStats:
     predict_share_sum: float = 0.0
     predict_share_count: int = 0
     staleness_histogram: Counter[int] = field(default_factory=Counter)
+    # neighbour-step ages of the snapshots mixed (decentralized modes; ALGORITHMS.md "Revision")
+    age_sum: float = 0.0
+    age_count: int = 0
+    age_top: float = 0.0
+    age_histogram: Counter[float] = field(default_factory=Counter)  # by bin (pcasgd.protocol.ages)
 
     def add_staleness(self, values: tuple[int, ...] | list[int]) -> None:
         self.staleness_histogram.update(values)
         self.staleness_sum += sum(values)
         self.staleness_count += len(values)
         self.staleness_top = max(self.staleness_top, *values) if values else self.staleness_top
+
+    def add_ages(self, values: Sequence[float]) -> None:
+        self.age_histogram.update(age_bin(a) for a in values)
+        self.age_sum += sum(values)
+        self.age_count += len(values)
+        self.age_top = max(self.age_top, *values) if values else self.age_top
 
     def merge(self, other: EpochStats) -> None:
         self.staleness_sum += other.staleness_sum
@@ -102,6 +114,10 @@ class EpochStats:
         self.predict_share_sum += other.predict_share_sum
         self.predict_share_count += other.predict_share_count
         self.staleness_histogram.update(other.staleness_histogram)
+        self.age_sum += other.age_sum
+        self.age_count += other.age_count
+        self.age_top = max(self.age_top, other.age_top)
+        self.age_histogram.update(other.age_histogram)
 
     def add_loss(self, loss: float) -> None:
         self.loss_sum += loss
@@ -122,6 +138,10 @@ class EpochStats:
     @property
     def staleness_max(self) -> int:
         return self.staleness_top
+
+    @property
+    def age_mean(self) -> float:
+        return self.age_sum / self.age_count if self.age_count else 0.0
 
     @property
     def predict_fraction(self) -> float | None:
@@ -155,6 +175,8 @@ class EngineResult:
     staleness: Counter[int]  # over the whole run
     decisions: Counter[str]
     sim_time: float
+    # whole run, decentralized modes: per neighbour read, the histogram of its snapshots' ages
+    ages: dict[int, Counter[float]] = field(default_factory=dict)
 
 
 class RecordSchedule:
@@ -226,6 +248,7 @@ class EpochClock:
         self.records = RecordSchedule(iterations_per_epoch, epochs, record_every)
         self.stats = EpochStats()
         self.total_staleness: Counter[int] = Counter()
+        self.total_ages: dict[int, Counter[float]] = {}
 
     @property
     def budget(self) -> float:
@@ -237,6 +260,11 @@ class EpochClock:
     def record_staleness(self, values: tuple[int, ...] | list[int]) -> None:
         self.stats.add_staleness(values)
         self.total_staleness.update(values)
+
+    def record_ages(self, ages: Sequence[tuple[int, float]]) -> None:
+        """``(source, age)`` of each snapshot mixed in one step."""
+        self.stats.add_ages([age for _, age in ages])
+        add_ages_by_source(self.total_ages, ages)
 
     def advance(
         self,
@@ -262,12 +290,14 @@ class EpochClock:
             "next_mark": self.records.next_mark,
             "stats": self.stats,
             "total_staleness": self.total_staleness,
+            "total_ages": self.total_ages,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.records.next_epoch, self.records.next_mark = state["next_epoch"], state["next_mark"]
         self.stats = state["stats"]
         self.total_staleness = state["total_staleness"]
+        self.total_ages = state["total_ages"]
 
     def finish(self, view: Callable[[], tuple[list[Tensor], Tensor, list[int]]]) -> None:
         for epoch, _ in self.records.due(float("inf")):
@@ -281,6 +311,12 @@ class EpochClock:
             view = EpochView(epoch, agent_params, reference, iterations, self.stats, time, self.samples())
             self.hook(view)
         self.stats = EpochStats()
+
+
+def add_ages_by_source(histograms: dict[int, Counter[float]], ages: Sequence[tuple[int, float]]) -> None:
+    """Count each ``(source, age)`` in the binned histogram of its source."""
+    for source, age in ages:
+        histograms.setdefault(source, Counter())[age_bin(age)] += 1
 
 
 def clock_for(run: EngineRun) -> EpochClock:

@@ -345,10 +345,13 @@ class DecentralizedOptimizer(_RankOptimizer):
         self.optimizer.step()
         local_update = _flat(self.mixed, out=self._update).sub_(before)
         self.progress.poke()
-        reads, self_weight = self.exchange.exchange(self.iteration, before, grad)
-        epoch = self.iteration / self.iterations_per_epoch if self.iterations_per_epoch else 0.0
+        displacement = self.agent.last_step if self.agent.config.publishes_displacement else None
+        gathered = self.exchange.exchange(self.iteration, before, grad, displacement=displacement)
+        epoch = gathered.progress / self.iterations_per_epoch if self.iterations_per_epoch else 0.0
         self.agent.params = before
-        self.last_report = self.agent.step(grad, reads, self_weight, epoch, local_update=local_update, lr=lr)
+        self.last_report = self.agent.step(
+            grad, gathered.reads, gathered.self_weight, epoch, local_update=local_update, lr=lr
+        )
         check_finite(self.agent.params, f"rank {self.rank}", self.iteration)
         copy_into_parameters(self.mixed, self.agent.params)
         self.iteration += 1
@@ -364,14 +367,16 @@ class DecentralizedOptimizer(_RankOptimizer):
         if self.joined or self.closed:
             return
         self.joined = True
+        # its final weights, standing still from now on (no displacement to extrapolate)
+        still = torch.zeros_like(self._grad) if self.agent.config.publishes_displacement else None
+        k = self.iteration
         if self.deterministic:  # keep the lock step, publishing the same weights, until all have joined
-            k = self.iteration
             while True:
-                with self.deadline.guard(f"publishing snapshot {k} after join()"):
-                    self.window.publish(k, self.agent.params, self._grad)
+                self.exchange.publish(k, self.agent.params, self._grad, displacement=still)
                 if self.exchange.lock_step(k, stepping=False) == 0:
                     return
                 k += 1
+        self.exchange.publish(k, self.agent.params, self._grad, displacement=still)
         self.window.set_flags(FLAG_FINISHED)
         everyone = self.comm.Ibarrier()
         while not everyone.Test():  # as long as the ranks still stepping make progress

@@ -47,7 +47,8 @@ def train(
 
 
 def assert_reproduces_simulator(ranks: int, modes: str, topologies: str, delays: str, extra: str = "") -> None:
-    """Run tests/mpi_programs/equivalence.py: every case within 1e-6 of the simulator, same staleness."""
+    """Run tests/mpi_programs/equivalence.py: every case within 1e-6 of the simulator, same staleness
+    and same snapshot ages."""
     result = mpirun(ranks, PYTHON, "tests/mpi_programs/equivalence.py", modes, topologies, delays, extra, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     cases = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -55,3 +56,4 @@ def assert_reproduces_simulator(ranks: int, modes: str, topologies: str, delays:
     for case in cases:
         assert case["max_abs_diff"] <= 1e-6, case
         assert case["mpi_staleness"] == case["sim_staleness"], case
+        assert case["mpi_ages"] == case["sim_ages"], case

@@ -61,20 +61,25 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def consensus(problem: Quadratic, W: np.ndarray, lag, iterations: int, opts: dict) -> list[np.ndarray]:
-    """dsgd / asgd / pcasgd / pcasgd-pv / predict / clip, lock-step, per ALGORITHMS.md."""
+    """dsgd / asgd / pcasgd / pcasgd-pv / predict / clip, lock-step, per ALGORITHMS.md.
+
+    Agents of equal speed in lock-step: a snapshot ``tau`` iterations old is ``tau`` steps old in
+    its publisher's steps and in the reader's (``a = b = tau``)."""
     mode = opts["mode"]
     lr, mu = opts["lr"], opts["mu"]
-    lam, tau_fresh = opts.get("lam", 1.0), opts.get("tau_fresh", 0)
+    lam, age_fresh, age_max = opts.get("lam", 1.0), opts["age_fresh"], opts["age_max"]
     theta = {"predict": 1.0, "clip": 0.0}.get(mode, opts.get("theta", 0.5))
     adaptive, decay, eps = opts.get("adaptive", False), opts.get("ms_decay", 0.95), opts.get("eps", 1e-7)
     n = len(W)
     X = [[problem.x0.copy() for _ in range(n)]]
     G: list[list[np.ndarray]] = []
     V = [np.zeros_like(problem.x0) for _ in range(n)]
+    D: list[list[np.ndarray]] = []  # D[s][j]: j's last local step when it published snapshot s
     MS: dict[tuple[int, int], np.ndarray] = {}
     seen: dict[tuple[int, int], int] = {}
     for k in range(iterations):
         G.append([problem.grad(i, X[k][i], k) for i in range(n)])
+        D.append([v.copy() for v in V])
         row = []
         for i in range(n):
             V[i] = mu * V[i] - lr * G[k][i]
@@ -92,15 +97,19 @@ def consensus(problem: Quadratic, W: np.ndarray, lag, iterations: int, opts: dic
                     seen[(i, j)] = s
                     MS[(i, j)] = decay * MS.get((i, j), 0.0) + (1 - decay) * gs * gs
                 plain = plain + W[i, j] * xs
-                if tau <= tau_fresh:
+                if tau <= age_fresh:
                     predicted = predicted + W[i, j] * xs
                     fresh.append((W[i, j], xs))
                     continue
                 lam_t = lam / np.sqrt(MS[(i, j)] + eps) if adaptive else lam
-                if opts.get("predictor", "draft") == "draft":
+                predictor, age = opts["predictor"], min(tau, age_max)
+                if predictor == "draft":
                     guess = xs - lr * lam_t * gs * gs * (xi - X[k - tau][i])
-                else:
-                    guess = xs - lr * tau * (gs + lam_t * gs * gs * (xi - xs))
+                elif predictor == "taylor":
+                    guess = xs - lr * age * (gs + lam_t * gs * gs * (xi - xs))
+                else:  # extrapolate
+                    d = D[s][j]
+                    guess = xs + age * d - lr * lam_t * age * age / 2 * gs * gs * d
                 predicted = predicted + W[i, j] * guess
             if opts.get("clip_weights", "rescale") == "uniform":
                 clipped = (xi + sum(x for _, x in fresh)) / (1 + len(fresh))

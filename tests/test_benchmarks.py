@@ -115,10 +115,20 @@ def test_real_compute_benchmark_runs_every_contender(tmp_path, horovod, fashion_
 
 @needs_mpirun
 @pytest.mark.timeout(600)
-def test_time_to_accuracy_benchmark_runs(tmp_path):
-    flags = ["--dataset", "digits", "--model", "mlp", "--seeds", "0", "--ssgd-epochs", "2", "--pcasgd-epochs", "3"]
-    done = run_benchmark("benchmarks/time_to_accuracy.py", *flags, "--eval-every", "4", "--out", str(tmp_path))
+def test_time_to_accuracy_benchmark_tunes_each_method_and_reads_finished_runs_back(tmp_path, horovod):
+    flags = ["--dataset", "digits", "--model", "mlp", "--methods", "pcasgd", "ssgd", "--stragglers", "2"]
+    flags += ["--lrs", "0.01", "0.1", "--seeds", "0", "1", "--target", "0.6", "--agents", "2", "--epochs", "2"]
+    flags += ["--eval-every", "4", "--out", str(tmp_path)]
+    done = run_benchmark("benchmarks/time_to_accuracy.py", *flags)
     assert done.returncode == 0, done.stderr[-3000:]
-    (row,) = json.loads((tmp_path / "time_to_accuracy.json").read_text())
-    assert row["ssgd_accuracy"] > 0.5 and len(row["curves"]["pcasgd"]) > 3
-    assert (tmp_path / "pcasgd-seed0" / "summary.json").is_file()
+    setting = json.loads((tmp_path / "time_to_accuracy.json").read_text())["settings"]["2"]
+    for method in ("pcasgd", "ssgd"):
+        row = setting[method]
+        sweep = {float(lr): entry["time_to_target"] for lr, entry in row["sweep"].items()}
+        assert sweep[row["lr"]] == min(sweep.values())  # the rate that reached the target soonest
+        assert row["times"][0] == sweep[row["lr"]] and len(row["times"]) == 2
+        assert (tmp_path / f"{method}-x2-lr{row['lr']:g}-seed1" / "summary.json").is_file()
+    assert "| pcasgd |" in done.stdout and "/ ssgd" in done.stdout
+    again = run_benchmark("benchmarks/time_to_accuracy.py", *flags, timeout=120)  # every run read back
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "time_to_accuracy.json").read_text())["settings"]["2"] == setting

@@ -59,7 +59,7 @@ def test_single_agent_without_delay_is_torch_sgd_with_momentum(mode):
 
 
 @pytest.mark.parametrize("mode", ["pcasgd", "pcasgd-pv", "predict", "clip"])
-@pytest.mark.parametrize("predictor", ["draft", "taylor"])
+@pytest.mark.parametrize("predictor", ["extrapolate", "draft", "taylor"])
 @pytest.mark.parametrize(("graph", "clip_weights"), [("ring", "uniform"), ("ring", "rescale"), ("star", "rescale")])
 def test_no_delayed_neighbour_gives_dsgd(mode, predictor, graph, clip_weights):
     options = {"predictor": predictor, "clip_weights": clip_weights, "pv_warmup_epochs": 0.0, "theta": 0.3}

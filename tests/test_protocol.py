@@ -18,11 +18,13 @@ from pcasgd.protocol.reads import gather_reads
 from pcasgd.protocol.server import VersionedServer
 
 
-def snapshot_of(j: int, stamp: int, value: float = 1.0) -> Snapshot:
-    return Snapshot(torch.full((3,), value + j), torch.zeros(3), stamp)
+def snapshot_of(j: int, stamp: int, value: float = 1.0, period: float = 1.0) -> Snapshot:
+    """Neighbour ``j``'s snapshot ``stamp``, published at time ``stamp * period`` (one step each
+    ``period``), knowing of no run progress beyond its own."""
+    return Snapshot(torch.full((3,), value + j), torch.zeros(3), stamp, stamp * period, period, stamp)
 
 
-def test_reads_take_each_neighbour_lag_stamps_behind_its_newest_and_measure_staleness():
+def test_reads_take_each_neighbour_lag_stamps_behind_its_newest_and_measure_staleness_and_ages():
     ring = topology.build("ring", 4)
     lags = delays.parse("edge:0-1=3")
     asked = []
@@ -31,9 +33,12 @@ def test_reads_take_each_neighbour_lag_stamps_behind_its_newest_and_measure_stal
         asked.append((j, lag))
         return snapshot_of(j, 10 - lag)
 
-    gathered = gather_reads(0, 10, ring, AlgorithmConfig(mode="asgd"), lags, read)
+    gathered = gather_reads(0, 10, ring, AlgorithmConfig(mode="asgd"), lags, read, now=10.5, own_period=0.5)
     assert sorted(asked) == [(1, 3), (3, 0)]
     assert {r.source: r.staleness for r in gathered.reads} == {1: 3, 3: 0}
+    # published at 7 and 10, read at 10.5: 3.5 and 0.5 of the publishers' steps, 7 and 1 of the reader's
+    assert {r.source: (r.age, r.own_age) for r in gathered.reads} == {1: (3.5, 7.0), 3: (0.5, 1.0)}
+    assert gathered.progress == 10
     assert math.isclose(gathered.self_weight + sum(r.weight for r in gathered.reads), 1.0)
     assert gathered.left_out == []
 
@@ -45,7 +50,8 @@ def test_synchronous_modes_read_without_the_injected_lag():
         asked.append(lag)
         return snapshot_of(j, 5)
 
-    gather_reads(0, 5, topology.build("ring", 4), AlgorithmConfig(mode="dsgd"), delays.parse("fixed:4"), read)
+    ring, config = topology.build("ring", 4), AlgorithmConfig(mode="dsgd")
+    gather_reads(0, 5, ring, config, delays.parse("fixed:4"), read, now=5.0, own_period=1.0)
     assert asked == [0, 0]
 
 
@@ -55,7 +61,7 @@ def test_a_non_finite_snapshot_is_left_out_and_its_weight_goes_to_the_reader():
     def read(j: int, lag: int) -> Snapshot:
         return snapshot_of(j, 7, math.nan) if j == 1 else snapshot_of(j, 7)
 
-    gathered = gather_reads(0, 7, ring, AlgorithmConfig(mode="asgd"), delays.parse("none"), read)
+    gathered = gather_reads(0, 7, ring, AlgorithmConfig(mode="asgd"), delays.parse("none"), read, 7.0, 1.0)
     assert [r.source for r in gathered.reads] == [3] and gathered.left_out == [(1, 7)]
     assert math.isclose(gathered.self_weight, float(ring.weights[0, 0] + ring.weights[0, 1]))
 
@@ -108,17 +114,40 @@ def test_a_straggler_sleeps_its_extra_share_of_the_last_work_before_each_step():
     from pcasgd.protocol.pacing import StragglerPacing
 
     slept = []
-    pacing = StragglerPacing(3.0, slept.append)
-    for work in (0.02, 0.01):
-        with pacing.work():
+    pacing = StragglerPacing(lambda k: 3.0, slept.append)
+    for k, work in enumerate((0.02, 0.01)):
+        with pacing.work(k):
             time.sleep(work)
     assert len(slept) == 1 and slept[0] >= 2 * 0.02  # after the first step only: twice its work
-    plain = StragglerPacing(1.0, slept.append)
-    with plain.work():
+    plain = StragglerPacing(lambda k: 1.0, slept.append)
+    with plain.work(0):
         pass
-    with plain.work():
+    with plain.work(1):
         pass
     assert len(slept) == 1
+    transient = StragglerPacing(lambda k: 4.0 if k == 2 else 1.0, slept.append)
+    for k in range(4):
+        with transient.work(k):
+            time.sleep(0.01)
+    assert len(slept) == 2 and slept[1] >= 3 * 0.01  # only iteration 2 is slowed: 3 times its work
+
+
+def test_transient_slowdowns_are_seeded_per_rank_and_iteration_and_hit_about_p_of_the_steps():
+    model = delays.parse("transient:0.25=4+straggler:1=2", seed=5)
+    factors = [[model.step_slowdown(rank, k) for k in range(2000)] for rank in range(2)]
+    assert factors == [[model.step_slowdown(rank, k) for k in range(2000)] for rank in range(2)]
+    assert set(factors[0]) == {1.0, 4.0} and set(factors[1]) == {2.0, 8.0}
+    assert factors[0] != [f / 2 for f in factors[1]]  # each rank draws its own
+    share = factors[0].count(4.0) / 2000
+    assert 0.2 < share < 0.3  # 0.25 +- 5 standard deviations (0.0097)
+    assert delays.parse("transient:0.5=3", seed=1).has_slowdown and not delays.parse("fixed:2").has_slowdown
+
+
+def test_lock_step_time_adds_each_iteration_of_the_slowest_rank():
+    from pcasgd.protocol.pacing import LockStepTime
+
+    starts = LockStepTime(lambda rank, k: 3.0 if (rank, k) == (1, 1) else 1.0 + rank, 2)
+    assert [starts.start(t) for t in range(4)] == [0.0, 2.0, 5.0, 7.0]
 
 
 @pytest.mark.parametrize(("overlap", "completes_at"), [(True, [None, None, 1, 2]), (False, [None, 1, 2, 3])])
@@ -171,7 +200,7 @@ def test_an_agent_state_without_weights_resumes_the_counters_and_keeps_the_weigh
     for _ in range(3):
         agent.step(torch.ones(3), [read], 0.5)
     light, full = agent.state_dict(weights=False), agent.state_dict()
-    assert set(full) - set(light) == {"params", "velocity", "history"}
+    assert set(full) - set(light) == {"params", "velocity", "last_step", "history"}
     other = ConsensusAgent(config, torch.full((3,), 7.0))
     other.load_state_dict(light)
     assert torch.equal(other.params, torch.full((3,), 7.0)) and other.iteration == 3

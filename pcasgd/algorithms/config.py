@@ -21,7 +21,7 @@ DEFAULT_LAMBDA = {"dcasgd-c": 0.04, "dcasgd-a": 2.0, "pcasgd": 1.0, "pcasgd-pv":
 ADAPTIVE_LAMBDA_MODES = ("pcasgd", "pcasgd-pv", "predict", "dcasgd-a")
 
 CHOICES = {
-    "predictor": ("draft", "taylor"),
+    "predictor": ("draft", "taylor", "extrapolate"),
     "clip_weights": ("rescale", "uniform"),
     "pv_scope": ("model", "tensor"),
     "sasgd_lr": ("inverse", "average", "constant"),
@@ -48,13 +48,14 @@ class AlgorithmConfig:
     momentum: float | None = None  # None: the mode's default (effective_momentum)
     # pcasgd family
     theta: float = 0.5  # [choice] tradeoff between predict (1) and clip (0)
-    predictor: str = "draft"
+    predictor: str = "extrapolate"  # [choice]
     clip_weights: str = "rescale"  # [choice]
     lam: float | None = None  # None: the mode's DEFAULT_LAMBDA
     lam_adaptive: bool = False
     ms_decay: float | None = None  # None: the mode's default (effective_ms_decay)
     eps: float = 1e-7
-    tau_fresh: int = 0  # [choice]
+    age_fresh: float = 1.0  # [choice] largest neighbour-step age still counted fresh
+    age_max: float = 2.0  # [choice] cap on the age a predictor extrapolates over
     pv_warmup_epochs: float = 5.0
     pv_scope: str = "model"  # [choice]
     history: int = 16  # own-parameter snapshots kept for the draft predictor
@@ -92,8 +93,10 @@ class AlgorithmConfig:
             raise ConfigError(f"lambda must be >= 0, got {self.lam}")
         if self.ms_decay is not None and not 0 <= self.ms_decay < 1:
             raise ConfigError(f"ms_decay must be in [0, 1), got {self.ms_decay}")
-        if self.tau_fresh < 0 or self.history < 1 or self.sasgd_n < 1 or self.odsgd_warmup < 0:
-            raise ConfigError("tau_fresh, odsgd_warmup must be >= 0; history, sasgd_n must be >= 1")
+        if self.age_fresh < 0 or self.age_max <= 0:
+            raise ConfigError(f"age_fresh must be >= 0 and age_max > 0, got {self.age_fresh} and {self.age_max}")
+        if self.history < 1 or self.sasgd_n < 1 or self.odsgd_warmup < 0:
+            raise ConfigError("odsgd_warmup must be >= 0; history, sasgd_n must be >= 1")
         if self.odsgd_local_lr is not None and self.odsgd_local_lr < 0:
             raise ConfigError(f"odsgd_local_lr must be >= 0, got {self.odsgd_local_lr}")
         if self.comm == "horovod" and self.mode != "ssgd":
@@ -170,6 +173,11 @@ class AlgorithmConfig:
     def local_lr_for(self, scheduled: float) -> float:
         """odsgd's local learning rate when the global one is ``scheduled`` (by a torch scheduler)."""
         return scheduled if self.odsgd_local_lr is None else scheduled * self.odsgd_local_lr / self.lr
+
+    @property
+    def publishes_displacement(self) -> bool:
+        """Whether snapshots carry the publisher's last local step (the extrapolate predictor's d_j)."""
+        return self.mode in ("pcasgd", "pcasgd-pv", "predict") and self.predictor == "extrapolate"
 
     @property
     def family(self) -> str:

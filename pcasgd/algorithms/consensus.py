@@ -17,35 +17,55 @@ import torch
 from torch import Tensor
 
 from pcasgd.algorithms.config import AlgorithmConfig
-from pcasgd.algorithms.prediction import adaptive_lambda, predict_draft, predict_taylor, update_mean_square
+from pcasgd.algorithms.prediction import (
+    adaptive_lambda,
+    predict_draft,
+    predict_extrapolate,
+    predict_taylor,
+    update_mean_square,
+)
 from pcasgd.algorithms.sgd import momentum_velocity
 from pcasgd.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What an agent publishes: its parameters, the gradient computed at them, and its iteration."""
+    """What an agent publishes: its parameters, the gradient computed at them, its iteration
+    (``stamp``); when it published (``published``, simulated or wall time) and its recent mean
+    step period (``period``, same unit), from which readers compute the snapshot's age; the run's
+    progress as it knows it (``progress``: the largest iteration count it has seen, which sets
+    every agent's epoch); and, for the ``extrapolate`` predictor, its last local step."""
 
     params: Tensor
     grad: Tensor
     stamp: int
+    published: float = 0.0
+    period: float = 1.0
+    progress: int = 0
+    displacement: Tensor | None = None
 
 
 @dataclass(frozen=True)
 class NeighbourRead:
-    """One neighbour's snapshot as read by an agent, with its mixing weight and staleness."""
+    """One neighbour's snapshot as read by an agent, with its mixing weight, its stamp staleness
+    ``tau = k - stamp`` (a metric), and its ages (ALGORITHMS.md, "Revision"): ``age`` in the
+    neighbour's steps (``a_ij``, which decides delayed or fresh), ``own_age`` in the reader's
+    (``b_ij``)."""
 
     source: int
     weight: float
     snapshot: Snapshot
     staleness: int
+    age: float = 0.0
+    own_age: float = 0.0
 
 
 @dataclass(frozen=True)
 class StepReport:
-    """What one update did, for metrics: staleness per read, delayed count, pv choice."""
+    """What one update did, for metrics: staleness and age per read, delayed count, pv choice."""
 
     staleness: tuple[int, ...]
+    ages: tuple[tuple[int, float], ...]  # (source, age) per read
     delayed: int
     decision: str  # "mix" (dsgd/asgd/warm-up), "blend" (fixed theta), "predict" or "clip" (pv)
     predict_share: float  # fraction of the model (pv) or theta (fixed) that took the predict path
@@ -74,6 +94,7 @@ class ConsensusAgent:
         self.config = config
         self.params = params.detach().clone()
         self.velocity = torch.zeros_like(self.params)
+        self.last_step = torch.zeros_like(self.params)  # the local step of the last iteration (d_i)
         self._lr = config.lr  # the scheduled lr of the step being taken
         self.iteration = 0
         self.segments = list(segments) if segments is not None else [0, self.params.numel()]
@@ -111,8 +132,8 @@ class ConsensusAgent:
             self.velocity = momentum_velocity(self.velocity, grad, self._lr, config.effective_momentum)
         step_vector = self.velocity if local_update is None else local_update
         self._track_mean_squares(reads)
-        delayed = [r for r in reads if r.staleness > config.tau_fresh]
-        fresh = [r for r in reads if r.staleness <= config.tau_fresh]
+        delayed = [r for r in reads if r.age > config.age_fresh]
+        fresh = [r for r in reads if r.age <= config.age_fresh]
         mode = config.mode
         warming_up = mode == "pcasgd-pv" and epoch < config.pv_warmup_epochs
         if mode in ("dsgd", "asgd", "pcasgd-pv"):  # the plain stale mix: the update, or pv's reference
@@ -120,23 +141,34 @@ class ConsensusAgent:
             stale_mix = self._weighted_sum("stale mix", own, self_weight, neighbours)
         if mode in ("dsgd", "asgd") or warming_up:
             mixed, decision, share = stale_mix, "mix", 0.0
-        else:
+        elif mode == "pcasgd-pv":
             predicted = self._predict_mix(own, self_weight, fresh, delayed)
             clipped = self._clip_mix(own, self_weight, fresh)
-            if mode == "pcasgd-pv":
-                mixed, share, predicted_parts, parts = self._choose(predicted, clipped, stale_mix, grad)
-                decision = "predict" if share >= 0.5 else "clip"
-                # one decision per segment: per step with --pv-scope model, per tensor with tensor
-                self.decisions["predict"] += predicted_parts
-                self.decisions["clip"] += parts - predicted_parts
+            mixed, share, predicted_parts, parts = self._choose(predicted, clipped, stale_mix, grad)
+            decision = "predict" if share >= 0.5 else "clip"
+            # one decision per segment: per step with --pv-scope model, per tensor with tensor
+            self.decisions["predict"] += predicted_parts
+            self.decisions["clip"] += parts - predicted_parts
+        else:
+            theta = config.effective_theta
+            decision, share = "blend", theta
+            if theta == 0.0:  # clip only: no prediction to make
+                mixed = self._clip_mix(own, self_weight, fresh)
+            elif theta == 1.0:  # predict only
+                mixed = self._predict_mix(own, self_weight, fresh, delayed)
             else:
-                theta = config.effective_theta
-                mixed, decision, share = predicted.mul_(theta).add_(clipped, alpha=1.0 - theta), "blend", theta
+                predicted = self._predict_mix(own, self_weight, fresh, delayed)
+                mixed = predicted.mul_(theta).add_(self._clip_mix(own, self_weight, fresh), alpha=1.0 - theta)
         if decision not in ("predict", "clip"):
             self.decisions[decision] += 1
         self.params = torch.add(mixed, step_vector)  # a new tensor: the old one may be referenced
+        if local_update is None:
+            self.last_step = step_vector  # a new tensor each step, never modified in place
+        elif config.publishes_displacement:
+            self.last_step = local_update.clone()  # the caller may reuse its buffer
         self.iteration += 1
-        return StepReport(tuple(r.staleness for r in reads), len(delayed), decision, share)
+        ages = tuple((r.source, r.age) for r in reads)
+        return StepReport(tuple(r.staleness for r in reads), ages, len(delayed), decision, share)
 
     # -- pieces ---------------------------------------------------------------------------------
 
@@ -157,8 +189,9 @@ class ConsensusAgent:
             return adaptive_lambda(config.effective_lambda, self._mean_square[source], config.eps)
         return config.effective_lambda
 
-    def _own_params_at(self, iteration: int) -> Tensor:
-        """This agent's parameters at ``iteration``, or the oldest kept if that is too far back."""
+    def _own_params_at(self, iteration: float) -> Tensor:
+        """This agent's parameters at the last iteration not after ``iteration`` (fractional: an
+        age in own steps), or the oldest kept if that is too far back."""
         for stamp, params in reversed(self._history):
             if stamp <= iteration:
                 return params
@@ -181,10 +214,15 @@ class ConsensusAgent:
     def _predicted(self, read: NeighbourRead, own: Tensor) -> Tensor:
         """The neighbour's predicted parameters, in the ``prediction`` buffer (valid until the next call)."""
         snapshot, lam, out = read.snapshot, self._lambda_for(read.source), self._buffer("prediction")
-        if self.config.predictor == "draft":
-            then = self._own_params_at(self.iteration - read.staleness)
+        predictor, age = self.config.predictor, min(read.age, self.config.age_max)
+        if predictor == "draft":
+            then = self._own_params_at(self.iteration - read.own_age)
             return predict_draft(snapshot.params, snapshot.grad, own, then, self._lr, lam, out=out)
-        return predict_taylor(snapshot.params, snapshot.grad, own, read.staleness, self._lr, lam, out=out)
+        if predictor == "taylor":
+            return predict_taylor(snapshot.params, snapshot.grad, own, age, self._lr, lam, out=out)
+        if snapshot.displacement is None:
+            raise ConfigError(f"the extrapolate predictor needs neighbour {read.source}'s displacement")
+        return predict_extrapolate(snapshot.params, snapshot.grad, snapshot.displacement, age, self._lr, lam, out=out)
 
     def _predict_mix(
         self, own: Tensor, self_weight: float, fresh: Sequence[NeighbourRead], delayed: Sequence[NeighbourRead]
@@ -228,7 +266,7 @@ class ConsensusAgent:
 
     def state_dict(self, weights: bool = True) -> dict:
         """What resumes this agent: counters, the neighbours' MeanSquares and, with ``weights``,
-        its parameters, momentum and own-parameter history (without them, a caller that keeps the
+        its parameters, momentum, last local step and own-parameter history (without them, a caller that keeps the
         weights elsewhere, such as the optimizer API, saves several model-sized vectors; the draft
         predictor's history then refills over ``history`` steps, using the oldest snapshot kept
         meanwhile, as for a lag beyond the history)."""
@@ -240,7 +278,12 @@ class ConsensusAgent:
         }
         if weights:
             history = [(stamp, params.clone()) for stamp, params in self._history]
-            state.update(params=self.params.clone(), velocity=self.velocity.clone(), history=history)
+            state.update(
+                params=self.params.clone(),
+                velocity=self.velocity.clone(),
+                last_step=self.last_step.clone(),
+                history=history,
+            )
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -248,6 +291,7 @@ class ConsensusAgent:
         if "params" in state:
             self.params = state["params"].clone()
             self.velocity = state["velocity"].clone()
+            self.last_step = state["last_step"].clone()
             self._history = deque(((s, p.clone()) for s, p in state["history"]), maxlen=self.config.history + 1)
         self.iteration = int(state["iteration"])
         self._mean_square = {int(k): v.clone() for k, v in state["mean_square"].items()}

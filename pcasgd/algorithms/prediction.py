@@ -1,7 +1,8 @@
 """Predicting a stale neighbour's current parameters (the PC-ASGD predict step).
 
-Both predictors use the diagonal Hessian approximation ``H ~ lambda * g (.) g`` of DC-ASGD.
-``lam`` is a number or, for the adaptive variant, a tensor of per-coordinate factors.
+Every predictor uses the diagonal Hessian approximation ``H ~ lambda * g (.) g`` of DC-ASGD.
+``lam`` is a number or, for the adaptive variant, a tensor of per-coordinate factors. ``age`` is
+the neighbour-step age ``a_ij`` (ALGORITHMS.md, "Revision"), capped by the caller.
 """
 
 from __future__ import annotations
@@ -34,20 +35,41 @@ def predict_taylor(
     stale_params: Tensor,
     stale_grad: Tensor,
     own_now: Tensor,
-    staleness: int,
+    age: float,
     lr: float,
     lam: float | Tensor,
     out: Tensor | None = None,
 ) -> Tensor:
-    """[choice] Extrapolate the neighbour ``staleness`` SGD steps ahead with a Taylor gradient.
+    """[choice] Extrapolate the neighbour ``age`` SGD steps ahead with a Taylor gradient.
 
-    ``g_hat = g_j^s + lam * g_j^s (.) g_j^s (.) (x_i - x_j^s)``; ``x_hat = x_j^s - lr * tau * g_hat``,
+    ``g_hat = g_j^s + lam * g_j^s (.) g_j^s (.) (x_i - x_j^s)``; ``x_hat = x_j^s - lr * age * g_hat``,
     taking the agent's own parameters ``x_i`` as the point the neighbour has moved towards.
     ``out``: where to write the result (a new tensor when None).
     """
     result = torch.sub(own_now, stale_params, out=out)
     result.mul_(stale_grad).mul_(stale_grad).mul_(lam).add_(stale_grad)  # g_hat
-    return result.mul_(-lr * staleness).add_(stale_params)
+    return result.mul_(-lr * age).add_(stale_params)
+
+
+def predict_extrapolate(
+    stale_params: Tensor,
+    stale_grad: Tensor,
+    displacement: Tensor,
+    age: float,
+    lr: float,
+    lam: float | Tensor,
+    out: Tensor | None = None,
+) -> Tensor:
+    """[choice] The neighbour's last local step, continued for ``age`` more steps (first order).
+
+    ``x_hat = x_j^s + age * d_j - lr * lam * age**2 / 2 * g_j^s (.) g_j^s (.) d_j``: along the
+    path ``x_j^s + m d_j`` the Taylor gradient ``g_j^s + lam g (.) g (.) m d_j`` moves each step's
+    gradient part ``-lr g`` by ``-lr lam g (.) g (.) m d_j``; integrated over ``m`` in ``[0, age]``.
+    With ``lam = 0`` it is plain linear extrapolation. ``out``: where to write the result.
+    """
+    result = torch.mul(displacement, stale_grad, out=out)
+    result.mul_(stale_grad).mul_(lam).mul_(-0.5 * lr * age * age)
+    return result.add_(displacement, alpha=age).add_(stale_params)
 
 
 def adaptive_lambda(lam0: float, mean_square: Tensor, eps: float) -> Tensor:

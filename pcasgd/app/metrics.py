@@ -1,15 +1,18 @@
-"""Per-epoch records written as they come: JSON lines, CSV, and optionally TensorBoard."""
+"""Per-epoch records written as they come: JSON lines, CSV, and optionally TensorBoard; and the
+run summary's age histograms."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from pcasgd.app.files import append_text
 from pcasgd.errors import ConfigError
+from pcasgd.protocol.ages import AGE_BIN, histogram_median
 
 METRICS_FILES = ("metrics.jsonl", "metrics.csv")
 
@@ -70,3 +73,24 @@ def _csv_line(values: list[Any]) -> str:
     text = io.StringIO()
     csv.writer(text).writerow(values)
     return text.getvalue()
+
+
+def age_summary(ages: dict[int, Counter[float]]) -> dict[str, Any]:
+    """The neighbour-step ages of every snapshot mixed (decentralized modes): all together and by
+    the neighbour that published them, as binned histograms (bins of ``AGE_BIN`` steps, keyed by
+    their lower edge) with the upper edge of the median's bin."""
+    everything: Counter[float] = Counter()
+    for histogram in ages.values():
+        everything.update(histogram)
+
+    def described(histogram: Counter[float]) -> dict[str, Any]:
+        return {
+            "median_below": histogram_median(histogram),
+            "histogram": {str(k): v for k, v in sorted(histogram.items())},
+        }
+
+    return {
+        "bin": AGE_BIN,
+        **described(everything),
+        "by_source": {str(source): described(histogram) for source, histogram in sorted(ages.items())},
+    }

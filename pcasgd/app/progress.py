@@ -22,6 +22,8 @@ class EpochProgress:
             f"consensus {record['consensus_distance_mean']:.3g}  staleness {record['staleness_mean']:.2f}"
             f"  {record['samples_per_second']:.0f} samples/s  {record['wall_seconds']:.1f}s  eta {eta:.0f}s"
         )
+        if record.get("age_max"):  # decentralized modes: the ages of the snapshots mixed
+            text += f"  age {record['age_mean']:.2f}/{record['age_max']:.1f}"
         if record.get("predict_fraction") is not None:
             text += f"  predict {record['predict_fraction']:.2f}"
         return text

@@ -32,7 +32,7 @@ from pcasgd.app.data import (
     training_labels,
 )
 from pcasgd.app.files import write_atomically
-from pcasgd.app.metrics import MetricsWriter
+from pcasgd.app.metrics import MetricsWriter, age_summary
 from pcasgd.app.models import build_model
 from pcasgd.app.oracle import BatchOracle, consensus_distance, evaluate
 from pcasgd.app.resume import resume_payload
@@ -234,7 +234,8 @@ def _prepare(config: RunConfig, out: Path, comm, deadline, resume: bool) -> _Pre
         from pcasgd.runtime.checks import check_same_everywhere, check_window_memory, model_signature
 
         if algorithm.family == "decentralized":
-            check_window_memory(flatten_parameters(model).numel(), 4, delay_model.max_lag)
+            vectors = 3 if config.algorithm.publishes_displacement else 2
+            check_window_memory(flatten_parameters(model).numel(), 4, delay_model.max_lag, vectors)
         with deadline.guard("comparing the model with the other ranks (collective)"):
             check_same_everywhere(comm, "the model's parameter shapes and dtypes", model_signature(model))
     payload = resume_payload(comm, deadline, config, out) if resume else None
@@ -312,6 +313,9 @@ class _Recording:
             "staleness_mean": view.stats.staleness_mean,
             "staleness_max": view.stats.staleness_max,
             "staleness_histogram": {str(k): v for k, v in sorted(view.stats.staleness_histogram.items())},
+            "age_mean": view.stats.age_mean,
+            "age_max": view.stats.age_top,
+            "age_histogram": {str(k): v for k, v in sorted(view.stats.age_histogram.items())},
             "predict_fraction": view.stats.predict_fraction,
             "lr": config.algorithm.lr_at(float(view.epoch)),
             "iterations": view.iterations,
@@ -352,6 +356,7 @@ def _summary(config: RunConfig, prepared: _Prepared, result, records: list[dict[
             "max": max(result.staleness, default=0),
             "histogram": {str(k): v for k, v in sorted(result.staleness.items())},
         },
+        "ages": age_summary(result.ages),
         "decisions": dict(result.decisions),
         "final": records[-1],
         "versions": versions(),

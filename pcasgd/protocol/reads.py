@@ -3,9 +3,15 @@ snapshots: the simulator's rings, or the MPI runtime's windows.
 
 For in-neighbour ``j`` of the iteration's graph, the engine's ``read(j, lag)`` returns the
 snapshot ``lag`` stamps behind ``j``'s newest (the injected lag; 0 for the synchronous modes,
-which pay a lag in time instead). The read's staleness is ``max(0, k - stamp)``. A snapshot that
+which pay a lag in time instead). The read's staleness is ``max(0, k - stamp)`` (a metric); its
+ages (:func:`~pcasgd.protocol.ages.snapshot_ages`) decide whether it is delayed. A snapshot that
 holds NaN or Inf is left out and its weight goes to the reading agent, so the row still sums
 to 1.
+
+The agent's epoch (for the learning-rate schedule and pv's warm-up) is the run's progress as the
+agent knows it: the largest iteration count among its own and what its neighbours' snapshots
+report (each publishes the progress it knows), over ``iterations_per_epoch``. A straggler so
+follows the fastest agent's schedule, at most a few hops late, in every engine.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.consensus import NeighbourRead, Snapshot
 from pcasgd.delays import DelayModel
 from pcasgd.engine import all_finite
+from pcasgd.protocol.ages import snapshot_ages
 from pcasgd.topology import Topology
 
 
@@ -27,6 +34,7 @@ class Reads:
     reads: list[NeighbourRead]
     self_weight: float
     left_out: list[tuple[int, int]]  # (neighbour, stamp) of each non-finite snapshot
+    progress: int  # the run's progress as this agent knows it (iterations of the fastest agent)
 
 
 def gather_reads(
@@ -36,10 +44,13 @@ def gather_reads(
     config: AlgorithmConfig,
     delays: DelayModel,
     read: Callable[[int, int], Snapshot],
+    now: float,
+    own_period: float,
 ) -> Reads:
-    """Agent ``agent``'s reads at iteration ``k`` over ``topology`` (the graph of iteration ``k``)."""
+    """Agent ``agent``'s reads at iteration ``k`` over ``topology`` (the graph of iteration ``k``),
+    at time ``now``, the agent's own step period being ``own_period``."""
     self_weight = float(topology.weights[agent, agent])
-    reads, left_out = [], []
+    reads, left_out, progress = [], [], k
     for j in topology.in_neighbours(agent):
         lag = 0 if config.synchronous else delays.lag(agent, j, k)
         snapshot = read(j, lag)
@@ -48,5 +59,7 @@ def gather_reads(
             self_weight += weight
             left_out.append((j, snapshot.stamp))
             continue
-        reads.append(NeighbourRead(j, weight, snapshot, max(0, k - snapshot.stamp)))
-    return Reads(reads, self_weight, left_out)
+        age, own_age = snapshot_ages(now, snapshot.published, snapshot.period, own_period)
+        reads.append(NeighbourRead(j, weight, snapshot, max(0, k - snapshot.stamp), age, own_age))
+        progress = max(progress, snapshot.progress)
+    return Reads(reads, self_weight, left_out, progress)

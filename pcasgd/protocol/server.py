@@ -9,9 +9,10 @@ hardsync sasgd's waiting list. :func:`serve_in_simulated_time` runs it on simula
 this step order:
 
 1. Every worker pulls the server's weights at time 0.
-2. A worker of slowdown ``f`` pushes the gradient at the weights it pulled ``f`` time units
-   after its pull; pushes at the same time are taken in worker order. The server applies the
-   mode's rule (sasgd: after every ``c`` gradients), then the worker pulls again.
+2. A worker pushes the gradient at the weights it pulled ``f`` time units after its pull, ``f``
+   the slowdown of that gradient (its iteration's, ``DelayModel.step_slowdown``); pushes at the
+   same time are taken in worker order. The server applies the mode's rule (sasgd: after every
+   ``c`` gradients), then the worker pulls again.
 3. Hardsync sasgd (n = 1, ``config.synchronous``): a worker whose gradient is buffered pulls
    only when the update that includes it is applied, and its next gradient is timed from then;
    injected lags do not apply (waiting costs time, not staleness).
@@ -93,7 +94,6 @@ def serve_in_simulated_time(
     every pull (the MPI runtime's deterministic mode sends the weights to the worker's rank there)."""
     delays, oracle = run.delays, run.oracle
     delays.check_fits(workers + 1)
-    durations = [delays.slowdown(w + 1) for w in range(workers)]
     if run.resume is not None:
         served: VersionedServer = run.resume["served"]
         arrivals: list[tuple[float, int]] = list(run.resume["arrivals"])
@@ -110,7 +110,7 @@ def serve_in_simulated_time(
         weights = served.pull(worker)
         if on_pull is not None:
             on_pull(worker, weights)
-        heapq.heappush(arrivals, (time + durations[worker], worker))
+        heapq.heappush(arrivals, (time + delays.step_slowdown(worker + 1, served.done[worker]), worker))
 
     def state() -> dict:
         """Everything, with the event being processed put back among the arrivals."""

@@ -1,7 +1,9 @@
 """The collective modes on MPI: ``ssgd`` and ``odsgd`` with MPI allreduce.
 
 Every rank runs the same number of iterations as the simulator (the slowest rank sets the
-pace: ``t * max slowdown < epochs * iterations_per_epoch``). The allreduce is non-blocking and
+pace: iteration ``t`` starts at simulated time ``sum over u < t of max_r slowdown(r, u)``, and the
+run lasts while that is below ``epochs * iterations_per_epoch``; the learning-rate schedule
+follows that time). The allreduce is non-blocking and
 completed under the run's deadline.
 
 * ``ssgd``: gradient at the shared weights, allreduce, mean, one momentum step.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from functools import partial
 
 from mpi4py import MPI
 from torch import Tensor
@@ -21,7 +24,7 @@ from torch import Tensor
 from pcasgd.algorithms.collective import GlobalSGD, OneStepDelayAgent
 from pcasgd.engine import EngineResult, EngineRun, EpochStats, check_finite
 from pcasgd.protocol.one_step_delay import ReductionQueue
-from pcasgd.protocol.pacing import StragglerPacing
+from pcasgd.protocol.pacing import LockStepTime, StragglerPacing
 from pcasgd.runtime.recording import RankState, Recorder
 from pcasgd.transport.deadline import POLL_SECONDS, Deadline
 from pcasgd.transport.progress import MpiProgress
@@ -100,7 +103,8 @@ class CollectiveRank:
         self.config = run.config
         self.deadline = deadline
         self.recorder = Recorder(comm, run, deadline)
-        slowdown = run.delays.slowdown(self.rank) if straggle else 1.0
+        delays = run.delays
+        slowdown = partial(delays.step_slowdown, self.rank) if straggle else lambda _: 1.0
         self.pacing = StragglerPacing(slowdown, time.sleep if self.progress is None else self.progress.sleep)
         self.epoch_stats = EpochStats()
         self.staleness: Counter[int] = Counter()
@@ -108,7 +112,7 @@ class CollectiveRank:
         self.shared = GlobalSGD(self.config, run.initial_params) if self.config.mode == "ssgd" else None
         self.agent = OneStepDelayAgent(self.config, run.initial_params) if self.config.mode == "odsgd" else None
         self.queue: ReductionQueue[PendingMean | CompletedMean] = ReductionQueue(self.config)
-        self.step_time = max(run.delays.slowdown(r) for r in range(comm.Get_size()))  # the slowest sets the pace
+        self.starts = LockStepTime(delays.step_slowdown, comm.Get_size())  # the slowest sets the pace
         self.first_step = 0
         self.records = run.records()
         if run.resume is not None:
@@ -129,10 +133,9 @@ class CollectiveRank:
 
     def _train(self) -> EngineResult | None:
         run = self.run
-        step_time = self.step_time
         t = self.first_step
-        while t * step_time < run.epochs * run.iterations_per_epoch:
-            for epoch, is_epoch in self.records.due(t * step_time):
+        while self.starts.start(t) < run.epochs * run.iterations_per_epoch:
+            for epoch, is_epoch in self.records.due(self.starts.start(t)):
                 self._epoch(epoch, t, is_epoch)
             if self.shared is not None:
                 self._ssgd_step(t)
@@ -150,10 +153,10 @@ class CollectiveRank:
 
     def _epoch_of(self, t: int) -> float:
         """The (fractional) epoch of step ``t``, for the learning-rate schedule (as the simulator's clock)."""
-        return t * self.step_time / self.run.iterations_per_epoch
+        return self.starts.start(t) / self.run.iterations_per_epoch
 
-    def _gradient(self, params: Tensor) -> Tensor:
-        with self.pacing.work():
+    def _gradient(self, params: Tensor, t: int) -> Tensor:
+        with self.pacing.work(t):
             grad, loss = self.run.oracle(self.rank, params)
             if self.progress is not None:
                 self.progress.poke()
@@ -161,7 +164,7 @@ class CollectiveRank:
         return grad
 
     def _ssgd_step(self, t: int) -> None:
-        grad = self._gradient(self.shared.params)
+        grad = self._gradient(self.shared.params, t)
         pending = HorovodMean(grad, t) if self.horovod else PendingMean(self.comm, grad, self.staging, t)
         self.shared.apply(pending.mean(self.deadline, t), self._epoch_of(t))
         check_finite(self.shared.params, f"rank {self.rank}", t)
@@ -169,7 +172,7 @@ class CollectiveRank:
 
     def _odsgd_step(self, t: int) -> None:
         agent, queue = self.agent, self.queue
-        grad = self._gradient(agent.local_params)
+        grad = self._gradient(agent.local_params, t)
         if queue.warming_up(t):
             agent.complete(PendingMean(self.comm, grad, self.staging, t).mean(self.deadline, t), self._epoch_of(t))
             agent.sync_local()
@@ -219,7 +222,7 @@ class CollectiveRank:
 
     def _restore(self, state: dict) -> None:
         self.first_step = state["step"]
-        self.records.skip_to(self.first_step * self.step_time)
+        self.records.skip_to(self.starts.start(self.first_step))
         self.shared, self.agent, self.staleness = state["shared"], state["agent"], state["staleness"]
         self.queue = ReductionQueue(
             self.config, [(started, CompletedMean(mean)) for started, mean in state["in_flight"]]

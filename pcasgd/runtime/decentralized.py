@@ -24,13 +24,16 @@ without stopping anyone.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from functools import partial
 
 import numpy as np
 from mpi4py import MPI
+from torch import Tensor
 
-from pcasgd.algorithms.consensus import ConsensusAgent
-from pcasgd.engine import EngineResult, EngineRun, EpochStats, check_finite
+from pcasgd.algorithms.consensus import ConsensusAgent, Snapshot
+from pcasgd.engine import EngineResult, EngineRun, EpochStats, add_ages_by_source, check_finite
 from pcasgd.errors import ConfigError
 from pcasgd.protocol.pacing import StragglerPacing
 from pcasgd.runtime.exchange import ExchangeEndpoint, MpiOptions, NeighbourFinishedError
@@ -51,6 +54,9 @@ TOTALS = (
     "predict_sum",
     "predict_count",
     "samples",
+    "age_sum",
+    "age_count",
+    "age_max",
 )
 
 
@@ -74,6 +80,9 @@ def _header_totals(overall: EpochStats, iterations: int, samples: int) -> dict[s
         "predict_sum": overall.predict_share_sum,
         "predict_count": overall.predict_share_count,
         "samples": samples,
+        "age_sum": overall.age_sum,
+        "age_count": overall.age_count,
+        "age_max": overall.age_top,
     }
 
 
@@ -87,7 +96,20 @@ def _stats_from_totals(now: dict[str, float], before: dict[str, float]) -> Epoch
         loss_count=int(now["loss_count"] - before.get("loss_count", 0.0)),
         predict_share_sum=now["predict_sum"] - before.get("predict_sum", 0.0),
         predict_share_count=int(now["predict_count"] - before.get("predict_count", 0.0)),
+        age_sum=now["age_sum"] - before.get("age_sum", 0.0),
+        age_count=int(now["age_count"] - before.get("age_count", 0.0)),
+        age_top=now["age_max"],
     )
+
+
+def _moved(snapshot: Snapshot, move: Callable[[Tensor], Tensor], published: float) -> Snapshot:
+    """``snapshot`` with ``move`` applied to its vectors and its publish time set to ``published``.
+
+    A checkpoint keeps CPU copies and the publish time relative to the checkpoint's time (clocks
+    differ between the run that saves and the one that resumes)."""
+    displacement = None if snapshot.displacement is None else move(snapshot.displacement)
+    params, grad = move(snapshot.params), move(snapshot.grad)
+    return replace(snapshot, params=params, grad=grad, displacement=displacement, published=published)
 
 
 class DecentralizedRank:
@@ -107,7 +129,7 @@ class DecentralizedRank:
         self.size = comm.Get_size()
         if schedule.size != self.size:
             raise ConfigError(f"the topology has {schedule.size} agents but the MPI world has {self.size} ranks")
-        if options.deterministic and run.delays.slowdowns:
+        if options.deterministic and run.delays.has_slowdown:
             raise ConfigError("--deterministic runs in lock-step: straggler terms need the asynchronous mode")
         self.run = run
         self.schedule = schedule
@@ -125,9 +147,10 @@ class DecentralizedRank:
         self.epoch_stats = EpochStats()
         self.overall = EpochStats()
         self.staleness: Counter[int] = Counter()
+        self.ages: dict[int, Counter[float]] = {}  # per in-neighbour, over the run
         self._last_totals: list[dict[str, float]] = [{} for _ in range(self.size)]
         # lock-step ranks wait for each other: a straggler's slowness then costs everyone time alike
-        slowdown = 1.0 if options.deterministic else run.delays.slowdown(self.rank)
+        slowdown = (lambda _: 1.0) if options.deterministic else partial(run.delays.step_slowdown, self.rank)
         self.pacing = StragglerPacing(slowdown, self.progress.sleep)
         self.first_iteration = 0
         self.records = run.records()
@@ -177,20 +200,26 @@ class DecentralizedRank:
 
     def _iterate(self, k: int) -> None:
         run, rank = self.run, self.rank
-        with self.pacing.work():  # the work of the iteration, not the sleep, is what is scaled
-            grad, loss = run.oracle(rank, self.agent.params)
+        agent = self.agent
+        with self.pacing.work(k):  # the work of the iteration, not the sleep, is what is scaled
+            grad, loss = run.oracle(rank, agent.params)
             self.progress.poke()  # serve neighbours' reads that waited on this rank during the compute
             self.epoch_stats.add_loss(loss)
             self.overall.add_loss(loss)
             header = _totals_in_header(self._totals(k))
-            reads, self_weight = self.exchange.exchange(k, self.agent.params, grad, header)
-            report = self.agent.step(grad, reads, self_weight, k / run.iterations_per_epoch)
-            check_finite(self.agent.params, f"rank {rank}", k)
+            displacement = agent.last_step if self.config.publishes_displacement else None
+            gathered = self.exchange.exchange(k, agent.params, grad, header, displacement)
+            epoch = gathered.progress / run.iterations_per_epoch
+            report = agent.step(grad, gathered.reads, gathered.self_weight, epoch)
+            check_finite(agent.params, f"rank {rank}", k)
+            ages = [age for _, age in report.ages]
             for stats in (self.epoch_stats, self.overall):
                 stats.add_staleness(report.staleness)
+                stats.add_ages(ages)
                 if report.decision in ("predict", "clip"):
                     stats.add_predict_share(report.predict_share)
             self.staleness.update(report.staleness)
+            add_ages_by_source(self.ages, report.ages)
 
     def _totals(self, k: int) -> dict[str, float]:
         return _header_totals(self.overall, k, self.run.oracle.samples)
@@ -200,7 +229,14 @@ class DecentralizedRank:
     def _state(self, k: int) -> RankState:
         totals = self._totals(k)
         return RankState(
-            self.agent.params, self.epoch_stats, k, int(totals["samples"]), totals, self.staleness, self.agent.decisions
+            self.agent.params,
+            self.epoch_stats,
+            k,
+            int(totals["samples"]),
+            totals,
+            self.staleness,
+            self.agent.decisions,
+            self.ages,
         )
 
     def _epoch(self, epoch: float, k: int, is_epoch: bool) -> None:
@@ -235,16 +271,20 @@ class DecentralizedRank:
         """Everything this rank needs to go on from iteration ``k``, its window's ring included."""
         oldest = max(0, k - self.window.slots + 1)
         ring = []
+        now = self.exchange.clock.now(k)
         for stamp in range(oldest, k):
             with self.deadline.guard(f"reading this rank's own snapshot {stamp} for a checkpoint"):
                 snapshot = self.window.read(self.rank, newest=stamp).snapshot
-            ring.append((stamp, snapshot.params.cpu().clone(), snapshot.grad.cpu().clone()))
+            ring.append(_moved(snapshot, lambda v: v.cpu().clone(), snapshot.published - now))
         return {
             "iteration": k,
             "agent": self.agent,
             "overall": self.overall,
             "staleness": self.staleness,
+            "ages": self.ages,
             "last_totals": self._last_totals,
+            "period": self.exchange.period,
+            "progress": self.exchange.progress,
             "ring": ring,
         }
 
@@ -253,11 +293,15 @@ class DecentralizedRank:
         self.records.skip_to(self.first_iteration)
         self.agent = state["agent"]
         self.overall, self.staleness, self._last_totals = state["overall"], state["staleness"], state["last_totals"]
+        self.ages = state["ages"]
+        self.exchange.period, self.exchange.progress = state["period"], state["progress"]
         device = self.run.initial_params.device
-        for stamp, params, grad in state["ring"]:
-            with self.deadline.guard(f"republishing snapshot {stamp} from the checkpoint"):
-                header = _totals_in_header(self._totals(stamp + 1))
-                self.window.publish(stamp, params.to(device), grad.to(device), header)
+        now = self.exchange.clock.now(self.first_iteration)
+        for kept in state["ring"]:
+            snapshot = _moved(kept, lambda v: v.to(device), kept.published + now)
+            with self.deadline.guard(f"republishing snapshot {snapshot.stamp} from the checkpoint"):
+                header = _totals_in_header(self._totals(snapshot.stamp + 1))
+                self.window.publish(snapshot, header)
 
     def _remote_states(self, k: int, epoch: int) -> list[RankState]:
         """Asynchronous mode: every rank's newest snapshot and totals, read without stopping it."""

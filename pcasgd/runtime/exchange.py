@@ -9,18 +9,21 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 from mpi4py import MPI
 from torch import Tensor
 
 from pcasgd.algorithms.config import AlgorithmConfig
-from pcasgd.algorithms.consensus import NeighbourRead, Snapshot
+from pcasgd.algorithms.consensus import Snapshot
 from pcasgd.delays import DelayModel
 from pcasgd.errors import StallError
-from pcasgd.protocol.reads import gather_reads
+from pcasgd.protocol.ages import StepPeriod
+from pcasgd.protocol.reads import Reads, gather_reads
 from pcasgd.topology import Schedule
+from pcasgd.transport.clock import RunClock, offset_to_root
 from pcasgd.transport.deadline import Deadline
 from pcasgd.transport.progress import MpiProgress
 from pcasgd.transport.staging import HostStaging
@@ -50,11 +53,14 @@ class NeighbourExchange:
     current iteration; the others take the newest (``lag`` older when a delay spec injects
     one). ``deterministic`` adds a lock-step reduction after each publish (which also counts the
     ranks still stepping, for :meth:`pcasgd.DecentralizedOptimizer.join`) and reads stamp
-    ``k - lag`` exactly. A neighbour whose newest stamp does not move for ``deadline`` seconds,
-    and has not finished, raises :class:`~pcasgd.errors.StallError`; a snapshot with NaN/Inf is
-    left out and its weight goes to this rank. A finished neighbour ends a ``dsgd`` run
-    (:class:`NeighbourFinishedError`), unless ``final_snapshots``: then its last snapshot is
-    mixed from then on (a rank that joined with less data).
+    ``k - lag`` exactly. Snapshots are stamped with ``clock``'s time and this rank's step period
+    (the mean of its last intervals between publishes; one unit per iteration in lock-step), and
+    with the run's progress as this rank knows it (the largest iteration count it has seen). A
+    neighbour whose newest stamp does not move for ``deadline`` seconds, and has not finished,
+    raises :class:`~pcasgd.errors.StallError`; a snapshot with NaN/Inf is left out and its weight
+    goes to this rank. A finished neighbour ends a ``dsgd`` run (:class:`NeighbourFinishedError`),
+    unless ``final_snapshots``: then its last snapshot is mixed from then on (a rank that joined
+    with less data).
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class NeighbourExchange:
         config: AlgorithmConfig,
         deadline: Deadline,
         deterministic: bool,
+        clock: RunClock,
         final_snapshots: bool = False,
     ) -> None:
         self.comm = comm
@@ -77,27 +84,56 @@ class NeighbourExchange:
         self.deadline = deadline
         self.deterministic = deterministic
         self.final_snapshots = final_snapshots
+        self.clock = clock
+        self.period = StepPeriod()
+        self.progress = 0  # the largest iteration count of any rank this rank has heard of
+        self._last_publish = clock.now(0)
         self._stepping = np.ones(1, dtype=np.int64)
         self._still_stepping = np.zeros(1, dtype=np.int64)
         self._last_seen: dict[int, tuple[int, float]] = {}
         self.poisoned: Counter[int] = Counter()
 
     def exchange(
-        self, k: int, params: Tensor, grad: Tensor, values: np.ndarray | None = None
-    ) -> tuple[list[NeighbourRead], float]:
-        """Publish ``(params, grad, k)`` (and ``values`` in the window header); return the reads to
-        mix and this rank's own weight."""
-        with self.deadline.guard(f"publishing snapshot {k}"):
-            self.window.publish(k, params, grad, values)
+        self,
+        k: int,
+        params: Tensor,
+        grad: Tensor,
+        values: np.ndarray | None = None,
+        displacement: Tensor | None = None,
+    ) -> Reads:
+        """Publish ``(params, grad, k)`` (with ``displacement``, and ``values`` in the window
+        header); return the reads to mix, this rank's own weight and the run's progress."""
+        self.publish(k, params, grad, values, displacement)
         if self.deterministic:
             self.lock_step(k, stepping=True)
         topology = self.schedule.at(k)
-        gathered = gather_reads(self.rank, k, topology, self.config, self.delays, lambda j, lag: self._read(j, k, lag))
+        read = partial(self._read, k=k)
+        gathered = gather_reads(
+            self.rank, k, topology, self.config, self.delays, read, self.clock.now(k), self.period.period
+        )
         for j, stamp in gathered.left_out:
             self._report_poisoned(j, stamp, k)
-        return gathered.reads, gathered.self_weight
+        self.progress = max(self.progress, gathered.progress)
+        return replace(gathered, progress=self.progress)
 
-    def _read(self, j: int, k: int, lag: int) -> Snapshot:
+    def publish(
+        self,
+        k: int,
+        params: Tensor,
+        grad: Tensor,
+        values: np.ndarray | None = None,
+        displacement: Tensor | None = None,
+    ) -> None:
+        """Publish snapshot ``k``, stamped with the time, this rank's step period and progress."""
+        now = self.clock.now(k)
+        self.period.add(1.0 if self.deterministic else now - self._last_publish)
+        self._last_publish = now
+        self.progress = max(self.progress, k)
+        snapshot = Snapshot(params, grad, k, now, self.period.period, self.progress, displacement)
+        with self.deadline.guard(f"publishing snapshot {k}"):
+            self.window.publish(snapshot, values)
+
+    def _read(self, j: int, lag: int, k: int) -> Snapshot:
         """Neighbour ``j``'s snapshot for iteration ``k``. Lock-step and waiting (``dsgd``) readers
         name the iteration: a neighbour one step ahead has also published ``k + 1``, and ``dsgd``
         mixes exactly ``x_j^k`` (the ring keeps both)."""
@@ -178,9 +214,25 @@ class ExchangeEndpoint:
         with deadline.guard("allocating the snapshot windows (collective)"):
             slots = delays.max_lag + 2
             self.window = SnapshotWindow(
-                comm, params.numel(), params.dtype, slots, options.shared_windows, options.staging, header_values
+                comm,
+                params.numel(),
+                params.dtype,
+                slots,
+                options.shared_windows,
+                options.staging,
+                header_values,
+                config.publishes_displacement,
             )
+        offset = 0.0 if options.deterministic else offset_to_root(comm, deadline)
         self.progress = MpiProgress(comm, thread=options.progress_thread)
         self.exchange = NeighbourExchange(
-            comm, self.window, schedule, delays, config, deadline, options.deterministic, final_snapshots
+            comm,
+            self.window,
+            schedule,
+            delays,
+            config,
+            deadline,
+            options.deterministic,
+            RunClock(options.deterministic, offset),
+            final_snapshots,
         )

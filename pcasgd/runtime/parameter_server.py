@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from functools import partial
 
 import numpy as np
 import torch
@@ -223,7 +224,9 @@ def _work(comm: MPI.Comm, run: EngineRun, link: _Link, deadline: Deadline, async
     rank = comm.Get_rank()
     worker = rank - 1
     progress = MpiProgress(comm)
-    pacing = StragglerPacing(run.delays.slowdown(rank) if asynchronous else 1.0, progress.sleep)
+    slowdown = partial(run.delays.step_slowdown, rank) if asynchronous else lambda _: 1.0
+    pacing = StragglerPacing(slowdown, progress.sleep)
+    computed = 0  # this worker's gradients so far: the iteration its slowdown is drawn for
     weights = torch.empty(link.numel, dtype=link.dtype)
     status = MPI.Status()
     while True:
@@ -241,8 +244,9 @@ def _work(comm: MPI.Comm, run: EngineRun, link: _Link, deadline: Deadline, async
             continue
         deadline.wait(comm.Irecv(weights.numpy(), source=0, tag=TAG_WEIGHTS), "receiving weights from rank 0")
         before = run.oracle.samples
-        with pacing.work():
+        with pacing.work(computed):
             grad, loss = run.oracle(worker, weights.to(link.device))
+        computed += 1
         meta = np.array([loss, run.oracle.samples - before], dtype=np.float64)
         payload = grad.detach().cpu().numpy()
         deadline.wait(comm.Isend(meta, dest=0, tag=TAG_META), "sending a gradient's loss to rank 0")

@@ -24,6 +24,7 @@ class RankState:
     totals: dict[str, float]
     staleness: Counter[int] | None = None
     decisions: Counter[str] | None = None
+    ages: dict[int, Counter[float]] | None = None  # per in-neighbour (decentralized modes)
 
 
 class Recorder:
@@ -70,10 +71,14 @@ class Recorder:
         self.fire(self.run.epochs, states, reference)
         staleness: Counter[int] = Counter()
         decisions: Counter[str] = Counter()
+        ages: dict[int, Counter[float]] = {}
         for state in states:
             staleness.update(state.staleness or {})
             decisions.update(state.decisions or {})
+            for source, histogram in (state.ages or {}).items():
+                ages.setdefault(source, Counter()).update(histogram)
         params = [state.params for state in states]
         budget = float(self.run.epochs * self.run.iterations_per_epoch)
         final = torch.stack(params).mean(dim=0) if reference is None else reference
-        return EngineResult(params, final, [state.iterations for state in states], staleness, decisions, budget)
+        iterations = [state.iterations for state in states]
+        return EngineResult(params, final, iterations, staleness, decisions, budget, ages)

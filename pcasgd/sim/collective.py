@@ -1,7 +1,7 @@
 """Simulator engine for the collective modes (ssgd, odsgd).
 
-Every agent moves in lock-step; iteration ``t`` starts at ``t * max_i f_i`` (the slowest rank
-sets the pace). The allreduce is the mean over agents.
+Every agent moves in lock-step; iteration ``t`` starts at ``sum over u < t of max_i f_i(u)``
+(:class:`~pcasgd.protocol.pacing.LockStepTime`: the slowest rank sets the pace). The allreduce is the mean over agents.
 
 Both protocols wait for their peers, so an injected lag costs them time (not modelled here
 beyond the slowest rank's pace), never staleness.
@@ -22,6 +22,7 @@ from torch import Tensor
 from pcasgd.algorithms.collective import GlobalSGD, OneStepDelayAgent
 from pcasgd.engine import EngineResult, EngineRun, EpochClock, GradientOracle, check_finite, clock_for
 from pcasgd.protocol.one_step_delay import ReductionQueue
+from pcasgd.protocol.pacing import LockStepTime
 
 
 def _mean_gradient(oracle: GradientOracle, clock: EpochClock, params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
@@ -36,7 +37,7 @@ def _mean_gradient(oracle: GradientOracle, clock: EpochClock, params: list[Tenso
 def simulate_collective(run: EngineRun, agents: int) -> EngineResult:
     config, delays, oracle, initial_params = run.config, run.delays, run.oracle, run.initial_params
     delays.check_fits(agents)
-    step_time = max(delays.slowdown(i) for i in range(agents))
+    starts = LockStepTime(delays.step_slowdown, agents)
     clock = clock_for(run)
     resumed = run.resume or {}
     iteration = resumed.get("iteration", 0)
@@ -46,10 +47,10 @@ def simulate_collective(run: EngineRun, agents: int) -> EngineResult:
         def view() -> tuple[list[Tensor], Tensor, list[int]]:
             return [shared.params] * agents, shared.params, [iteration] * agents
 
-        while iteration * step_time < clock.budget:
-            clock.advance(iteration * step_time, view, state=lambda t=iteration: {"shared": shared, "iteration": t})
+        while starts.start(iteration) < clock.budget:
+            clock.advance(starts.start(iteration), view, state=lambda t=iteration: {"shared": shared, "iteration": t})
             mean, _ = _mean_gradient(oracle, clock, [shared.params] * agents)
-            shared.apply(mean, clock.epoch_at(iteration * step_time))
+            shared.apply(mean, clock.epoch_at(starts.start(iteration)))
             check_finite(shared.params, "the shared weights", iteration)
             clock.record_staleness([0] * agents)
             iteration += 1
@@ -75,23 +76,23 @@ def simulate_collective(run: EngineRun, agents: int) -> EngineResult:
     def complete(means: Iterator[tuple[int, Tensor]]) -> None:
         for _, mean in means:
             for peer in peers:
-                peer.complete(mean, clock.epoch_at(iteration * step_time))
+                peer.complete(mean, clock.epoch_at(starts.start(iteration)))
             check_finite(peers[0].global_params, "the global weights", iteration)
             clock.record_staleness([queue.latency] * agents)
 
-    while iteration * step_time < clock.budget:
-        clock.advance(iteration * step_time, view, state=state)
+    while starts.start(iteration) < clock.budget:
+        clock.advance(starts.start(iteration), view, state=state)
         mean, grads = _mean_gradient(oracle, clock, [peer.local_params for peer in peers])
         if queue.warming_up(iteration):
             for peer in peers:
-                peer.complete(mean, clock.epoch_at(iteration * step_time))
+                peer.complete(mean, clock.epoch_at(starts.start(iteration)))
                 peer.sync_local()
             clock.record_staleness([0] * agents)
         else:
             queue.start(iteration, mean)
             complete(queue.due(iteration))
             for peer, grad in zip(peers, grads, strict=True):
-                peer.local_step(grad, clock.epoch_at(iteration * step_time))
+                peer.local_step(grad, clock.epoch_at(starts.start(iteration)))
         iteration += 1
     complete(queue.drain())
     clock.finish(view)

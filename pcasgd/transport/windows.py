@@ -3,7 +3,8 @@
 Layout of a :class:`SnapshotWindow` (bytes, all fields 8-byte aligned)::
 
     header  float64[2 + V]    latest stamp (-1: none yet), flags, then V values the owner publishes
-    slot 0  int64 stamp, params[n], grad[n]
+    slot 0  float64[4] stamp, publish time, step period, run progress; params[n], grad[n]
+            (and displacement[n] when the window carries it: the extrapolate predictor's d_j)
     ...
     slot D-1
 
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from mpi4py import MPI
-from torch import Tensor
 
 from pcasgd.algorithms.consensus import Snapshot
 from pcasgd.transport.staging import HostStaging
@@ -29,6 +29,9 @@ from pcasgd.transport.staging import HostStaging
 #: The header's fixed part (float64 each): the newest stamp and the flags. The values after it
 #: (integers stay exact below 2**53) mean what the code that publishes them says.
 HEADER_FIXED = 2
+
+#: A slot's metadata (float64 each): stamp, publish time, step period, run progress.
+SLOT_META = 4
 
 FLAG_FINISHED = 1
 FLAG_FAILED = 2
@@ -49,15 +52,16 @@ def header_bytes(values: int) -> int:
     return 8 * (HEADER_FIXED + values)
 
 
-def window_bytes(numel: int, itemsize: int, slots: int, values: int = 0) -> int:
-    """Bytes of one rank's snapshot window: the header and ``slots`` slots of stamp, parameters
-    and gradient."""
-    return header_bytes(values) + slots * (8 + 2 * numel * itemsize)
+def window_bytes(numel: int, itemsize: int, slots: int, values: int = 0, vectors: int = 2) -> int:
+    """Bytes of one rank's snapshot window: the header and ``slots`` slots of metadata and
+    ``vectors`` model-sized vectors (parameters, gradient, and the displacement if carried)."""
+    return header_bytes(values) + slots * (8 * SLOT_META + vectors * numel * itemsize)
 
 
 class SnapshotWindow:
     """A ring of ``slots`` snapshots per rank (``slots = max_lag + 2`` makes injected lags exact),
-    and a header of ``values`` numbers the owner publishes with each snapshot."""
+    and a header of ``values`` numbers the owner publishes with each snapshot; ``displacement``:
+    the snapshots carry the publisher's last local step."""
 
     def __init__(
         self,
@@ -68,6 +72,7 @@ class SnapshotWindow:
         shared: bool = False,
         staging: HostStaging | None = None,
         values: int = 0,
+        displacement: bool = False,
     ) -> None:
         self.comm = comm
         self.staging = staging if staging is not None else HostStaging(torch.device("cpu"), active=False)
@@ -76,41 +81,44 @@ class SnapshotWindow:
         self.dtype = dtype
         self.np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
         self.slots = slots
-        self.slot_bytes = 8 + 2 * numel * self.np_dtype.itemsize
+        self.vectors = ("params", "grad", "displacement") if displacement else ("params", "grad")
+        self._payload_bytes = numel * self.np_dtype.itemsize
+        self.slot_bytes = 8 * SLOT_META + len(self.vectors) * self._payload_bytes
         self._header_bytes = header_bytes(values)
-        size = window_bytes(numel, self.np_dtype.itemsize, slots, values)
+        size = window_bytes(numel, self.np_dtype.itemsize, slots, values, len(self.vectors))
         allocate = MPI.Win.Allocate_shared if shared else MPI.Win.Allocate
         self.win: MPI.Win | None = allocate(size, 1, comm=comm)
-        self._payload_bytes = numel * self.np_dtype.itemsize
         self._header = np.zeros(HEADER_FIXED + values)
         self._header[0] = -1.0
-        self._stamp = np.zeros(1, dtype=np.int64)
+        self._meta = np.zeros(SLOT_META)
         self._read_header = np.zeros(HEADER_FIXED + values)
-        self._read_stamp = np.zeros(1, dtype=np.int64)
+        self._read_meta = np.zeros(SLOT_META)
         self._write_header()
         comm.Barrier()
 
     # -- owner side -----------------------------------------------------------------------------
 
-    def publish(self, stamp: int, params: Tensor, grad: Tensor, values: np.ndarray | None = None) -> None:
-        """Write snapshot ``stamp`` into its slot and the header, atomically for readers.
+    def publish(self, snapshot: Snapshot, values: np.ndarray | None = None) -> None:
+        """Write ``snapshot`` into the slot of its stamp and the header, atomically for readers.
 
         The payload goes straight from the tensors' memory (no copy on the CPU; a pinned host copy
         of GPU tensors unless MPI reads GPU memory: :class:`~pcasgd.transport.staging.HostStaging`).
         """
-        params_bytes = self.staging.to_host(params.contiguous(), "publish.params")
-        grad_bytes = self.staging.to_host(grad.contiguous(), "publish.grad")
-        self._stamp[0] = stamp
-        self._header[0] = stamp
+        if (snapshot.displacement is not None) != ("displacement" in self.vectors):
+            raise ValueError("a snapshot carries a displacement exactly when its window was made to hold one")
+        payloads = [
+            self.staging.to_host(getattr(snapshot, name).contiguous(), f"publish.{name}") for name in self.vectors
+        ]
+        self._meta[:] = (snapshot.stamp, snapshot.published, snapshot.period, snapshot.progress)
+        self._header[0] = snapshot.stamp
         self._set_values(values)
-        offset = self._slot_offset(stamp)
+        offset = self._slot_offset(snapshot.stamp)
         win = self._open()
         win.Lock(self.rank, MPI.LOCK_EXCLUSIVE)
-        win.Put([self._stamp, MPI.BYTE], self.rank, target=(offset, 8, MPI.BYTE))
-        win.Put([params_bytes, MPI.BYTE], self.rank, target=(offset + 8, self._payload_bytes, MPI.BYTE))
-        win.Put(
-            [grad_bytes, MPI.BYTE], self.rank, target=(offset + 8 + self._payload_bytes, self._payload_bytes, MPI.BYTE)
-        )
+        win.Put([self._meta, MPI.BYTE], self.rank, target=(offset, 8 * SLOT_META, MPI.BYTE))
+        for index, payload in enumerate(payloads):
+            target = (self._vector_offset(offset, index), self._payload_bytes, MPI.BYTE)
+            win.Put([payload, MPI.BYTE], self.rank, target=target)
         win.Put([self._header, MPI.BYTE], self.rank, target=(0, self._header_bytes, MPI.BYTE))
         win.Unlock(self.rank)
 
@@ -140,17 +148,20 @@ class SnapshotWindow:
             base = latest if newest is None else min(newest, latest)
             stamp = max(0, base - lag, latest - self.slots + 1)
             offset = self._slot_offset(stamp)
-            params = self.staging.host_buffer(f"read.{source}.params", (self.numel,), self.dtype)
-            grad = self.staging.host_buffer(f"read.{source}.grad", (self.numel,), self.dtype)
-            win.Get([self._read_stamp, MPI.BYTE], source, target=(offset, 8, MPI.BYTE))
-            win.Get([params, MPI.BYTE], source, target=(offset + 8, self._payload_bytes, MPI.BYTE))
-            target = (offset + 8 + self._payload_bytes, self._payload_bytes, MPI.BYTE)
-            win.Get([grad, MPI.BYTE], source, target=target)
+            buffers = [
+                self.staging.host_buffer(f"read.{source}.{name}", (self.numel,), self.dtype) for name in self.vectors
+            ]
+            win.Get([self._read_meta, MPI.BYTE], source, target=(offset, 8 * SLOT_META, MPI.BYTE))
+            for index, buffer in enumerate(buffers):
+                target = (self._vector_offset(offset, index), self._payload_bytes, MPI.BYTE)
+                win.Get([buffer, MPI.BYTE], source, target=target)
         win.Unlock(source)
         if latest >= 0:
-            if int(self._read_stamp[0]) != stamp:
-                raise RuntimeError(f"rank {source}'s slot holds stamp {int(self._read_stamp[0])}, expected {stamp}")
-            snapshot = Snapshot(self.staging.to_device(params), self.staging.to_device(grad), stamp)
+            slot_stamp, published, period, progress = self._read_meta.tolist()
+            if int(slot_stamp) != stamp:
+                raise RuntimeError(f"rank {source}'s slot holds stamp {int(slot_stamp)}, expected {stamp}")
+            vectors = dict(zip(self.vectors, (self.staging.to_device(b) for b in buffers), strict=True))
+            snapshot = Snapshot(stamp=stamp, published=published, period=period, progress=int(progress), **vectors)
         header = self._read_header
         return Read(snapshot, latest, int(header[1]), header[HEADER_FIXED:].copy())
 
@@ -177,6 +188,9 @@ class SnapshotWindow:
 
     def _slot_offset(self, stamp: int) -> int:
         return self._header_bytes + (stamp % self.slots) * self.slot_bytes
+
+    def _vector_offset(self, slot_offset: int, index: int) -> int:
+        return slot_offset + 8 * SLOT_META + index * self._payload_bytes
 
     def _set_values(self, values: np.ndarray | None) -> None:
         if values is not None:

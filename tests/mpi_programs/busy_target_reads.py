@@ -15,6 +15,7 @@ import time
 import torch
 from mpi4py import MPI
 
+from pcasgd.algorithms.consensus import Snapshot
 from pcasgd.transport.progress import MpiProgress
 from pcasgd.transport.windows import SnapshotWindow
 
@@ -24,7 +25,7 @@ seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
 numel = 250_000
 torch.set_num_threads(1)
 window = SnapshotWindow(comm, numel, torch.float32, slots=2)
-window.publish(0, torch.ones(numel), torch.zeros(numel))
+window.publish(Snapshot(torch.ones(numel), torch.zeros(numel), 0))
 matrix = torch.rand(256, 256)
 for phase in ("none", "calls", "thread"):
     comm.Barrier()

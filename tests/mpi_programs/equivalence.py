@@ -41,6 +41,8 @@ for mode in modes:
                             "max_abs_diff": diff,
                             "mpi_staleness": summary["staleness"]["histogram"],
                             "sim_staleness": reference["staleness"]["histogram"],
+                            "mpi_ages": summary["ages"],
+                            "sim_ages": reference["ages"],
                             "mpi_accuracy": summary["final"]["test_accuracy"],
                             "sim_accuracy": reference["final"]["test_accuracy"],
                         }

@@ -10,8 +10,10 @@ from mpi4py import MPI
 
 from pcasgd import delays, topology
 from pcasgd.algorithms import AlgorithmConfig
+from pcasgd.algorithms.consensus import Snapshot
 from pcasgd.errors import StallError
 from pcasgd.runtime.exchange import NeighbourExchange, NeighbourFinishedError
+from pcasgd.transport.clock import RunClock
 from pcasgd.transport.deadline import Deadline
 from pcasgd.transport.windows import FLAG_FINISHED, SnapshotWindow
 
@@ -29,7 +31,10 @@ def vector(value: float) -> torch.Tensor:
 def case(mode: str, final_snapshots: bool = False) -> tuple[SnapshotWindow, NeighbourExchange]:
     window = SnapshotWindow(comm, 4, torch.float64, slots=2)
     config = AlgorithmConfig(mode=mode, lr=0.1)
-    exchange = NeighbourExchange(comm, window, ring, delays.parse("none"), config, deadline, False, final_snapshots)
+    clock = RunClock(lock_step=False)
+    exchange = NeighbourExchange(
+        comm, window, ring, delays.parse("none"), config, deadline, False, clock, final_snapshots
+    )
     return window, exchange
 
 
@@ -44,12 +49,12 @@ for final_snapshots in (False, True):
     if rank == 1:
         for k in range(3):
             time.sleep(0.2)  # rank 0 reaches each iteration first and must wait
-            window.publish(k, vector(k), vector(0.0))
+            window.publish(Snapshot(vector(k), vector(0.0), k))
         window.set_flags(FLAG_FINISHED)
     else:
-        got = [stamps(exchange.exchange(k, vector(0.0), vector(0.0))[0]) for k in range(3)]
+        got = [stamps(exchange.exchange(k, vector(0.0), vector(0.0)).reads) for k in range(3)]
         try:
-            reads, _ = exchange.exchange(3, vector(0.0), vector(0.0))
+            reads = exchange.exchange(3, vector(0.0), vector(0.0)).reads
             after = {"stamp": reads[0].snapshot.stamp, "staleness": reads[0].staleness}
         except NeighbourFinishedError as error:
             after = f"ended: {error}"
@@ -62,17 +67,17 @@ for final_snapshots in (False, True):
 window, exchange = case("dsgd")
 if rank == 1:
     for k in range(2):
-        window.publish(k, vector(k), vector(0.0))
+        window.publish(Snapshot(vector(k), vector(0.0), k))
 comm.Barrier()
 if rank == 0:
-    results["dsgd_neighbour_ahead"] = [stamps(exchange.exchange(k, vector(0.0), vector(0.0))[0]) for k in range(2)]
+    results["dsgd_neighbour_ahead"] = [stamps(exchange.exchange(k, vector(0.0), vector(0.0)).reads) for k in range(2)]
 comm.Barrier()
 window.close()
 
 # A neighbour that publishes nothing new for the deadline, and has not finished, has stalled.
 window, exchange = case("asgd")
 if rank == 1:
-    window.publish(0, vector(1.0), vector(0.0))
+    window.publish(Snapshot(vector(1.0), vector(0.0), 0))
     comm.Barrier()
     comm.Barrier()  # rank 0 watches it stand still meanwhile
 else:
@@ -91,10 +96,11 @@ window.close()
 # A snapshot holding NaN is left out, and its weight goes to the reader.
 window, exchange = case("asgd")
 if rank == 1:
-    window.publish(0, vector(float("nan")), vector(0.0))
+    window.publish(Snapshot(vector(float("nan")), vector(0.0), 0))
 comm.Barrier()
 if rank == 0:
-    reads, self_weight = exchange.exchange(0, vector(0.0), vector(0.0))
+    gathered = exchange.exchange(0, vector(0.0), vector(0.0))
+    reads, self_weight = gathered.reads, gathered.self_weight
     results["nan"] = {"reads": len(reads), "self_weight": self_weight, "reported": dict(exchange.poisoned)}
 comm.Barrier()
 window.close()

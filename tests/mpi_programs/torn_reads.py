@@ -9,6 +9,7 @@ import time
 import torch
 from mpi4py import MPI
 
+from pcasgd.algorithms.consensus import Snapshot
 from pcasgd.transport.windows import SnapshotWindow
 
 comm = MPI.COMM_WORLD
@@ -22,7 +23,7 @@ stamp = 0
 deadline = time.monotonic() + seconds
 while time.monotonic() < deadline:
     value = float(rank * 1_000_000 + stamp)
-    window.publish(stamp, torch.full((numel,), value), torch.full((numel,), -value))
+    window.publish(Snapshot(torch.full((numel,), value), torch.full((numel,), -value), stamp))
     stamp += 1
     for offset in range(1, size):
         source = (rank + offset) % size
