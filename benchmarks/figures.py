@@ -91,21 +91,27 @@ def real_compute_figure(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def time_to_accuracy_figure(rows: list[dict], path: Path) -> None:
-    """Test accuracy against training time, ssgd and pcasgd, with ssgd's final accuracy marked."""
+def time_to_accuracy_figure(results: dict, path: Path) -> None:
+    """Test accuracy against wall time, one panel per straggler setting, one colour per method (at
+    its tuned learning rate, every seed), with the target marked."""
     plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6.4, 4.0))
-    for index, row in enumerate(rows):
-        for mode, colour in (("ssgd", "tab:blue"), ("pcasgd", "tab:orange")):
-            seconds, accuracy = zip(*row["curves"][mode], strict=True)
-            axes.plot(seconds, accuracy, color=colour, alpha=0.8, label=mode if index == 0 else None)
-        axes.axhline(row["ssgd_accuracy"], color="tab:blue", linewidth=0.6, linestyle=":")
-    axes.set_xlabel("training time (s)")
-    axes.set_ylabel("test accuracy (averaged model)")
-    low = min(a for row in rows for mode in ("ssgd", "pcasgd") for _, a in row["curves"][mode])
-    axes.set_ylim(max(low, 0.6), None)
-    axes.grid(alpha=0.3)
-    axes.legend()
+    settings = results["settings"]
+    figure, all_axes = plt.subplots(1, len(settings), figsize=(6.4 * len(settings), 4.2), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for axes, (straggler, setting) in zip(all_axes[0], settings.items(), strict=True):
+        for index, (method, row) in enumerate(setting.items()):
+            for seed, curve in enumerate(row["curves"]):
+                if curve:
+                    seconds, accuracy = zip(*curve, strict=True)
+                    label = f"{method} (lr {row['lr']:g})" if seed == 0 else None
+                    axes.plot(seconds, accuracy, color=colours[index % len(colours)], alpha=0.75, label=label)
+        axes.axhline(results["target"], color="black", linewidth=0.7, linestyle=":")
+        axes.set_title(f"straggler {straggler}x" if straggler != "1" else "no straggler", fontsize=10, loc="left")
+        axes.set_xlabel("wall time (s)")
+        axes.set_ylabel("test accuracy (averaged model)")
+        axes.set_ylim(0.6, None)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -161,8 +161,18 @@ def benchmark(args: argparse.Namespace) -> dict:
 
 
 def table(setting: dict, target: float, straggler: float, seeds: list[int]) -> str:
-    reference = setting.get("ssgd", {}).get("median_time", math.nan)
+    """The sweep (time to target / final accuracy per rate, tuning seed), then the tuned medians."""
+    rates = list(next(iter(setting.values()))["sweep"])
     lines = [
+        f"\nstraggler {straggler:g}x, sweep with seed {seeds[0]}: time to {target} (s) / final accuracy\n",
+        "| method | " + " | ".join(f"lr {lr}" for lr in rates) + " |",
+        "|---|" + "---|" * len(rates),
+    ]
+    for method, row in setting.items():
+        cells = [f"{_fmt(e['time_to_target'])} / {e['final_accuracy']:.4f}" for e in row["sweep"].values()]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    reference = setting.get("ssgd", {}).get("median_time", math.nan)
+    lines += [
         f"\nstraggler {straggler:g}x, target {target}, seeds {' '.join(map(str, seeds))} (medians)\n",
         "| method | chosen lr | time to target per seed (s) | median (s) | / ssgd | median final accuracy |",
         "|---|---|---|---|---|---|",

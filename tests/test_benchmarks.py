@@ -132,3 +132,6 @@ def test_time_to_accuracy_benchmark_tunes_each_method_and_reads_finished_runs_ba
     again = run_benchmark("benchmarks/time_to_accuracy.py", *flags, timeout=120)  # every run read back
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "time_to_accuracy.json").read_text())["settings"]["2"] == setting
+    figure = ["benchmarks/figures.py", "--tta", str(tmp_path / "time_to_accuracy.json"), "--out", str(tmp_path)]
+    assert run_benchmark(*figure, timeout=120).returncode == 0
+    assert (tmp_path / "time_to_accuracy.png").stat().st_size > 10_000

@@ -445,7 +445,7 @@ def test_the_optimizer_api_takes_horovods_idioms_and_refuses_misuse_clearly():
     assert "step() after close()" in checks["step_after_close"] and checks["weights_untouched"], checks
 
 
-def test_the_neighbour_exchange_waits_for_dsgd_reads_exactly_x_j_k_detects_a_stall_and_drops_nan():
+def test_the_neighbour_exchange_waits_for_dsgd_reads_exactly_x_j_k_detects_a_stall_drops_nan_and_ages():
     """tests/mpi_programs/neighbour_exchange.py on 2 ranks (deadline 2 s)."""
     result = mpirun(2, PYTHON, "tests/mpi_programs/neighbour_exchange.py", timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -459,6 +459,9 @@ def test_the_neighbour_exchange_waits_for_dsgd_reads_exactly_x_j_k_detects_a_sta
     assert "neighbour rank 1 published nothing new" in stall["message"] and 2.0 <= stall["after_s"] < 10, checks
     assert checks["nan"] == {"reads": 0, "self_weight": 1.0, "reported": {"1": 1}}, checks
     assert "holds NaN/Inf at iteration 0" in result.stderr
+    ages = checks["ages"]
+    assert ages["offsets"][0] == 0.0 and abs(ages["offsets"][1]) < 0.005, ages  # one host, one clock
+    assert ages["stamp"] == 2 and ages["period"] >= 0.19 and ages["age"] > 0 and ages["progress"] == 2, ages
 
 
 def test_horovod_style_helpers_join_with_uneven_data_and_the_collective_modes_through_the_api():

@@ -48,13 +48,13 @@ class AlgorithmConfig:
     momentum: float | None = None  # None: the mode's default (effective_momentum)
     # pcasgd family
     theta: float = 0.5  # [choice] tradeoff between predict (1) and clip (0)
-    predictor: str = "extrapolate"  # [choice]
+    predictor: str = "taylor"  # [choice]
     clip_weights: str = "rescale"  # [choice]
     lam: float | None = None  # None: the mode's DEFAULT_LAMBDA
     lam_adaptive: bool = False
     ms_decay: float | None = None  # None: the mode's default (effective_ms_decay)
     eps: float = 1e-7
-    age_fresh: float = 1.0  # [choice] largest neighbour-step age still counted fresh
+    age_fresh: float = 2.0  # [choice] largest neighbour-step age still counted fresh
     age_max: float = 2.0  # [choice] cap on the age a predictor extrapolates over
     pv_warmup_epochs: float = 5.0
     pv_scope: str = "model"  # [choice]

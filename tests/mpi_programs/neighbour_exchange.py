@@ -13,7 +13,7 @@ from pcasgd.algorithms import AlgorithmConfig
 from pcasgd.algorithms.consensus import Snapshot
 from pcasgd.errors import StallError
 from pcasgd.runtime.exchange import NeighbourExchange, NeighbourFinishedError
-from pcasgd.transport.clock import RunClock
+from pcasgd.transport.clock import RunClock, offset_to_root
 from pcasgd.transport.deadline import Deadline
 from pcasgd.transport.windows import FLAG_FINISHED, SnapshotWindow
 
@@ -102,6 +102,30 @@ if rank == 0:
     gathered = exchange.exchange(0, vector(0.0), vector(0.0))
     reads, self_weight = gathered.reads, gathered.self_weight
     results["nan"] = {"reads": len(reads), "self_weight": self_weight, "reported": dict(exchange.poisoned)}
+comm.Barrier()
+window.close()
+
+# Clocks and ages: one host shares the monotonic clock, so the measured offset is about 0; rank 1
+# publishes every 0.2 s, so its step period is at least that, and rank 0 reads its newest
+# snapshot with the age and the run progress it carries.
+offset = offset_to_root(comm, deadline)
+offsets = comm.gather(offset, root=0)
+window, exchange = case("asgd")
+if rank == 1:
+    for k in range(3):
+        time.sleep(0.2)
+        exchange.publish(k, vector(k), vector(0.0))
+comm.Barrier()
+if rank == 0:
+    time.sleep(0.1)
+    (read,) = exchange.exchange(0, vector(0.0), vector(0.0)).reads
+    results["ages"] = {
+        "offsets": offsets,
+        "stamp": read.snapshot.stamp,
+        "period": read.snapshot.period,
+        "age": read.age,
+        "progress": exchange.progress,
+    }
 comm.Barrier()
 window.close()
 
