@@ -95,10 +95,11 @@ def simulate_decentralized(run: EngineRun, schedule: Schedule, segments: Sequenc
             break
         clock.advance(time, view, state=state)
         group = [i for i in range(n) if start_times[i] == time]
-        grads = {}
+        grads, lasts = {}, {}
         for i in group:
             k, agent = next_iteration[i], agents[i]
-            periods[i].add(duration(i, k))
+            lasts[i] = duration(i, k)  # drawn once: a transient slowdown seeds a generator per call
+            periods[i].add(lasts[i])
             grads[i], loss = oracle(i, agent.params)
             clock.stats.add_loss(loss)
             displacement = agent.last_step if config.publishes_displacement else None
@@ -117,7 +118,7 @@ def simulate_decentralized(run: EngineRun, schedule: Schedule, segments: Sequenc
             if report.decision in ("predict", "clip"):
                 clock.stats.add_predict_share(report.predict_share)
             next_iteration[i] += 1
-            start_times[i] = time + duration(i, k)
+            start_times[i] = time + lasts[i]
     clock.finish(view)
     params, reference, iterations = view()
     decisions: Counter[str] = Counter()
