@@ -215,6 +215,18 @@ def test_every_flag_is_documented_in_docs_cli_md():
     assert not missing, missing
 
 
+def test_trains_and_evaluates_on_fixed_subsets_when_asked(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--epochs", "1", "--train-samples", "200", "--test-samples", "50", "--out", str(out)]
+    assert cli.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["partition"]["samples_per_agent"] == [50, 50, 50, 50]
+    assert summary["iterations_per_epoch"] == 2  # batches of 32
+    for accuracy in (summary["final"]["test_accuracy"], summary["final"]["agent_accuracy_max"]):
+        assert accuracy * 50 == pytest.approx(round(accuracy * 50))  # a fraction of 50 test samples
+    assert cli.main([*argv[:-2], "--test-samples", "361", "--out", str(tmp_path / "too-many")]) == 2
+
+
 def test_records_every_k_iterations_between_the_epochs(tmp_path):
     out = tmp_path / "run"
     assert cli.main(["train", "--epochs", "2", "--eval-every", "5", "--out", str(out)]) == 0

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from pcasgd.app import sources
-from pcasgd.app.data import augment_batch, load, partition
+from pcasgd.app.data import augment_batch, load, partition, training_subset
 from pcasgd.errors import ConfigError
 
 
@@ -142,6 +142,20 @@ def test_partitions_cover_every_row_once_and_repeat_per_seed(spec):
     assert all(len(shard) > 0 for shard in shards)
     again = partition(labels, 4, spec, seed=3)
     assert all(np.array_equal(a, b) for a, b in zip(shards, again, strict=True))
+
+
+@pytest.mark.parametrize("spec", ["iid", "dirichlet:0.5"])
+def test_a_training_subset_is_the_same_rows_for_every_seed_and_partitioned_whole(spec):
+    labels = np.repeat(np.arange(10), 50)
+    subset = training_subset(500, 120)
+    assert len(subset) == 120 and len(np.unique(subset)) == 120 and np.array_equal(subset, np.sort(subset))
+    for seed in (0, 7):
+        shards = partition(labels, 4, spec, seed, samples=120)
+        assert sorted(np.concatenate(shards).tolist()) == subset.tolist()
+        assert all(np.array_equal(shard, np.sort(shard)) for shard in shards)
+    assert np.array_equal(training_subset(500, 0), np.arange(500))
+    with pytest.raises(ConfigError, match="only 500 samples"):
+        partition(labels, 4, spec, 0, samples=501)
 
 
 def test_dirichlet_with_a_small_alpha_skews_the_classes():

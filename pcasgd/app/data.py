@@ -177,14 +177,33 @@ def parse_partition(spec: str) -> float | None:
     )
 
 
-def partition(labels: np.ndarray, agents: int, spec: str, seed: int) -> list[np.ndarray]:
-    """Training-row indices per agent, sorted; deterministic per ``seed``."""
+def training_subset(size: int, samples: int) -> np.ndarray:
+    """Sorted rows of a ``samples``-image subset of a ``size``-image training set (0: all rows).
+
+    Drawn once with a fixed seed, not the run's: every seed and mode of a comparison trains on
+    the same images, and only the partition and the training vary with the seed.
+    """
+    if samples < 0:
+        raise ConfigError(f"train samples must be >= 0 (0: the whole training set), got {samples}")
+    if samples > size:
+        raise ConfigError(f"--train-samples {samples} but the training set has only {size} samples")
+    if samples in (0, size):
+        return np.arange(size)
+    return np.sort(np.random.default_rng(0).permutation(size)[:samples])
+
+
+def partition(labels: np.ndarray, agents: int, spec: str, seed: int, samples: int = 0) -> list[np.ndarray]:
+    """Training-row indices per agent, sorted; deterministic per ``seed``. ``samples``: partition
+    only a fixed subset of that many rows (:func:`training_subset`; 0: every row)."""
     alpha = parse_partition(spec)
-    if agents > len(labels):
-        raise ConfigError(f"{agents} agents but only {len(labels)} training samples")
+    rows = training_subset(len(labels), samples)
+    if agents > len(rows):
+        raise ConfigError(f"{agents} agents but only {len(rows)} training samples")
     if alpha is None:
-        return partition_iid(len(labels), agents, seed)
-    return partition_dirichlet(labels, agents, alpha, seed)
+        shards = partition_iid(len(rows), agents, seed)
+    else:
+        shards = partition_dirichlet(labels[rows], agents, alpha, seed)
+    return [rows[shard] for shard in shards]
 
 
 def partition_iid(samples: int, agents: int, seed: int) -> list[np.ndarray]:

@@ -32,6 +32,8 @@ class RunConfig:
     download: bool = False  # fetch mnist / fashion-mnist / cifar10 with torchvision into data_dir
     partition: str = "iid"  # or dirichlet:ALPHA (non-IID)
     model: str = "mlp"
+    train_samples: int = 0  # train on a fixed subset of this many training images (0: all of them)
+    test_samples: int = 0  # evaluate on a fixed subset of this many test images (0: all of them)
     epochs: int = 10
     batch_size: int = 32
     seed: int = 0
@@ -52,6 +54,9 @@ class RunConfig:
             raise ConfigError(f"unknown backend {self.backend!r}; available: {', '.join(BACKENDS)}")
         if self.agents < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("agents, epochs and batch size must be >= 1")
+        for name in ("train_samples", "test_samples"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0: the whole set), got {getattr(self, name)}")
         if self.eval_every < 0:
             raise ConfigError(f"eval_every must be >= 0 (0: once per epoch), got {self.eval_every}")
         if self.checkpoint_every < 0:

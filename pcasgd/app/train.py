@@ -219,7 +219,7 @@ def _prepare(config: RunConfig, out: Path, comm, deadline, resume: bool) -> _Pre
     torch.manual_seed(config.seed)
     data_dir = Path(config.data_dir) if config.data_dir is not None else None
     labels = _training_labels_everywhere(comm, deadline, config, data_dir)
-    shards = partition(labels, config.agents, config.partition, config.seed)
+    shards = partition(labels, config.agents, config.partition, config.seed, config.train_samples)
     _warn_of_small_shards(shards, config.batch_size, comm is None or comm.Get_rank() == 0)
     schedule, spectral_gap = None, None
     if algorithm.family == "decentralized":  # after the cheap checks: a graph of many agents takes a while
@@ -228,7 +228,12 @@ def _prepare(config: RunConfig, out: Path, comm, deadline, resume: bool) -> _Pre
         if isinstance(schedule, topology.Topology):
             delay_model.check_fits(ranks, schedule.adjacency)
     rows = None if comm is None else _own_rows(comm.Get_rank(), algorithm.family, shards)
-    data = load(config.dataset, data_dir, train_rows=rows).to(device)
+    data = load(config.dataset, data_dir, train_rows=rows)
+    if config.test_samples > len(data.test_y):
+        raise ConfigError(f"--test-samples {config.test_samples} but the test set has only {len(data.test_y)} samples")
+    if config.test_samples:
+        data = data.test_subset(config.test_samples)
+    data = data.to(device)
     model = build_model(config.model, data.input_shape, data.classes).to(device)
     if comm is not None:
         from pcasgd.runtime.checks import check_same_everywhere, check_window_memory, model_signature
