@@ -17,9 +17,9 @@ at or above the target (a seed that misses it counts as never: the median is the
 value of the sorted times, infinite when most seeds miss), the median final accuracy, and the
 ratio of the median time to tuned ``ssgd``'s of the same setting. Times are the runs' own
 ``wall_seconds`` (training and records). Every run writes its directory under ``--out``; a run
-already there with the same command is read back instead of run again (an interrupted benchmark
-started again goes on where it stopped). Runs are interleaved across methods, so the machine's
-load falls on every method alike.
+already there with the same effective configuration is read back instead of run again (an
+interrupted benchmark started again goes on where it stopped; changed defaults rerun it). Runs
+are interleaved across methods, so the machine's load falls on every method alike.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import statistics
 import subprocess
 import sys
@@ -46,7 +45,6 @@ METHODS = {
     "odsgd": ["--mode", "odsgd"],
     "dcasgd-a": ["--mode", "dcasgd-a"],
 }
-COMMAND_FILE = "command.txt"
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,8 @@ def _command(run: Run, args: argparse.Namespace, out: Path) -> list[str]:
     server = run.method == "dcasgd-a"
     ranks = args.agents + 1 if server else args.agents
     command = [mpirun_path() or "mpirun", "-n", str(ranks), sys.executable, "-m", "pcasgd.cli", "train"]
-    command += [*METHODS[run.method], "--backend", "mpi", "--dataset", args.dataset, "--model", args.model]
+    command += [*METHODS[run.method], "--backend", "mpi", "--agents", str(args.agents)]
+    command += ["--dataset", args.dataset, "--model", args.model]
     command += ["--partition", args.partition, "--epochs", str(args.epochs), "--seed", str(run.seed)]
     command += ["--lr", str(run.lr), "--eval-every", str(args.eval_every), "--checkpoint-every", "0"]
     if run.straggler != 1:
@@ -78,20 +77,19 @@ def _command(run: Run, args: argparse.Namespace, out: Path) -> list[str]:
 def records_of(run: Run, args: argparse.Namespace) -> list[dict] | None:
     """The run's metric records (running it unless it already ran with this command); None if it
     failed while training (diverged)."""
+    from pcasgd.app.compare import finished_summary
+    from pcasgd.cli import effective_config
     from pcasgd.runtime.launch import open_mpi_env
 
     out = args.out / run.name
     command = _command(run, args, out)
-    text = shlex.join(command[3:])  # without mpirun's path and the rank count's position
-    done_before = (out / COMMAND_FILE).is_file() and (out / COMMAND_FILE).read_text() == text
-    if not done_before:
+    if finished_summary(out, effective_config(command[command.index("train") + 1 :])) is None:
         done = subprocess.run(command, env=open_mpi_env(str(ROOT)), capture_output=True, text=True, check=False)
         if done.returncode == 1:  # pcasgd train: the run failed while training
             print(f"  {run.name}: failed while training: {done.stderr.strip().splitlines()[-1:]}", flush=True)
             return None
         if done.returncode != 0:
             raise RuntimeError(f"{run.name} could not run (exit {done.returncode}): {done.stderr[-1500:]}")
-        (out / COMMAND_FILE).write_text(text)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -398,6 +398,12 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def effective_config(train_argv: Sequence[str]) -> dict:
+    """The configuration record (``summary.json``'s ``config``) of ``pcasgd train`` with these
+    flags, without starting anything (under MPI ``--agents`` must be among them)."""
+    return run_config_from(command_parsers()[1]["train"].parse_args(list(train_argv))).summary_record()
+
+
 def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     """Each cell runs ``pcasgd train`` with this command's other flags; bad settings fail before any run."""
     variants = [Variant(mode, ("--mode", mode)) for mode in args.modes] + [parse_variant(v) for v in args.variant]
@@ -415,7 +421,9 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
         parse_delays(delay, 0)
     out = args.out if args.out is not None else Path("runs") / "compare"
     agents = args.agents if args.agents is not None else RunConfig().agents
-    table = compare(variants, args.delays, args.seeds, base, out, args.backend, agents, main)
+    if args.agents is None:  # every cell names its agents: its configuration is then known before it runs
+        base += ["--agents", str(agents)]
+    table = compare(variants, args.delays, args.seeds, base, out, args.backend, agents, main, effective_config)
     print(table, end="")
     print(f"table, figure and runs in {out}")
     return 0

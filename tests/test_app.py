@@ -182,6 +182,11 @@ def test_compare_variants_count_failed_cells_and_reuse_finished_ones(tmp_path, c
     assert cli.main(argv) == 0  # the finished cell is read back, not run again
     assert summary.stat().st_mtime_ns == before
     assert json.loads((grid / "compare.json").read_text())[0]["accuracy"] == cells["theta 0.25"]["accuracy"]
+    ran_with_other_defaults = json.loads(summary.read_text())
+    ran_with_other_defaults["config"]["algorithm"]["age_fresh"] += 1
+    summary.write_text(json.dumps(ran_with_other_defaults))
+    assert cli.main(argv) == 0  # a cell whose configuration differs from what its flags give now runs again
+    assert json.loads(summary.read_text())["config"]["algorithm"]["age_fresh"] == AlgorithmConfig().age_fresh
 
 
 def test_plot_and_compare_refuse_bad_input(tmp_path, capsys):

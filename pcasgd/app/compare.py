@@ -6,8 +6,8 @@ under ``--out``; the simulator runs in this process, ``--backend mpi`` cells are
 ``mpirun`` (one rank per agent, plus the server for parameter-server modes).
 
 A cell whose run fails during training (it diverged, exit 1) is counted as failed and the grid
-goes on; a cell already finished with the same flags (an interrupted grid started again) is
-read back instead of run again.
+goes on; a cell already finished with the same effective configuration (an interrupted grid
+started again; not when a flag or a default changed) is read back instead of run again.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from pcasgd.engines import ranks_needed
 from pcasgd.errors import ConfigError
 
 EXIT_TRAINING_FAILED = 1  # pcasgd train's exit status for a run that failed while training (e.g. diverged)
-CELL_FILE = "compare-cell.json"  # the flags a finished cell ran with, beside its summary.json
 
 
 @dataclass(frozen=True)
@@ -107,14 +106,14 @@ def cell_argv(cell: Cell, base_argv: Sequence[str], out: Path) -> list[str]:
     return [*argv, "--out", str(out / cell.name), "--overwrite"]
 
 
-def _finished(folder: Path, argv: list[str]) -> dict | None:
-    """The summary of a cell already run with exactly ``argv``, else None."""
+def finished_summary(folder: Path, config: dict) -> dict | None:
+    """The summary of the run in ``folder`` if it finished with configuration ``config`` (a
+    ``summary.json`` config record: changed flags or defaults do not match), else None."""
     try:
-        if json.loads((folder / CELL_FILE).read_text()) == argv:
-            return json.loads((folder / "summary.json").read_text())
+        summary = json.loads((folder / "summary.json").read_text())
     except (OSError, ValueError):
-        pass
-    return None
+        return None
+    return summary if isinstance(summary, dict) and summary.get("config") == config else None
 
 
 def run_cell(
@@ -124,10 +123,11 @@ def run_cell(
     backend: str,
     agents: int,
     train: Callable[[list[str]], int],
+    configure: Callable[[list[str]], dict],
 ) -> CellResult:
     folder = out / cell.name
     argv = cell_argv(cell, base_argv, out)
-    summary = _finished(folder, argv)
+    summary = finished_summary(folder, configure(argv))
     if summary is None:
         if backend == "mpi":
             from pcasgd.runtime.launch import mpirun_path, open_mpi_env
@@ -144,7 +144,6 @@ def run_cell(
         if code != 0 or not (folder / "summary.json").is_file():
             raise ConfigError(f"the run {cell.name} did not start (exit {code}); its messages are above")
         summary = json.loads((folder / "summary.json").read_text())
-        (folder / CELL_FILE).write_text(json.dumps(argv))
     final = summary["final"]
     return CellResult(
         cell.variant.name,
@@ -229,8 +228,13 @@ def compare(
     backend: str,
     agents: int,
     train: Callable[[list[str]], int],
+    configure: Callable[[list[str]], dict],
 ) -> str:
-    """Run the grid; write ``compare.md``, ``compare.json`` and ``compare.png`` into ``out``; return the table."""
+    """Run the grid; write ``compare.md``, ``compare.json`` and ``compare.png`` into ``out``; return the table.
+
+    ``train`` runs ``pcasgd train`` in this process (simulator cells); ``configure`` gives the
+    summary config record a cell's flags make, which decides whether a finished cell is reused.
+    """
     if not variants or not delays or not seeds:
         raise ConfigError("compare needs at least one mode or variant, one delay and one seed")
     names = [variant.name for variant in variants]
@@ -238,7 +242,7 @@ def compare(
         raise ConfigError(f"variant names must differ: {names}")
     make_folder(out)
     results = [
-        run_cell(Cell(variant, delay, seed), base_argv, out, backend, agents, train)
+        run_cell(Cell(variant, delay, seed), base_argv, out, backend, agents, train, configure)
         for variant in variants
         for delay in delays
         for seed in seeds

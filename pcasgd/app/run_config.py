@@ -84,3 +84,15 @@ class RunConfig:
     def record(self) -> dict[str, Any]:
         """The effective configuration as plain JSON values (what checkpoints compare)."""
         return json.loads(json.dumps(asdict(self), default=str))
+
+    def summary_record(self) -> dict[str, Any]:
+        """What ``summary.json`` says of the configuration: :meth:`record` and the values the
+        algorithm derives from its options. A finished run is read back (``pcasgd compare``, the
+        benchmarks) only when this equals its summary's: changed defaults rerun it."""
+        algorithm = self.algorithm
+        derived = {
+            "effective_lambda": algorithm.effective_lambda,
+            "effective_ms_decay": algorithm.effective_ms_decay,
+            "effective_momentum": algorithm.effective_momentum,
+        }
+        return json.loads(json.dumps({**asdict(self), **derived}, default=str))

@@ -336,16 +336,9 @@ class _Recording:
 
 def _summary(config: RunConfig, prepared: _Prepared, result, records: list[dict[str, Any]], per_epoch: int) -> dict:
     """What ``summary.json`` holds: the effective configuration, the final metrics and versions."""
-    algorithm = config.algorithm
     staleness_total = sum(result.staleness.values())
     return {
-        "config": {
-            **asdict(config),
-            "algorithm": algorithm.to_dict(),
-            "effective_lambda": algorithm.effective_lambda,
-            "effective_ms_decay": algorithm.effective_ms_decay,
-            "effective_momentum": algorithm.effective_momentum,
-        },
+        "config": config.summary_record(),
         "topology": None
         if prepared.schedule is None
         else {"spec": config.topology, "spectral_gap": prepared.spectral_gap},
