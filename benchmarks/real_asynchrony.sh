@@ -3,7 +3,7 @@
 # ranks, ring, 3 seeds, each delay setting of issue 13: a 2x and a 4x straggler, transient
 # stragglers, every read 8 snapshots late.
 #   bash benchmarks/real_asynchrony.sh GRID [OUT]
-# GRID: fmnist-options    Fashion-MNIST LeNet-5, IID: every predictor and option (2 epochs)
+# GRID: fmnist-options    Fashion-MNIST LeNet-5, IID: every predictor and option, theta (2 epochs)
 #       fmnist-noniid     the same, dirichlet:0.1 shards: asgd against default pcasgd
 #       cifar             CIFAR-10 ResNet-20 (short: a fixed 8,000-image subset, 2 epochs,
 #                         1,000 test images), IID and dirichlet:0.1: asgd against default pcasgd
@@ -31,6 +31,9 @@ fmnist-options)
     python -m pcasgd.cli compare "${fmnist[@]}" \
         --variant "taylor, age-fresh 2=--mode pcasgd --predictor taylor --age-fresh 2" \
         --delays "${delays[@]}" --seeds 0 1 2 --out "$out/choices-fmnist-2"
+    python -m pcasgd.cli compare "${fmnist[@]}" \
+        --variant "theta 0.25=--mode pcasgd --theta 0.25" --variant "theta 0.75=--mode pcasgd --theta 0.75" \
+        --delays "${delays[@]}" --seeds 0 1 2 --out "$out/choices-fmnist-theta"
     ;;
 fmnist-noniid)
     python -m pcasgd.cli compare "${fmnist[@]}" --partition dirichlet:0.1 --modes asgd pcasgd \
