@@ -1,7 +1,7 @@
 """The figures of docs/RESULTS.md, drawn from the JSON the benchmarks write.
 
     python benchmarks/figures.py --protocol runs/protocol.json [more.json...] --real runs/real_compute.json \\
-        --tta runs/tta/time_to_accuracy.json --out docs/figures \\
+        --tta runs/tta/time_to_accuracy.json [more.json...] --out docs/figures \\
         --accuracy "4 agents=runs/accuracy-4/modes" "8 agents=runs/accuracy-8/modes" \\
         --claims "DC-ASGD, 4 workers=runs/claims/dcasgd-4" ...
 """
@@ -91,6 +91,17 @@ def real_compute_figure(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def tta_results(paths: list[Path]) -> dict:
+    """Several time-to-accuracy results (one per straggler setting, say) as one: their settings
+    together; they must share the target, or the panels would not compare."""
+    results = [json.loads(path.read_text()) for path in paths]
+    targets = {result["target"] for result in results}
+    if len(targets) != 1:
+        raise SystemExit(f"figures.py: --tta results have different targets {sorted(targets)}")
+    settings = {straggler: setting for result in results for straggler, setting in result["settings"].items()}
+    return {**results[0], "settings": settings}
+
+
 def time_to_accuracy_figure(results: dict, path: Path) -> None:
     """Test accuracy against wall time, one panel per straggler setting, one colour per method (at
     its tuned learning rate, every seed), with the target marked."""
@@ -137,7 +148,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocol", type=Path, nargs="+", help="protocol.json files (later ones win)")
     parser.add_argument("--real", type=Path)
-    parser.add_argument("--tta", type=Path)
+    parser.add_argument("--tta", type=Path, nargs="+", help="time_to_accuracy.json files, one panel per setting")
     parser.add_argument("--accuracy", nargs="+", metavar="TITLE=FOLDER", help="compare runs, one panel each")
     parser.add_argument("--claims", nargs="+", metavar="TITLE=FOLDER", help="compare runs, one panel each")
     parser.add_argument("--out", type=Path, default=Path("docs/figures"))
@@ -150,7 +161,7 @@ def main() -> int:
     if args.real:
         real_compute_figure(json.loads(args.real.read_text()), args.out / "real_compute.png")
     if args.tta:
-        time_to_accuracy_figure(json.loads(args.tta.read_text()), args.out / "time_to_accuracy.png")
+        time_to_accuracy_figure(tta_results(args.tta), args.out / "time_to_accuracy.png")
     if args.accuracy:
         grids_figure(args.accuracy, args.out / "accuracy_under_delay.png")
     if args.claims:

@@ -128,8 +128,10 @@ class EpochStats:
         self.predict_share_count += 1
 
     @property
-    def mean_loss(self) -> float:
-        return self.loss_sum / self.loss_count if self.loss_count else float("nan")
+    def mean_loss(self) -> float | None:
+        """None when no agent trained since the previous record (a record the run's progress
+        passed at once with the next one): JSON has no NaN."""
+        return self.loss_sum / self.loss_count if self.loss_count else None
 
     @property
     def staleness_mean(self) -> float:

@@ -96,6 +96,21 @@ def test_plain_progress_lines_when_not_a_terminal(tmp_path, capsys):
     assert "final test accuracy" in captured.out
 
 
+def test_a_record_without_training_since_the_last_one_has_no_loss_not_nan(tmp_path):
+    """Asynchronous runs can pass two record marks at once (a neighbour reports the run's
+    progress); the second record has no training loss: null in JSON, "-" in the progress line."""
+    import io
+
+    from pcasgd.app.progress import EpochProgress
+    from pcasgd.engine import EpochStats
+
+    assert EpochStats().mean_loss is None
+    record = {"epoch": 2, "test_accuracy": 0.5, "train_loss": None, "consensus_distance_mean": 0.1}
+    record |= {"staleness_mean": 0.0, "samples_per_second": 0.0, "wall_seconds": 1.0}
+    assert "loss -  consensus" in EpochProgress(3, io.StringIO()).line(record)
+    assert json.loads(json.dumps(record))["train_loss"] is None
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -17,8 +17,9 @@ class EpochProgress:
     def line(self, record: dict[str, Any]) -> str:
         epoch = record["epoch"]
         eta = record["wall_seconds"] / epoch * (self.epochs - epoch)
+        loss = "-" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
         text = (
-            f"epoch {epoch:.4g}/{self.epochs}  acc {record['test_accuracy']:.4f}  loss {record['train_loss']:.4f}  "
+            f"epoch {epoch:.4g}/{self.epochs}  acc {record['test_accuracy']:.4f}  loss {loss}  "
             f"consensus {record['consensus_distance_mean']:.3g}  staleness {record['staleness_mean']:.2f}"
             f"  {record['samples_per_second']:.0f} samples/s  {record['wall_seconds']:.1f}s  eta {eta:.0f}s"
         )
