@@ -171,20 +171,14 @@ def _add_train_arguments(train: argparse.ArgumentParser, grid: bool = False) -> 
     train.add_argument("--download", action="store_true", help="download the dataset with torchvision into --data-dir")
     train.add_argument("--partition", default=run.partition, help="iid, or dirichlet:ALPHA for non-IID shards")
     train.add_argument("--model", default=run.model, help=f"one of {', '.join(MODELS)}")
-    train.add_argument(
-        "--train-samples",
-        type=_number(int, 0),
-        default=run.train_samples,
-        metavar="N",
-        help="train on a fixed subset of N training images, the same for every seed (0: all)",
-    )
-    train.add_argument(
-        "--test-samples",
-        type=_number(int, 0),
-        default=run.test_samples,
-        metavar="N",
-        help="evaluate on a fixed subset of N test images, the same for every seed (0: all)",
-    )
+    for split, verb in (("train", "train"), ("test", "evaluate")):
+        train.add_argument(
+            f"--{split}-samples",
+            type=_number(int, 0),
+            default=getattr(run, f"{split}_samples"),
+            metavar="N",
+            help=f"{verb} on a fixed subset of N {split} images, the same for every seed (0: all)",
+        )
     train.add_argument("--epochs", type=_number(int, 1), default=run.epochs)
     train.add_argument("--batch-size", type=_number(int, 1), default=run.batch_size, help="per agent")
     if not grid:

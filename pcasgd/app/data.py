@@ -183,8 +183,6 @@ def training_subset(size: int, samples: int) -> np.ndarray:
     Drawn once with a fixed seed, not the run's: every seed and mode of a comparison trains on
     the same images, and only the partition and the training vary with the seed.
     """
-    if samples < 0:
-        raise ConfigError(f"train samples must be >= 0 (0: the whole training set), got {samples}")
     if samples > size:
         raise ConfigError(f"--train-samples {samples} but the training set has only {size} samples")
     if samples in (0, size):
