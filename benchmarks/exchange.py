@@ -8,6 +8,8 @@ process ((1 + neighbours) x 2 vectors into preallocated buffers). Each configura
 real ``mpirun`` job: 2 neighbours = a ring of 3 ranks, 4 neighbours = the full graph of 5 ranks.
 ``idle``: rank 0 steps while the others wait (the cost of one exchange); ``busy``: every rank
 steps at once (they share this machine's cores and memory bandwidth). Medians over the repeats.
+``--fault-tolerant``: under ULFM with the transport it needs (tcp and osc/rdma instead of shared
+memory and osc/sm), what ``pcasgd train --fault-tolerant`` pays.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", type=int, default=[1_000_000, 25_000_000])
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--fault-tolerant", action="store_true", help="under ULFM: tcp and osc/rdma")
     parser.add_argument("--worker", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -94,7 +97,7 @@ def main() -> int:
     for numel in args.sizes:
         for ranks in (3, 5):
             command = [sys.executable, __file__, "--worker", str(numel), str(args.repeats)]
-            r, errors = run_json_job(ranks, command, ROOT)
+            r, errors = run_json_job(ranks, command, ROOT, fault_tolerant=args.fault_tolerant)
             if r is None:
                 print(f"| {numel:,} | {ranks - 1 if ranks == 5 else 2} | failed: {errors[-300:]!r} |||")
                 continue

@@ -6,6 +6,8 @@
 # Sets what Open MPI 5 (the PyPI wheel) needs here: running as root when we are root, more ranks
 # than cores, the shared-memory one-sided component, and yielding instead of busy-polling while
 # a rank waits (busy-polling steals the CPU from the other ranks when they share cores).
+# With --fault-tolerant among the flags it also turns on Open MPI's ULFM (--with-ft ulfm) and the
+# components ULFM needs (tcp transport, ftagree collectives, osc/rdma windows; docs/mpi.md).
 # PCASGD_MPIRUN picks the mpirun binary (default: the one next to the environment's python).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,7 +23,14 @@ export OMPI_MCA_osc="${OMPI_MCA_osc-sm,rdma}"
 export OMPI_MCA_mpi_yield_when_idle="${OMPI_MCA_mpi_yield_when_idle-1}"
 # One compute thread per rank when ranks share the cores.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS-1}"
+ft=()
+for flag in "$@"; do
+  if [ "$flag" = "--fault-tolerant" ]; then
+    ft=(--with-ft ulfm)
+    export OMPI_MCA_btl=tcp,self OMPI_MCA_coll=basic,self,libnbc,ftagree OMPI_MCA_osc=rdma
+  fi
+done
 if [[ "${1:-}" == *.py ]]; then
-  exec "$mpirun" -n "$ranks" "$venv/bin/python" "$@"
+  exec "$mpirun" "${ft[@]}" -n "$ranks" "$venv/bin/python" "$@"
 fi
-exec "$mpirun" -n "$ranks" "$venv/bin/python" -m pcasgd.cli train --backend mpi "$@"
+exec "$mpirun" "${ft[@]}" -n "$ranks" "$venv/bin/python" -m pcasgd.cli train --backend mpi "$@"

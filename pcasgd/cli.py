@@ -228,6 +228,12 @@ def _add_train_arguments(train: argparse.ArgumentParser, grid: bool = False) -> 
         help="mpi, decentralized modes: allocate the windows with MPI.Win.Allocate_shared (one node only)",
     )
     train.add_argument(
+        "--fault-tolerant",
+        action="store_true",
+        help="mpi, asynchronous decentralized modes: when a rank dies, the others shrink the world, rebuild the "
+        "graph and windows over themselves and go on (Open MPI's ULFM: launch/mpirun.sh --fault-tolerant)",
+    )
+    train.add_argument(
         "--progress-thread",
         action="store_true",
         help="mpi: a helper thread keeps one-sided reads and odsgd's allreduce moving while the rank computes "
@@ -292,6 +298,7 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
         startup_deadline=args.startup_deadline,
         progress_thread=args.progress_thread,
         shared_windows=args.shared_windows,
+        fault_tolerant=args.fault_tolerant,
         device=args.device,
         host_staging=args.host_staging,
         tensorboard=args.tensorboard,
@@ -317,7 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PcasgdError as error:
         print(f"pcasgd: error: {error}", file=sys.stderr)
         return 2
-    return _train(args)
+    status = _train(args)
+    if args.backend == "mpi" and args.fault_tolerant:
+        from pcasgd.runtime.faults import leave_if_abandoned
+
+        leave_if_abandoned(status)
+    return status
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -70,6 +70,9 @@ class EngineRun:
     checkpoint: Checkpoint | None = None
     resume: dict[str, Any] | None = None
     record_every: int = 0  # iterations between records inside an epoch (0: at epoch boundaries only)
+    # world_change(event): under --fault-tolerant, rank 0 reports each recovery from a dead rank
+    # (who died, the new world, when it was noticed, recovered, and first stepped on)
+    world_change: Callable[[dict[str, Any]], None] | None = None
 
     def records(self) -> RecordSchedule:
         return RecordSchedule(self.iterations_per_epoch, self.epochs, self.record_every)
@@ -179,6 +182,7 @@ class EngineResult:
     sim_time: float
     # whole run, decentralized modes: per neighbour read, the histogram of its snapshots' ages
     ages: dict[int, Counter[float]] = field(default_factory=dict)
+    world_changes: list[dict[str, Any]] = field(default_factory=list)  # --fault-tolerant: each recovery
 
 
 class RecordSchedule:

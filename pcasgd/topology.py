@@ -9,6 +9,7 @@ consensus it must be non-negative, doubly stochastic, zero off the graph, and st
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -361,6 +362,49 @@ def build(spec: str, n: int, weights: str = "auto", seed: int = 0) -> Schedule:
     matrix = WEIGHT_SCHEMES[scheme](adjacency)
     validate(matrix, adjacency)
     return Topology(name=spec, adjacency=adjacency, weights=matrix)
+
+
+def survivors(schedule: Schedule, alive: list[int]) -> Topology:
+    """The graph over the agents in ``alive`` after the others died, numbered in ``alive``'s order.
+
+    It keeps the edges of ``schedule`` between survivors (for a time-varying schedule, the union
+    over one period), made undirected so that Metropolis-Hastings weights are doubly stochastic
+    on it whatever the original weighting; where the losses cut the graph, it joins each
+    component's first agent to the next component's (a chain of new edges). Validated.
+    """
+    if not alive or len(set(alive)) != len(alive) or not all(0 <= a < schedule.size for a in alive):
+        raise TopologyError(f"the survivors must be distinct agents of 0..{schedule.size - 1}, got {alive}")
+    period = getattr(schedule, "period", 1)
+    union = np.zeros((schedule.size, schedule.size), dtype=bool)
+    for step in range(period):
+        union |= schedule.at(step).adjacency
+    index = np.array(alive)
+    adjacency = union[np.ix_(index, index)]
+    adjacency = adjacency | adjacency.T
+    for first, second in itertools.pairwise(_components(adjacency)):
+        adjacency[first[0], second[0]] = adjacency[second[0], first[0]] = True
+    weights = metropolis_hastings_weights(adjacency)
+    validate(weights, adjacency)
+    name = f"{getattr(schedule, 'name', 'graph')} without {sorted(set(range(schedule.size)) - set(alive))}"
+    return Topology(name=name, adjacency=adjacency, weights=weights)
+
+
+def _components(adjacency: np.ndarray) -> list[list[int]]:
+    """The connected components of an undirected graph, each sorted, in order of first agent."""
+    seen: set[int] = set()
+    components = []
+    for start in range(len(adjacency)):
+        if start in seen:
+            continue
+        component, frontier = {start}, [start]
+        while frontier:
+            for j in np.flatnonzero(adjacency[frontier.pop()]):
+                if int(j) not in component:
+                    component.add(int(j))
+                    frontier.append(int(j))
+        seen |= component
+        components.append(sorted(component))
+    return components
 
 
 @dataclass(frozen=True)

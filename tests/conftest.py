@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mpi_support import PYTHON
+from tests.mpi_support import HOSTS, PYTHON
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
@@ -49,3 +49,11 @@ def slurm():
     ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=60)
     if "UP" not in ping.stdout:
         missing(f"no Slurm controller answers: {ping.stdout.strip()} {ping.stderr.strip()}")
+
+
+@pytest.fixture(scope="session")
+def hosts():
+    """The test hosts node1 and node2 (launch/hosts.sh up, run by .ci/setup.sh)."""
+    status = subprocess.run(["bash", str(HOSTS), "status"], capture_output=True, text=True, timeout=60)
+    if status.returncode != 0:
+        missing(f"the test hosts are not up (launch/hosts.sh up 2; needs root and network namespaces): {status.stdout}")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import faults
+from benchmarks.faults import KilledRun
 from pcasgd.runtime.launch import mpirun_path, open_mpi_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,12 +26,18 @@ def mpi_env() -> dict[str, str]:
 
 
 def mpirun(
-    ranks: int, *command: str, timeout: float = 180, cwd: Path | None = None, env: dict[str, str] | None = None
+    ranks: int,
+    *command: str,
+    timeout: float = 180,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    launcher: list[str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run ``command`` on ``ranks`` ranks (``env``: extra variables); a job past ``timeout`` fails the test."""
+    """Run ``command`` on ``ranks`` ranks (``env``: extra variables; ``launcher``: instead of
+    mpirun, e.g. :func:`hosts_launcher`); a job past ``timeout`` fails the test."""
     try:
         return subprocess.run(
-            [MPIRUN, "-n", str(ranks), *command],
+            [*(launcher or [MPIRUN]), "-n", str(ranks), *command],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -46,10 +54,13 @@ def train(
     return mpirun(ranks, PYTHON, "-m", "pcasgd.cli", "train", "--backend", "mpi", *flags, timeout=timeout, env=env)
 
 
-def assert_reproduces_simulator(ranks: int, modes: str, topologies: str, delays: str, extra: str = "") -> None:
+def assert_reproduces_simulator(
+    ranks: int, modes: str, topologies: str, delays: str, extra: str = "", launcher: list[str] | None = None
+) -> None:
     """Run tests/mpi_programs/equivalence.py: every case within 1e-6 of the simulator, same staleness
     and same snapshot ages."""
-    result = mpirun(ranks, PYTHON, "tests/mpi_programs/equivalence.py", modes, topologies, delays, extra, timeout=400)
+    program = "tests/mpi_programs/equivalence.py"
+    result = mpirun(ranks, PYTHON, program, modes, topologies, delays, extra, timeout=400, launcher=launcher)
     assert result.returncode == 0, result.stderr[-3000:]
     cases = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(cases) == len(modes.split(",")) * len(topologies.split(",")) * len(delays.split(";"))
@@ -57,3 +68,31 @@ def assert_reproduces_simulator(ranks: int, modes: str, topologies: str, delays:
         assert case["max_abs_diff"] <= 1e-6, case
         assert case["mpi_staleness"] == case["sim_staleness"], case
         assert case["mpi_ages"] == case["sim_ages"], case
+
+
+HOSTS = ROOT / "launch" / "hosts.sh"
+
+
+def hosts_launcher() -> list[str]:
+    """mpirun from node1 across the test hosts (launch/hosts.sh; ``PCASGD_HOSTS_SLOTS`` ranks per
+    host, default 2)."""
+    return ["env", f"PCASGD_MPIRUN={MPIRUN}", "bash", str(HOSTS), "mpirun"]
+
+
+def train_and_kill(
+    ranks: int,
+    out: Path,
+    flags: list[str],
+    kills: list[tuple[int, float]],
+    after_records: int,
+    timeout: float = 300,
+    launcher: list[str] | None = None,
+) -> KilledRun:
+    """:func:`benchmarks.faults.train_and_kill` with this environment; a job past ``timeout``
+    fails the test."""
+    try:
+        return faults.train_and_kill(
+            [*(launcher or [MPIRUN])], ranks, out, flags, kills, after_records, mpi_env(), timeout
+        )
+    except subprocess.TimeoutExpired as expired:
+        pytest.fail(f"a fault-tolerant run in {out} did not finish in {timeout} s:\n{expired.stderr}")

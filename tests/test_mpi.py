@@ -16,16 +16,22 @@ import pytest
 import torch
 
 from pcasgd.app import checkpoint as checkpoints
-from pcasgd.runtime.launch import OSC_UCX_ENV
+from pcasgd.runtime.launch import FAULT_TOLERANT_MCA, OSC_UCX_ENV
 from tests.conftest import FASHION_MNIST
 from tests.mpi_support import MPIRUN, PYTHON, ROOT, assert_reproduces_simulator, mpi_env, mpirun, needs_mpirun, train
 
 pytestmark = needs_mpirun
 
 
-@pytest.mark.parametrize("ranks", [2, 4])
-def test_snapshot_reads_are_never_torn_under_concurrent_writes(ranks):
-    result = mpirun(ranks, PYTHON, "tests/mpi_programs/torn_reads.py", "100000", "1.5", timeout=120)
+@pytest.mark.parametrize(
+    ("ranks", "env"),
+    [(2, {}), (4, {}), (4, FAULT_TOLERANT_MCA)],
+    ids=["2-osc-sm", "4-osc-sm", "4-osc-rdma-tcp"],
+)
+def test_snapshot_reads_are_never_torn_under_concurrent_writes(ranks, env):
+    """No locks: the publish order and the readers' stamp checks keep reads whole (without the
+    checks this program finds about one torn read in ten under osc/rdma)."""
+    result = mpirun(ranks, PYTHON, "tests/mpi_programs/torn_reads.py", "100000", "1.5", timeout=120, env=env)
     assert result.returncode == 0, result.stderr
     counts = [
         tuple(map(int, re.findall(r"\d+", line))) for line in result.stdout.splitlines() if line.startswith("rank")
@@ -294,17 +300,17 @@ def test_shared_memory_windows_give_the_same_weights(tmp_path):
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
 
 
-def test_progress_lets_neighbours_read_a_busy_rank_under_osc_ucx():
-    """With osc/ucx a read of a computing rank's window waits for it to enter MPI; poke and thread fix that."""
+def test_reads_of_a_busy_rank_complete_under_osc_ucx():
+    """osc/ucx, rank 1 computing 4 s without MPI calls. While reads took a shared lock, a read
+    waited for the target to enter MPI (measured 2.8 s without help, 0.35 s with the pokes between
+    steps, 0.007 s with the progress thread); with access epochs that take no lock
+    (MPI_MODE_NOCHECK) the read completes without the target (measured 0.010 s in every phase)."""
     result = mpirun(2, PYTHON, "tests/mpi_programs/busy_target_reads.py", "4", timeout=180, env=OSC_UCX_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     phases = {case["phase"]: case for case in map(json.loads, result.stdout.splitlines())}
-    # No help: the read completes only when the target stops computing (measured 2.8 s of 3).
-    assert phases["none"]["slowest_read_s"] >= 2.0, phases
-    # Pokes between 50 ms chunks of compute (measured 0.35 s); the thread (measured 0.007 s).
-    assert phases["calls"]["slowest_read_s"] < 1.0, phases
-    assert phases["thread"]["slowest_read_s"] < 0.5, phases
-    assert phases["thread"]["reads"] > phases["none"]["reads"], phases
+    for phase in ("none", "calls", "thread"):
+        assert phases[phase]["slowest_read_s"] < 1.0, phases
+        assert phases[phase]["reads"] >= 10, phases
 
 
 def test_asynchronous_training_under_osc_ucx_with_the_progress_thread(tmp_path):

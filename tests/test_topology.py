@@ -122,3 +122,36 @@ def test_the_spectral_gap_of_a_large_graph_is_the_dense_one_without_a_dense_deco
     weights = topology.build(spec, n).weights
     dense = 1.0 - np.linalg.norm(weights - np.full((n, n), 1.0 / n), ord=2)
     assert abs(topology.spectral_gap(weights) - dense) < 1e-9
+
+
+def test_survivors_of_a_ring_keep_their_edges_renumbered():
+    remaining = topology.survivors(topology.build("ring", 4), [0, 1, 3])
+    # ring 0-1-2-3-0 without 2: the path 3-0-1, i.e. new agents 2-0-1
+    expected = np.array([[0, 1, 1], [1, 0, 0], [1, 0, 0]], dtype=bool)
+    np.testing.assert_array_equal(remaining.adjacency, expected)
+    np.testing.assert_allclose(remaining.weights.sum(axis=0), 1.0)
+    np.testing.assert_allclose(remaining.weights.sum(axis=1), 1.0)
+    assert remaining.weights[1, 2] == 0.0
+    assert "without [2]" in remaining.name
+
+
+def test_survivors_rejoin_a_graph_the_losses_cut():
+    # ring of 6 without 1 and 4: {0, 5} and {2, 3} are cut apart; one new edge joins 0 and 2
+    remaining = topology.survivors(topology.build("ring", 6), [0, 2, 3, 5])
+    assert remaining.adjacency[0, 1] and remaining.adjacency[1, 0]
+    assert remaining.adjacency.sum() == 2 * 3  # the two old edges and the new one
+    assert remaining.spectral_gap() > 0
+
+
+def test_survivors_of_a_directed_or_time_varying_graph_are_undirected_and_doubly_stochastic():
+    for schedule in (topology.build("exp", 8), topology.build("one-peer-exp", 8)):
+        remaining = topology.survivors(schedule, [0, 1, 2, 4, 5, 6, 7])
+        np.testing.assert_array_equal(remaining.adjacency, remaining.adjacency.T)
+        assert topology.validate(remaining.weights, remaining.adjacency) > 0
+
+
+def test_a_lone_survivor_keeps_its_own_weights_and_bad_survivor_lists_are_errors():
+    assert topology.survivors(topology.build("ring", 4), [2]).weights.tolist() == [[1.0]]
+    for alive in ([], [0, 0], [4]):
+        with pytest.raises(TopologyError, match="distinct agents"):
+            topology.survivors(topology.build("ring", 4), alive)

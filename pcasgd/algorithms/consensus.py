@@ -262,6 +262,13 @@ class ConsensusAgent:
                 predicted_parts += 1
         return chosen, predicted_elements / predicted.numel(), predicted_parts, len(segments) - 1
 
+    def renumber_neighbours(self, numbers: dict[int, int]) -> None:
+        """The agents were renumbered (a rank died and the survivors closed ranks): what this
+        agent keeps per neighbour follows ``numbers`` (old number -> new); neighbours missing from
+        it are forgotten."""
+        self._mean_square = {numbers[j]: v for j, v in self._mean_square.items() if j in numbers}
+        self._last_stamp = {numbers[j]: stamp for j, stamp in self._last_stamp.items() if j in numbers}
+
     # -- state for checkpoints ------------------------------------------------------------------
 
     def state_dict(self, weights: bool = True) -> dict:

@@ -15,6 +15,7 @@ from pcasgd.errors import ConfigError
 from pcasgd.protocol.ages import AGE_BIN, histogram_median
 
 METRICS_FILES = ("metrics.jsonl", "metrics.csv")
+EVENTS_FILE = "events.jsonl"  # --fault-tolerant: one line per recovery from a dead rank
 
 
 class MetricsWriter:
@@ -42,6 +43,9 @@ class MetricsWriter:
                 if isinstance(value, (int, float)) and key != "epoch":
                     self._board.add_scalar(key, value, record["epoch"])
             self._board.flush()
+
+    def write_event(self, event: dict[str, Any]) -> None:
+        append_text(self.out / EVENTS_FILE, json.dumps(event) + "\n")
 
     @staticmethod
     def rewrite_csv(out: Path, records: list[dict[str, Any]]) -> None:

@@ -43,6 +43,7 @@ class RunConfig:
     startup_deadline: float = 600.0
     progress_thread: bool = False  # mpi: a helper thread keeps MPI transfers moving during the compute
     shared_windows: bool = False  # mpi, decentralized: MPI.Win.Allocate_shared (all ranks on one node)
+    fault_tolerant: bool = False  # mpi, asynchronous decentralized: survive dead ranks (Open MPI's ULFM)
     device: str = "cpu"  # cpu | cuda (GPU local_rank % count) | auto
     host_staging: str = "auto"  # mpi: copy GPU buffers through pinned host memory (auto: unless CUDA-aware)
     tensorboard: bool = False  # also write the per-epoch scalars as TensorBoard events
@@ -69,8 +70,14 @@ class RunConfig:
             raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.backend == "sim" and self.algorithm.comm == "horovod":
             raise ConfigError("--comm horovod is for --backend mpi")
-        if self.backend == "sim" and (self.deterministic or self.progress_thread or self.shared_windows):
-            raise ConfigError("--deterministic, --progress-thread and --shared-windows are for --backend mpi")
+        if self.backend == "sim" and (
+            self.deterministic or self.progress_thread or self.shared_windows or self.fault_tolerant
+        ):
+            raise ConfigError(
+                "--deterministic, --progress-thread, --shared-windows and --fault-tolerant are for --backend mpi"
+            )
+        if self.fault_tolerant:
+            self._check_fault_tolerant()
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}; available: {', '.join(DATASETS)}")
         parse_partition(self.partition)
@@ -80,6 +87,17 @@ class RunConfig:
             raise ConfigError(f"unknown host staging {self.host_staging!r}; available: {', '.join(HOST_STAGING)}")
         if self.algorithm.comm == "horovod" and self.progress_thread:
             raise ConfigError("--progress-thread is for MPI transfers; Horovod progresses in its own thread")
+
+    def _check_fault_tolerant(self) -> None:
+        if self.algorithm.family != "decentralized":
+            raise ConfigError(
+                f"--fault-tolerant is built for the decentralized modes; {self.algorithm.mode!r} is a "
+                f"{self.algorithm.family} mode (a dead rank ends its run: resume it from its checkpoints)"
+            )
+        if self.deterministic:
+            raise ConfigError("--fault-tolerant needs the asynchronous mode: lock-step ranks wait for a dead one")
+        if self.shared_windows:
+            raise ConfigError("--fault-tolerant runs over the tcp transport that ULFM needs: no --shared-windows")
 
     def record(self) -> dict[str, Any]:
         """The effective configuration as plain JSON values (what checkpoints compare)."""

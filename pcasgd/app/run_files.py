@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from pcasgd.app.files import make_folder, write_atomically
-from pcasgd.app.metrics import METRICS_FILES, MetricsWriter
+from pcasgd.app.metrics import EVENTS_FILE, METRICS_FILES, MetricsWriter
 from pcasgd.errors import ConfigError
 
-RUN_FILES = (*METRICS_FILES, "summary.json", "model.pt", "stopped.log")
+RUN_FILES = (*METRICS_FILES, EVENTS_FILE, "summary.json", "model.pt", "stopped.log")
 RUN_FOLDERS = ("checkpoints", "tensorboard")
 LOCK = ".pcasgd.lock"
 REPLACED = ".replaced"

@@ -212,6 +212,10 @@ def _prepare(config: RunConfig, out: Path, comm, deadline, resume: bool) -> _Pre
         from pcasgd.runtime.checks import check_same_everywhere, check_world_size
 
         check_world_size(comm, ranks)
+        if config.fault_tolerant:
+            from pcasgd.runtime.faults import check_enabled
+
+            check_enabled()
         with deadline.guard("agreeing on the run configuration with the other ranks (collective)"):
             check_same_everywhere(
                 comm, "the run configuration", json.dumps(asdict(config), sort_keys=True, default=str)
@@ -333,6 +337,10 @@ class _Recording:
         if self.on_epoch is not None:
             self.on_epoch(record)
 
+    def record_world_change(self, event: dict[str, Any]) -> None:
+        """A recovery from a dead rank (rank 0, --fault-tolerant): one line of events.jsonl."""
+        self.writer.write_event({**event, "wall_seconds": time.perf_counter() - self.started})
+
 
 def _summary(config: RunConfig, prepared: _Prepared, result, records: list[dict[str, Any]], per_epoch: int) -> dict:
     """What ``summary.json`` holds: the effective configuration, the final metrics and versions."""
@@ -356,6 +364,7 @@ def _summary(config: RunConfig, prepared: _Prepared, result, records: list[dict[
         },
         "ages": age_summary(result.ages),
         "decisions": dict(result.decisions),
+        "world_changes": result.world_changes,
         "final": records[-1],
         "versions": versions(),
     }
@@ -401,13 +410,16 @@ def _train(config: RunConfig, out: Path, prepared: _Prepared, on_epoch, comm, de
         checkpoint=recording.save_checkpoint if config.checkpoint_every else None,
         resume=payload["engine"] if payload is not None else None,
         record_every=config.eval_every,
+        world_change=recording.record_world_change,
     )
     inputs = EngineInputs(run, config.agents, prepared.schedule, segment_offsets(model), comm, deadline)
     if comm is not None:
         from pcasgd.runtime.exchange import MpiOptions
 
         staging = HostStaging(prepared.device, stage_through_host(prepared.device, config.host_staging))
-        inputs.mpi = MpiOptions(config.deterministic, config.shared_windows, config.progress_thread, staging)
+        inputs.mpi = MpiOptions(
+            config.deterministic, config.shared_windows, config.progress_thread, staging, config.fault_tolerant
+        )
     result = run_engine(config.backend, inputs)
     if result is None:
         return None

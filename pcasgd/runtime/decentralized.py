@@ -19,10 +19,20 @@ its window, reads its in-neighbours' snapshots, and applies the same
 Rank 0 records the per-epoch view: in deterministic mode from a gather (as the simulator's),
 in asynchronous mode by reading every rank's newest snapshot and running totals remotely,
 without stopping anyone.
+
+``fault_tolerant`` (asynchronous mode, under ULFM: :mod:`pcasgd.runtime.faults`): when a rank
+dies, the survivors notice, shrink the communicator, rebuild the graph over themselves
+(:func:`pcasgd.topology.survivors`), allocate new windows on the shrunk communicator (the old
+ones are abandoned, never freed: freeing is collective over the dead rank too) and go on from
+the iteration each had reached. The dead agent's data shard is not trained on any more. Each
+agent keeps its identity (its rank in the world it started in) for its data shard, its
+straggler term and the metrics; rank 0 records the run and must survive.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -34,11 +44,12 @@ from torch import Tensor
 
 from pcasgd.algorithms.consensus import ConsensusAgent, Snapshot
 from pcasgd.engine import EngineResult, EngineRun, EpochStats, add_ages_by_source, check_finite
-from pcasgd.errors import ConfigError
+from pcasgd.errors import ConfigError, TrainingFailedError
 from pcasgd.protocol.pacing import StragglerPacing
 from pcasgd.runtime.exchange import ExchangeEndpoint, MpiOptions, NeighbourFinishedError
+from pcasgd.runtime.faults import ProcessFailedError, abandon, is_process_failure, notice_failures, shrink
 from pcasgd.runtime.recording import RankState, Recorder
-from pcasgd.topology import Schedule
+from pcasgd.topology import Schedule, survivors
 from pcasgd.transport.deadline import Deadline
 from pcasgd.transport.windows import FLAG_FINISHED, ControlWindow
 
@@ -131,6 +142,12 @@ class DecentralizedRank:
             raise ConfigError(f"the topology has {schedule.size} agents but the MPI world has {self.size} ranks")
         if options.deterministic and run.delays.has_slowdown:
             raise ConfigError("--deterministic runs in lock-step: straggler terms need the asynchronous mode")
+        if options.deterministic and options.fault_tolerant:
+            raise ConfigError("--fault-tolerant needs the asynchronous mode: lock-step ranks wait for the dead one")
+        # This agent's name for good: its rank in the world it started in (its data shard, its
+        # straggler term, its name in the metrics); ``ids`` names the agent of each current rank.
+        self.agent_id = self.rank
+        self.ids = list(range(self.size))
         self.run = run
         self.schedule = schedule
         self.options = options
@@ -138,56 +155,83 @@ class DecentralizedRank:
         self.agent = ConsensusAgent(run.config, run.initial_params, segments)
         self.deadline = deadline
         self.recorder = Recorder(comm, run, deadline)
-        endpoint = ExchangeEndpoint(
-            comm, run.initial_params, schedule, run.delays, run.config, options, deadline, len(TOTALS)
-        )
-        self.window, self.progress, self.exchange = endpoint.window, endpoint.progress, endpoint.exchange
-        with deadline.guard("allocating the control window (collective)"):
-            self.control = ControlWindow(comm)
+        self.exchange = None
+        self._open_world(comm)
         self.epoch_stats = EpochStats()
         self.overall = EpochStats()
         self.staleness: Counter[int] = Counter()
-        self.ages: dict[int, Counter[float]] = {}  # per in-neighbour, over the run
-        self._last_totals: list[dict[str, float]] = [{} for _ in range(self.size)]
+        self.ages: dict[int, Counter[float]] = {}  # per in-neighbour agent, over the run
+        self._last_totals: dict[int, dict[str, float]] = {j: {} for j in self.ids}  # per agent
         # lock-step ranks wait for each other: a straggler's slowness then costs everyone time alike
-        slowdown = (lambda _: 1.0) if options.deterministic else partial(run.delays.step_slowdown, self.rank)
-        self.pacing = StragglerPacing(slowdown, self.progress.sleep)
-        self.first_iteration = 0
+        slowdown = (lambda _: 1.0) if options.deterministic else partial(run.delays.step_slowdown, self.agent_id)
+        self.pacing = StragglerPacing(slowdown, lambda seconds: self.progress.sleep(seconds))
+        self.k = 0  # the iteration this rank is at
+        self.stopped = False  # this rank has left the training loop (the run is over for it)
         self.records = run.records()
+        self._due: list[tuple[float, bool]] = []  # records due and not yet made (a failure may interrupt one)
+        self.world_changes: list[dict] = []
         if run.resume is not None:
             self._restore(run.resume)
         # Every rank, resumed or not: neighbours read restored snapshots only after this.
         deadline.wait(comm.Ibarrier(), "the barrier after setting up the windows (collective)")
 
+    def _open_world(self, comm: MPI.Comm) -> None:
+        """This rank's windows, progress helper and exchange on ``comm`` (collective)."""
+        run, deadline = self.run, self.deadline
+        endpoint = ExchangeEndpoint(
+            comm, self.agent.params, self.schedule, run.delays, run.config, self.options, deadline, len(TOTALS)
+        )
+        if self.exchange is not None:  # a new world: this rank's step period and progress go on
+            endpoint.exchange.period, endpoint.exchange.progress = self.exchange.period, self.exchange.progress
+        self.window, self.progress, self.exchange = endpoint.window, endpoint.progress, endpoint.exchange
+        with deadline.guard("allocating the control window (collective)"):
+            self.control = ControlWindow(comm)
+        self.recorder.comm = comm
+
     # -- the loop -------------------------------------------------------------------------------
 
     def train(self) -> EngineResult | None:
+        recovering = False
         try:
-            return self._train()
+            while True:
+                try:
+                    if recovering:  # a rank may die during a recovery too: then it starts over
+                        self._recover()
+                        recovering = False
+                    return self._train()
+                except (ProcessFailedError, MPI.Exception) as error:
+                    if not (self.options.fault_tolerant and is_process_failure(error, self.comm)):
+                        raise
+                    recovering = True
         finally:
             self.progress.close()
 
     def _train(self) -> EngineResult | None:
         run = self.run
         budget = run.epochs * run.iterations_per_epoch
-        k = self.first_iteration
         while True:
-            for epoch, is_epoch in self.records.due(k):
-                self._epoch(epoch, k, is_epoch)
-            if k >= budget:
-                if not self.options.deterministic:
-                    with self.deadline.guard("signalling the end of training to rank 0"):
-                        self.control.add_finished()
+            if not self.stopped:
+                self._due.extend(self.records.due(self.k))
+            self._make_due_records()
+            if self.stopped:
                 break
-            if not self.options.deterministic and self.control.finished():
-                self._record_unreached(k, budget)
-                break
-            try:
-                self._iterate(k)
-            except NeighbourFinishedError:  # dsgd: the neighbour it waits for has stopped; the run is over
-                self._record_unreached(k, budget)
-                break
-            k += 1
+            if self.k >= budget:
+                self.stopped = True
+            elif not self.options.deterministic and self.control.finished():
+                self._stop_early(budget)
+            else:
+                try:
+                    self._iterate(self.k)
+                except NeighbourFinishedError:  # dsgd: the neighbour it waits for has stopped; the run is over
+                    self._stop_early(budget)
+                    continue
+                self.k += 1
+                self._first_step_on_new_world()
+        if not self.options.deterministic:
+            # every rank that stops says so: after a failure, the new world's counter starts at 0
+            with self.deadline.guard("signalling the end of training to rank 0"):
+                self.control.add_finished()
+        k = self.k
         self.window.set_flags(FLAG_FINISHED, _totals_in_header(self._totals(k)))
         self.deadline.wait(self.comm.Ibarrier(), "the end-of-training barrier")
         result = self._finish(k)
@@ -202,8 +246,10 @@ class DecentralizedRank:
         run, rank = self.run, self.rank
         agent = self.agent
         with self.pacing.work(k):  # the work of the iteration, not the sleep, is what is scaled
-            grad, loss = run.oracle(rank, agent.params)
+            grad, loss = run.oracle(self.agent_id, agent.params)
             self.progress.poke()  # serve neighbours' reads that waited on this rank during the compute
+            if self.options.fault_tolerant:
+                notice_failures(self.comm)
             self.epoch_stats.add_loss(loss)
             self.overall.add_loss(loss)
             header = _totals_in_header(self._totals(k))
@@ -219,7 +265,65 @@ class DecentralizedRank:
                 if report.decision in ("predict", "clip"):
                     stats.add_predict_share(report.predict_share)
             self.staleness.update(report.staleness)
-            add_ages_by_source(self.ages, report.ages)
+            add_ages_by_source(self.ages, [(self.ids[j], age) for j, age in report.ages])
+
+    # -- surviving a dead rank ------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """A rank died: agree with the survivors on who is left, rebuild the graph and the windows
+        over them, and go on (the caller re-enters the loop at the iteration this rank reached)."""
+        noticed = time.time()
+        self.progress.close()
+        with self.deadline.guard("agreeing with the survivors on which ranks died (MPI_Comm_shrink)"):
+            comm = shrink(self.comm)
+        abandon(self.comm, self.window, self.control)  # freeing them would wait for the dead
+        self.comm = comm
+        with self.deadline.guard("exchanging the survivors' agent numbers (collective)"):
+            ids = comm.allgather(self.agent_id)
+        lost = sorted(set(self.ids) - set(ids))
+        if ids[0] != 0:
+            raise TrainingFailedError(
+                f"rank {self.agent_id}: rank 0, which records the run, died (lost: ranks {lost}); the survivors "
+                "stop. --fault-tolerant survives the death of any rank but 0; the metrics so far and every rank's "
+                "last checkpoint are in the run directory"
+            )
+        previous = {agent: rank for rank, agent in enumerate(self.ids)}
+        alive = [previous[agent] for agent in ids]  # the survivors' ranks in the old world, in new order
+        graph = survivors(self.schedule, alive)
+        old_schedule, self.schedule = self.schedule, graph
+        try:
+            self._open_world(comm)
+        except BaseException:
+            self.schedule = old_schedule  # a failure during the rebuild: the next recovery starts from the old world
+            raise
+        self.agent.renumber_neighbours({old: new for new, old in enumerate(alive)})
+        self.ids, self.rank, self.size = ids, comm.Get_rank(), comm.Get_size()
+        self._last_totals = {agent: self._last_totals.get(agent, {}) for agent in ids}
+        event = {
+            "lost": lost,
+            "world": ids,
+            "iteration": self.k,
+            "noticed_at": noticed,
+            "recovered_at": time.time(),
+            "first_step_at": None,
+            "topology": graph.name,
+        }
+        self.world_changes.append(event)
+        if self.rank == 0:
+            print(
+                f"pcasgd: rank(s) {lost} died; {len(ids)} ranks go on from iteration {self.k} over '{graph.name}' "
+                f"(noticed and recovered in {event['recovered_at'] - noticed:.2f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _first_step_on_new_world(self) -> None:
+        """Stamp the time of this rank's first step after a recovery (rank 0 reports it)."""
+        if self.world_changes and self.world_changes[-1]["first_step_at"] is None:
+            event = self.world_changes[-1]
+            event["first_step_at"] = time.time()
+            if self.rank == 0 and self.run.world_change is not None:
+                self.run.world_change(dict(event))
 
     def _totals(self, k: int) -> dict[str, float]:
         return _header_totals(self.overall, k, self.run.oracle.samples)
@@ -253,17 +357,23 @@ class DecentralizedRank:
     def _fire_from_windows(self, epoch: float, k: int) -> None:
         self.recorder.fire(epoch, self._with_remote_stats(self._remote_states(k, epoch)))
 
-    def _record_unreached(self, k: int, budget: int) -> None:
+    def _make_due_records(self) -> None:
+        """Make the records that are due, in order; one a failure interrupts stays due."""
+        while self._due:
+            epoch, is_epoch = self._due[0]
+            self._epoch(epoch, self.k, is_epoch)
+            self._due.pop(0)
+
+    def _stop_early(self, budget: int) -> None:
         """Asynchronous stop (another rank finished first) before this rank reached every boundary.
 
         Rank 0 records the boundaries it had not reached with the weights as they are at the stop
         (each record's ``iterations`` says where every rank was), so that every epoch has its
         record; no checkpoint is written for them, as this rank's state is not at that epoch.
         """
-        if self.rank != 0:
-            return
-        for epoch, _ in self.records.due(budget):
-            self._fire_from_windows(epoch, k)
+        self.stopped = True
+        if self.rank == 0:
+            self._due.extend((epoch, False) for epoch, _ in self.records.due(budget))
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -289,14 +399,15 @@ class DecentralizedRank:
         }
 
     def _restore(self, state: dict) -> None:
-        self.first_iteration = state["iteration"]
-        self.records.skip_to(self.first_iteration)
+        self.k = state["iteration"]
+        self.records.skip_to(self.k)
         self.agent = state["agent"]
-        self.overall, self.staleness, self._last_totals = state["overall"], state["staleness"], state["last_totals"]
+        self.overall, self.staleness = state["overall"], state["staleness"]
+        self._last_totals = state["last_totals"]
         self.ages = state["ages"]
         self.exchange.period, self.exchange.progress = state["period"], state["progress"]
         device = self.run.initial_params.device
-        now = self.exchange.clock.now(self.first_iteration)
+        now = self.exchange.clock.now(self.k)
         for kept in state["ring"]:
             snapshot = _moved(kept, lambda v: v.to(device), kept.published + now)
             with self.deadline.guard(f"republishing snapshot {snapshot.stamp} from the checkpoint"):
@@ -317,8 +428,9 @@ class DecentralizedRank:
     def _with_remote_stats(self, states: list[RankState]) -> list[RankState]:
         """Each rank's statistics since rank 0 last looked, from the difference of its running totals."""
         for j, state in enumerate(states):
-            state.stats = _stats_from_totals(state.totals, self._last_totals[j])
-            self._last_totals[j] = state.totals
+            agent = self.ids[j]
+            state.stats = _stats_from_totals(state.totals, self._last_totals[agent])
+            self._last_totals[agent] = state.totals
         return states
 
     def _finish(self, k: int) -> EngineResult | None:
@@ -327,4 +439,4 @@ class DecentralizedRank:
             return None
         if not self.options.deterministic:
             states = self._with_remote_stats(states)
-        return self.recorder.result(states)
+        return replace(self.recorder.result(states), world_changes=self.world_changes)

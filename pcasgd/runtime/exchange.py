@@ -22,6 +22,7 @@ from pcasgd.delays import DelayModel
 from pcasgd.errors import StallError
 from pcasgd.protocol.ages import StepPeriod
 from pcasgd.protocol.reads import Reads, gather_reads
+from pcasgd.runtime.faults import notice_failures
 from pcasgd.topology import Schedule
 from pcasgd.transport.clock import RunClock, offset_to_root
 from pcasgd.transport.deadline import Deadline
@@ -39,6 +40,7 @@ class MpiOptions:
     shared_windows: bool = False  # MPI.Win.Allocate_shared (one node only)
     progress_thread: bool = False  # a helper thread keeps one-sided transfers moving during compute
     staging: HostStaging | None = None  # GPU ranks: host copies of what the windows hold (None: CPU)
+    fault_tolerant: bool = False  # ULFM: a dead rank is survived (pcasgd.runtime.faults)
 
 
 class NeighbourFinishedError(Exception):
@@ -60,7 +62,8 @@ class NeighbourExchange:
     raises :class:`~pcasgd.errors.StallError`; a snapshot with NaN/Inf is left out and its weight
     goes to this rank. A finished neighbour ends a ``dsgd`` run (:class:`NeighbourFinishedError`),
     unless ``final_snapshots``: then its last snapshot is mixed from then on (a rank that joined
-    with less data).
+    with less data). ``fault_tolerant``: a wait for a neighbour also watches for failed processes
+    (:func:`~pcasgd.runtime.faults.notice_failures`).
     """
 
     def __init__(
@@ -74,10 +77,12 @@ class NeighbourExchange:
         deterministic: bool,
         clock: RunClock,
         final_snapshots: bool = False,
+        fault_tolerant: bool = False,
     ) -> None:
         self.comm = comm
         self.rank = comm.Get_rank()
         self.window = window
+        self.fault_tolerant = fault_tolerant
         self.schedule = schedule
         self.delays = delays
         self.config = config
@@ -149,6 +154,8 @@ class NeighbourExchange:
                 if self.final_snapshots and read.snapshot is not None:
                     return read.snapshot
                 raise NeighbourFinishedError(f"rank {j} ended its run before publishing iteration {k}")
+            if self.fault_tolerant:  # the neighbour waited for may be the one that died
+                notice_failures(self.comm)
             time.sleep(0.0002)
 
     def lock_step(self, k: int, stepping: bool) -> int:
@@ -235,4 +242,5 @@ class ExchangeEndpoint:
             options.deterministic,
             RunClock(options.deterministic, offset),
             final_snapshots,
+            options.fault_tolerant,
         )

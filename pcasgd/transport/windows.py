@@ -8,11 +8,18 @@ Layout of a :class:`SnapshotWindow` (bytes, all fields 8-byte aligned)::
     ...
     slot D-1
 
-The owner publishes under an exclusive lock on its own window (a ``Put`` to itself, which is
-portable across memory models); a reader takes a shared lock and gets the header and then the
-slot it wants inside the same lock epoch, so a read is never torn and never sees a slot being
-rewritten. No ``Compare_and_swap`` (it crashes Open MPI 4.1 targets). Windows are freed by
-:meth:`close` (collective), never from ``__del__``.
+Nobody takes a lock that can conflict: every lock epoch is opened with ``MPI_MODE_NOCHECK``
+(passive-target access needs an epoch; the assertion says no conflicting lock exists, which is
+true because nobody takes one). Real locks failed twice here: with osc/rdma over tcp across
+hosts an owner's exclusive lock on its own window waited for ever at the first publish (its lock
+word is updated by local and by emulated remote atomics), and a rank that dies while it holds a
+shared lock on a neighbour's window never releases it. Instead the owner publishes in an order
+readers can check: it marks the slot's stamp invalid, writes the vectors, writes the slot's
+metadata, then the header, each completed (``Flush``) before the next; a reader gets the slot,
+completes the transfer, and gets the slot's stamp again: a read whose stamp is not the expected
+one both times was torn by a rewrite and is retried, so a read is never torn. No
+``Compare_and_swap`` (it crashes Open MPI 4.1 targets). Windows are freed by :meth:`close`
+(collective), never from ``__del__``.
 """
 
 from __future__ import annotations
@@ -93,6 +100,8 @@ class SnapshotWindow:
         self._meta = np.zeros(SLOT_META)
         self._read_header = np.zeros(HEADER_FIXED + values)
         self._read_meta = np.zeros(SLOT_META)
+        self._invalid_stamp = np.full(1, -1.0)
+        self._check_stamp = np.zeros(1)
         self._write_header()
         comm.Barrier()
 
@@ -113,12 +122,16 @@ class SnapshotWindow:
         self._header[0] = snapshot.stamp
         self._set_values(values)
         offset = self._slot_offset(snapshot.stamp)
-        win = self._open()
-        win.Lock(self.rank, MPI.LOCK_EXCLUSIVE)
-        win.Put([self._meta, MPI.BYTE], self.rank, target=(offset, 8 * SLOT_META, MPI.BYTE))
+        win = self._lock(self.rank)
+        # readers must see the slot invalid before any of its vectors changes
+        win.Put([self._invalid_stamp, MPI.BYTE], self.rank, target=(offset, 8, MPI.BYTE))
+        win.Flush(self.rank)
         for index, payload in enumerate(payloads):
             target = (self._vector_offset(offset, index), self._payload_bytes, MPI.BYTE)
             win.Put([payload, MPI.BYTE], self.rank, target=target)
+        win.Flush(self.rank)
+        win.Put([self._meta, MPI.BYTE], self.rank, target=(offset, 8 * SLOT_META, MPI.BYTE))
+        win.Flush(self.rank)
         win.Put([self._header, MPI.BYTE], self.rank, target=(0, self._header_bytes, MPI.BYTE))
         win.Unlock(self.rank)
 
@@ -138,8 +151,14 @@ class SnapshotWindow:
         fresh pages cost more than the copy) and overwritten by the next read of ``source``:
         clone them to keep them longer. With host staging they are device copies of those buffers.
         """
-        win = self._open()
-        win.Lock(source, MPI.LOCK_SHARED)
+        while True:
+            read = self._read_once(source, lag, newest)
+            if read is not None:
+                return read
+
+    def _read_once(self, source: int, lag: int, newest: int | None) -> Read | None:
+        """One try at :meth:`read`; None when the owner rewrote the slot during the read."""
+        win = self._lock(source)
         win.Get([self._read_header, MPI.BYTE], source, target=(0, self._header_bytes, MPI.BYTE))
         win.Flush(source)
         latest = int(self._read_header[0])
@@ -155,11 +174,13 @@ class SnapshotWindow:
             for index, buffer in enumerate(buffers):
                 target = (self._vector_offset(offset, index), self._payload_bytes, MPI.BYTE)
                 win.Get([buffer, MPI.BYTE], source, target=target)
+            win.Flush(source)
+            win.Get([self._check_stamp, MPI.BYTE], source, target=(offset, 8, MPI.BYTE))
         win.Unlock(source)
         if latest >= 0:
             slot_stamp, published, period, progress = self._read_meta.tolist()
-            if int(slot_stamp) != stamp:
-                raise RuntimeError(f"rank {source}'s slot holds stamp {int(slot_stamp)}, expected {stamp}")
+            if not (int(slot_stamp) == int(self._check_stamp[0]) == stamp):
+                return None  # the owner rewrote the slot meanwhile
             vectors = dict(zip(self.vectors, (self.staging.to_device(b) for b in buffers), strict=True))
             snapshot = Snapshot(stamp=stamp, published=published, period=period, progress=int(progress), **vectors)
         header = self._read_header
@@ -167,8 +188,7 @@ class SnapshotWindow:
 
     def header(self, source: int) -> tuple[int, int]:
         """``source``'s newest stamp and flags, without its snapshot."""
-        win = self._open()
-        win.Lock(source, MPI.LOCK_SHARED)
+        win = self._lock(source)
         win.Get([self._read_header, MPI.BYTE], source, target=(0, self._header_bytes, MPI.BYTE))
         win.Unlock(source)
         return int(self._read_header[0]), int(self._read_header[1])
@@ -196,21 +216,27 @@ class SnapshotWindow:
         if values is not None:
             self._header[HEADER_FIXED:] = values
 
-    def _write_header(self) -> None:
+    def _lock(self, target: int) -> MPI.Win:
+        """The window, in an access epoch to ``target`` that takes no lock (see the module's doc)."""
         win = self._open()
-        win.Lock(self.rank, MPI.LOCK_EXCLUSIVE)
+        win.Lock(target, MPI.LOCK_SHARED, MPI.MODE_NOCHECK)
+        return win
+
+    def _write_header(self) -> None:
+        win = self._lock(self.rank)
         win.Put([self._header, MPI.BYTE], self.rank, target=(0, self._header_bytes, MPI.BYTE))
         win.Unlock(self.rank)
 
 
 class ControlWindow:
-    """One int64 word on rank 0: how many ranks have finished. Updated with atomic accumulates."""
+    """One int64 word on rank 0: how many ranks have finished. Updated with atomic accumulates,
+    in access epochs that take no lock (as the snapshot windows', for the same reasons)."""
 
     def __init__(self, comm: MPI.Comm) -> None:
         self.comm = comm
         self.win: MPI.Win | None = MPI.Win.Allocate(8 if comm.Get_rank() == 0 else 0, 8, comm=comm)
         if comm.Get_rank() == 0:
-            self.win.Lock(0, MPI.LOCK_EXCLUSIVE)
+            self.win.Lock(0, MPI.LOCK_SHARED, MPI.MODE_NOCHECK)
             self.win.Put([np.zeros(1, dtype=np.int64), MPI.INT64_T], 0)
             self.win.Unlock(0)
         comm.Barrier()
@@ -218,12 +244,12 @@ class ControlWindow:
         self._value = np.zeros(1, dtype=np.int64)
 
     def add_finished(self) -> None:
-        self.win.Lock(0, MPI.LOCK_SHARED)
+        self.win.Lock(0, MPI.LOCK_SHARED, MPI.MODE_NOCHECK)
         self.win.Accumulate([self._one, MPI.INT64_T], 0, op=MPI.SUM)
         self.win.Unlock(0)
 
     def finished(self) -> int:
-        self.win.Lock(0, MPI.LOCK_SHARED)
+        self.win.Lock(0, MPI.LOCK_SHARED, MPI.MODE_NOCHECK)
         self.win.Fetch_and_op([self._one, MPI.INT64_T], [self._value, MPI.INT64_T], 0, op=MPI.NO_OP)
         self.win.Unlock(0)
         return int(self._value[0])

@@ -1,7 +1,8 @@
 """Every rank publishes snapshots filled with their stamp as fast as it can while reading its
 neighbours' windows; any read whose payload mixes two publishes is a torn read. One slot, so
-each publish overwrites the slot readers read and only the locks keep reads whole. Prints one
-line per rank: reads done, distinct stamps seen, torn reads found."""
+each publish overwrites the slot readers read and only the publish order and the readers' stamp
+checks keep reads whole. Prints one line per rank: reads done, distinct stamps seen, torn reads
+found."""
 
 import sys
 import time

@@ -1,0 +1,94 @@
+"""What a dead rank costs ``pcasgd --fault-tolerant``: real ``mpirun`` jobs, one rank killed with
+SIGKILL at 40 % of the run, against uninterrupted runs of the surviving number of ranks.
+
+    python benchmarks/fault_tolerance.py [--cases 4 8 hosts] [--seeds 0 1 2] [--out runs/faults]
+
+Cases: ``4`` (4 ranks, rank 2 killed; baseline 3 ranks), ``8`` (8 ranks, rank 5 killed;
+baseline 7), ``hosts`` (4 ranks over launch/hosts.sh's two hosts, rank 3 on node2 killed;
+baseline 3 ranks over the hosts). Every run is ``pcasgd train --fault-tolerant`` under ULFM with
+the same flags (Fashion-MNIST LeNet-5, ``--epochs``), so transport and settings are alike; the
+kill comes when the run's record of epoch ``2/5 * epochs`` appears. Reported per case and seed:
+both final accuracies, their difference, and the seconds from the kill to the survivors' first
+step on the new world (rank 0's clock; the same machine's). Prints a table and writes
+``OUT/results.json``; runs already in ``OUT`` are rerun (a kill cannot be read back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.faults import train_and_kill  # noqa: E402
+from pcasgd.runtime.launch import mpirun_path, open_mpi_env  # noqa: E402
+
+HOSTS = ["env", f"PCASGD_MPIRUN={mpirun_path()}", "bash", str(ROOT / "launch" / "hosts.sh"), "mpirun"]
+
+#: case -> (ranks, killed rank, launcher)
+CASES = {"4": (4, 2, [mpirun_path()]), "8": (8, 5, [mpirun_path()]), "hosts": (4, 3, HOSTS)}
+
+
+def run(case: str, seed: int, killed: bool, args: argparse.Namespace) -> dict:
+    ranks, victim, launcher = CASES[case]
+    if not killed:
+        ranks -= 1
+    out = args.out / f"{case}-{'killed' if killed else 'baseline'}-seed{seed}"
+    shutil.rmtree(out, ignore_errors=True)
+    flags = ["--mode", "pcasgd", "--dataset", "fashion-mnist", "--model", "lenet5", "--epochs", str(args.epochs)]
+    flags += ["--seed", str(seed), "--checkpoint-every", "0"]
+    kill_after = round(0.4 * args.epochs)
+    kills = [(victim, 0.0)] if killed else []
+    done = train_and_kill(launcher, ranks, out, flags, kills, kill_after, open_mpi_env(str(ROOT)), args.timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{out}: exit {done.returncode}\n{done.stderr[-3000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    result = {"case": case, "seed": seed, "ranks": ranks, "accuracy": summary["final"]["test_accuracy"]}
+    if killed:
+        (event,) = summary["world_changes"]
+        result["kill_to_first_step_s"] = event["first_step_at"] - done.killed_at[0]
+        result["recovery_s"] = event["recovered_at"] - event["noticed_at"]
+        result["killed_at_iteration"] = event["iteration"]
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--timeout", type=float, default=1200)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "faults")
+    args = parser.parse_args()
+    args.out = args.out.resolve()
+    results = []
+    for seed in args.seeds:  # interleaved: the machine's load falls on both kinds of run alike
+        for case in args.cases:
+            for killed in (True, False):
+                results.append(run(case, seed, killed, args))
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print("| case | seed | killed run | baseline (one rank fewer) | difference | kill to first step (s) |")
+    print("|---|---|---|---|---|---|")
+    for case in args.cases:
+        differences, delays = [], []
+        for seed in args.seeds:
+            killed = next(r for r in results if r["case"] == case and r["seed"] == seed and "recovery_s" in r)
+            baseline = next(r for r in results if r["case"] == case and r["seed"] == seed and "recovery_s" not in r)
+            difference = killed["accuracy"] - baseline["accuracy"]
+            differences.append(difference)
+            delays.append(killed["kill_to_first_step_s"])
+            print(
+                f"| {case} | {seed} | {killed['accuracy']:.4f} | {baseline['accuracy']:.4f} | {difference:+.4f} "
+                f"| {killed['kill_to_first_step_s']:.2f} |"
+            )
+        print(f"| {case} | median | | | {statistics.median(differences):+.4f} | {statistics.median(delays):.2f} |")
+
+
+if __name__ == "__main__":
+    main()

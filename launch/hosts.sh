@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Several "hosts" on this one machine, for testing pcasgd across hosts without a cluster.
+#
+#   launch/hosts.sh up [N] [--rate RATE]   make hosts node1..nodeN (default 2); RATE shapes each
+#                                           link with tc tbf (e.g. 1gbit)
+#   launch/hosts.sh down                   remove every host this script made
+#   launch/hosts.sh status                 the hosts that are up (exit 1 if none)
+#   launch/hosts.sh hostfile [SLOTS]       an Open MPI hostfile for them (default 2 slots each)
+#   launch/hosts.sh env                    the exports that make Open MPI run across them
+#   launch/hosts.sh exec K CMD...          run CMD on host K (inside its namespaces)
+#   launch/hosts.sh mpirun MPIRUN-ARGS...  mpirun from node1 across every host
+#   launch/hosts.sh agent HOST CMD...      PRRTE's launch agent (what ssh would be on a cluster)
+#
+# A host is a network namespace and a UTS namespace (its own hostname); every pair of hosts is
+# joined by a veth link. Addresses come from the loopback range only (127.77.0.K, made routable
+# with route_localnet), so nothing here reaches or shadows a real network; /etc/hosts gets one
+# marked line per host. The file system, processes and users stay shared: only the network and
+# the hostname differ, which is what MPI, PRRTE and a failure on "another host" need.
+# Needs root (ip netns, unshare, nsenter). See docs/cluster.md.
+set -euo pipefail
+self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
+prefix="${PCASGD_HOSTS_PREFIX:-pcasgd-node}"
+marker="# pcasgd test hosts"
+state="/run/$prefix"
+
+netns() { echo "${prefix}$1"; }
+uts() { echo "$state/uts$1"; }
+address() { echo "127.77.0.$1"; }
+name() { echo "node$1"; }
+count() { cat "$state/count" 2>/dev/null || echo 0; }
+on_host() { local k="$1"; shift; nsenter --net="/run/netns/$(netns "$k")" --uts="$(uts "$k")" "$@"; }
+
+die() { echo "launch/hosts.sh: $*" >&2; exit 1; }
+
+up() {
+  local n=2 rate=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --rate) rate="$2"; shift 2 ;;
+      [0-9]*) n="$1"; shift ;;
+      *) die "unknown argument '$1' (up [N] [--rate RATE])" ;;
+    esac
+  done
+  [ "$n" -ge 2 ] && [ "$n" -le 16 ] || die "N must be 2..16, got $n"
+  [ "$(id -u)" = 0 ] || die "needs root (network namespaces)"
+  [ "$(count)" = 0 ] || die "hosts are already up ($(count)); run 'launch/hosts.sh down' first"
+  mkdir -p "$state"
+  echo "$n" > "$state/count"
+  trap 'down >/dev/null 2>&1 || true' ERR
+  for k in $(seq 1 "$n"); do
+    ip netns add "$(netns "$k")"
+    touch "$(uts "$k")"
+    unshare --uts="$(uts "$k")" hostname "$(name "$k")"
+    on_host "$k" ip link set lo up
+    on_host "$k" sysctl -qw net.ipv4.conf.all.route_localnet=1
+    echo "$(address "$k") $(name "$k") $marker" >> /etc/hosts
+  done
+  for a in $(seq 1 "$n"); do
+    for b in $(seq $((a + 1)) "$n"); do
+      link "$a" "$b" "$rate"
+    done
+  done
+  trap - ERR
+  echo "launch/hosts.sh: $n hosts up: $(for k in $(seq 1 "$n"); do printf '%s=%s ' "$(name "$k")" "$(address "$k")"; done)"
+}
+
+link() {
+  local a="$1" b="$2" rate="$3"
+  local end_a="to$b" end_b="to$a"
+  ip link add "$prefix-$a-$b" type veth peer name "$prefix-$b-$a"
+  ip link set "$prefix-$a-$b" netns "$(netns "$a")" name "$end_a"
+  ip link set "$prefix-$b-$a" netns "$(netns "$b")" name "$end_b"
+  for side in "$a:$end_a:$b" "$b:$end_b:$a"; do
+    IFS=: read -r k dev peer <<< "$side"
+    on_host "$k" sysctl -qw "net.ipv4.conf.$dev.route_localnet=1"
+    on_host "$k" ip addr add "$(address "$k")/32" dev "$dev"
+    on_host "$k" ip link set "$dev" up
+    on_host "$k" ip route add "$(address "$peer")/32" dev "$dev" src "$(address "$k")"
+    if [ -n "$rate" ]; then
+      on_host "$k" tc qdisc add dev "$dev" root tbf rate "$rate" burst 256kb latency 50ms
+    fi
+  done
+}
+
+down() {
+  local n
+  n="$(count)"
+  for k in $(seq 1 "$n"); do
+    # processes left on a host (a killed test's ranks) go with it
+    for pid in $(ip netns pids "$(netns "$k")" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+    ip netns delete "$(netns "$k")" 2>/dev/null || true
+    umount "$(uts "$k")" 2>/dev/null || true
+  done
+  if grep -q "$marker" /etc/hosts; then
+    # /etc/hosts may be a bind mount (containers): rewrite it in place, never replace the file
+    local kept
+    kept="$(grep -v "$marker" /etc/hosts)"
+    printf '%s\n' "$kept" > /etc/hosts
+  fi
+  rm -rf "$state"
+  echo "launch/hosts.sh: hosts down"
+}
+
+status() {
+  local n
+  n="$(count)"
+  [ "$n" -gt 0 ] || { echo "launch/hosts.sh: no hosts up"; return 1; }
+  for k in $(seq 1 "$n"); do
+    echo "$(name "$k") $(address "$k") $(on_host "$k" hostname)"
+  done
+}
+
+hostfile() {
+  local slots="${1:-2}"
+  for k in $(seq 1 "$(count)"); do echo "$(name "$k") slots=$slots"; done
+}
+
+mpi_env() {
+  cat <<ENV
+export PRTE_MCA_plm_ssh_agent="$self agent"
+export PRTE_MCA_rmaps_default_mapping_policy=slot:oversubscribe
+export OMPI_MCA_btl=tcp,self
+export OMPI_MCA_osc=rdma
+export OMPI_MCA_btl_tcp_if_include=127.77.0.0/16
+export PRTE_MCA_oob_tcp_if_include=127.77.0.0/16
+export PMIX_MCA_ptl_tcp_if_include=127.77.0.0/16
+ENV
+}
+
+agent() {
+  # PRRTE calls the agent as ssh: HOST followed by the command line to run there.
+  local host="$1"; shift
+  local k="${host#node}"
+  [ -f "$(uts "$k")" ] || die "agent: unknown host '$host'"
+  exec nsenter --net="/run/netns/$(netns "$k")" --uts="$(uts "$k")" /bin/bash -c "$*"
+}
+
+run_mpirun() {
+  local n file
+  n="$(count)"
+  [ "$n" -gt 0 ] || die "no hosts up (launch/hosts.sh up)"
+  file="$state/hostfile"
+  hostfile "${PCASGD_HOSTS_SLOTS:-2}" > "$file"
+  eval "$(mpi_env)"
+  local mpirun="${PCASGD_MPIRUN:-mpirun}"
+  exec nsenter --net="/run/netns/$(netns 1)" --uts="$(uts 1)" "$mpirun" --hostfile "$file" "$@"
+}
+
+command="${1:-}"
+[ -n "$command" ] || die "usage: up [N] [--rate RATE] | down | status | hostfile [SLOTS] | env | exec K CMD... | mpirun ARGS... | agent HOST CMD..."
+shift
+case "$command" in
+  up) up "$@" ;;
+  down) down ;;
+  status) status ;;
+  hostfile) hostfile "$@" ;;
+  env) mpi_env ;;
+  exec) k="$1"; shift; on_host "$k" "$@" ;;
+  mpirun) run_mpirun "$@" ;;
+  agent) agent "$@" ;;
+  *) die "unknown command '$command'" ;;
+esac

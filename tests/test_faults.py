@@ -1,0 +1,93 @@
+"""Surviving dead ranks (``--fault-tolerant``, Open MPI's ULFM): real mpirun jobs whose ranks are
+killed with SIGKILL from outside while they train."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pcasgd.algorithms.config import AlgorithmConfig
+from pcasgd.app.run_config import RunConfig
+from pcasgd.errors import ConfigError
+from tests.mpi_support import needs_mpirun, train, train_and_kill
+
+pytestmark = needs_mpirun
+
+# 4 ranks on digits: 45 iterations per epoch; the kills come after epoch 2 of 8.
+EPOCHS = 8
+FLAGS = ["--mode", "pcasgd", "--dataset", "digits", "--model", "mlp", "--batch-size", "8", "--epochs", str(EPOCHS)]
+FLAGS += ["--deadline", "30"]
+
+
+def _records(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _events(out):
+    return [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+
+
+def assert_survived(run, out, lost: list[int], ranks: int) -> list[dict]:
+    """The job ended 0, every epoch has its record, and the final world lacks exactly ``lost``."""
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = _records(out)
+    assert [r["epoch"] for r in records] == list(range(1, EPOCHS + 1))
+    summary = json.loads((out / "summary.json").read_text())
+    events = _events(out)
+    assert [{k: v for k, v in event.items() if k != "wall_seconds"} for event in events] == summary["world_changes"]
+    assert sorted(agent for event in events for agent in event["lost"]) == lost
+    assert events[-1]["world"] == [agent for agent in range(ranks) if agent not in lost]
+    assert len(summary["iterations"]) == ranks - len(lost) == len(records[-1]["iterations"])
+    assert summary["final"]["test_accuracy"] > 0.8  # digits' MLP passes 0.8 in two epochs: training went on
+    for event in events:
+        assert event["noticed_at"] <= event["recovered_at"] <= event["first_step_at"]
+    assert "died" in run.stderr
+    return events
+
+
+def test_fault_tolerant_needs_an_asynchronous_decentralized_mpi_run():
+    for options, message in (
+        ({"backend": "sim"}, "are for --backend mpi"),
+        ({"backend": "mpi", "algorithm": AlgorithmConfig(mode="ssgd")}, "decentralized modes"),
+        ({"backend": "mpi", "deterministic": True}, "asynchronous mode"),
+        ({"backend": "mpi", "shared_windows": True}, "no --shared-windows"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            RunConfig(fault_tolerant=True, **options)
+
+
+def test_fault_tolerant_refuses_a_launch_without_ulfm(tmp_path):
+    result = train(2, *FLAGS, "--fault-tolerant", "--out", str(tmp_path / "run"), timeout=120)
+    assert result.returncode == 2
+    assert "ULFM turned on at launch" in result.stderr and "launch/mpirun.sh --fault-tolerant" in result.stderr
+
+
+def test_a_killed_rank_is_survived_and_the_run_finishes(tmp_path):
+    out = tmp_path / "run"
+    run = train_and_kill(4, out, FLAGS, kills=[(2, 0.0)], after_records=2)
+    (event,) = assert_survived(run, out, lost=[2], ranks=4)
+    assert event["topology"] == "ring without [2]"
+    assert event["first_step_at"] - run.killed_at[0] < 30  # the deadline would have ended a hung survivor
+
+
+def test_two_ranks_killed_at_once_leave_a_cut_ring_rejoined(tmp_path):
+    """Ring 0-1-2-3 without 1 and 3: 0 and 2 have no edge left; the survivors' graph adds one."""
+    out = tmp_path / "run"
+    run = train_and_kill(4, out, FLAGS, kills=[(1, 0.0), (3, 0.0)], after_records=2)
+    events = assert_survived(run, out, lost=[1, 3], ranks=4)
+    assert events[-1]["world"] == [0, 2]
+
+
+def test_a_rank_killed_while_the_survivors_recover_is_survived_too(tmp_path):
+    out = tmp_path / "run"
+    run = train_and_kill(4, out, FLAGS, kills=[(2, 0.0), (3, 0.15)], after_records=2)
+    assert_survived(run, out, lost=[2, 3], ranks=4)
+
+
+def test_the_death_of_rank_0_ends_the_run_with_a_message_and_keeps_the_metrics(tmp_path):
+    out = tmp_path / "run"
+    run = train_and_kill(4, out, FLAGS, kills=[(0, 0.0)], after_records=2, timeout=120)
+    assert "rank 0, which records the run, died" in run.stderr
+    assert len(_records(out)) >= 2
+    assert not (out / "summary.json").exists()

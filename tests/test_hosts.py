@@ -1,0 +1,83 @@
+"""Across hosts: real mpirun jobs over the test bed of launch/hosts.sh (node1 and node2, each a
+network and UTS namespace; two ranks per host: ranks 0-1 on node1, 2-3 on node2), tcp transport
+and osc/rdma windows, as on a cluster without RDMA."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.mpi_support import PYTHON, assert_reproduces_simulator, hosts_launcher, mpirun, needs_mpirun, train_and_kill
+
+pytestmark = [needs_mpirun, pytest.mark.usefixtures("hosts")]
+
+
+def across_hosts(ranks: int, *command: str, timeout: float = 300, slots: int = 2):
+    """``command`` on ``ranks`` ranks spread over the hosts, ``slots`` per host."""
+    env = {"PCASGD_HOSTS_SLOTS": str(slots)}
+    return mpirun(ranks, *command, timeout=timeout, env=env, launcher=hosts_launcher())
+
+
+def train_across_hosts(*flags: str, timeout: float = 300):
+    result = across_hosts(4, PYTHON, "-m", "pcasgd.cli", "train", "--backend", "mpi", *flags, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_ranks_run_on_two_hosts_and_read_each_others_windows():
+    result = across_hosts(4, PYTHON, "tests/mpi_programs/hosts_windows.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted(json.loads(line)["rank"] for line in result.stdout.splitlines() if line.startswith("{"))
+    assert lines == [0, 1, 2, 3]
+    seen = {json.loads(line)["rank"]: json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")}
+    assert [seen[rank]["host"] for rank in range(4)] == ["node1", "node1", "node2", "node2"]
+    for rank in range(4):
+        assert seen[rank]["read"] == (rank + 2) % 4  # the value rank + 2 published, on the other host
+
+
+def test_deterministic_pcasgd_across_hosts_reproduces_the_simulator():
+    assert_reproduces_simulator(4, "pcasgd", "ring", "none;fixed:2", launcher=hosts_launcher())
+
+
+def test_asynchronous_pcasgd_with_a_straggler_on_the_other_host(tmp_path):
+    out = tmp_path / "run"
+    train_across_hosts("--mode", "pcasgd", "--delay", "straggler:3=2.0", "--epochs", "6", "--out", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"][3] < min(summary["iterations"][:3]), summary["iterations"]
+    assert summary["final"]["test_accuracy"] >= 0.85  # digits: chance is 0.10
+
+
+@pytest.mark.parametrize("mode", ["ssgd", "odsgd", "dcasgd-a"])
+def test_collective_and_parameter_server_modes_across_hosts(mode, tmp_path):
+    out = tmp_path / mode
+    train_across_hosts("--mode", mode, "--epochs", "3", "--out", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final"]["test_accuracy"] >= 0.8, summary["final"]
+
+
+def test_ssgd_through_horovod_across_hosts_equals_ssgd_through_mpi(horovod, tmp_path):
+    weights = {}
+    for comm in ("mpi", "horovod"):
+        train_across_hosts("--mode", "ssgd", "--epochs", "2", "--comm", comm, "--out", str(tmp_path / comm))
+        weights[comm] = torch.load(tmp_path / comm / "model.pt")
+    assert max(float((weights["mpi"][k] - weights["horovod"][k]).abs().max()) for k in weights["mpi"]) <= 1e-6
+
+
+def test_a_busy_rank_on_the_other_host_does_not_stall_its_readers():
+    """osc/rdma over tcp, rank 0 on node1 reading rank 1 on node2 while rank 1 computes 4 s."""
+    result = across_hosts(2, PYTHON, "tests/mpi_programs/busy_target_reads.py", "4", slots=1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    phases = {case["phase"]: case for case in map(json.loads, result.stdout.splitlines())}
+    # The training loop's pokes between steps, and the progress thread, keep reads short.
+    assert phases["calls"]["slowest_read_s"] < 1.0, phases
+    assert phases["thread"]["slowest_read_s"] < 1.0, phases
+
+
+def test_a_rank_killed_on_the_other_host_is_survived(tmp_path):
+    from tests.test_faults import FLAGS, assert_survived
+
+    out = tmp_path / "run"
+    run = train_and_kill(4, out, FLAGS, kills=[(3, 0.0)], after_records=2, launcher=hosts_launcher())
+    assert_survived(run, out, lost=[3], ranks=4)
