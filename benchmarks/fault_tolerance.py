@@ -9,7 +9,8 @@ baseline 3 ranks over the hosts). Every run is ``pcasgd train --fault-tolerant``
 the same flags (Fashion-MNIST LeNet-5, ``--epochs``), so transport and settings are alike; the
 kill comes when the run's record of epoch ``2/5 * epochs`` appears. Reported per case and seed:
 both final accuracies, their difference, and the seconds from the kill to the survivors' first
-step on the new world (rank 0's clock; the same machine's). Prints a table and writes
+step on the new world (rank 0's clock; the same machine's; "run over" when the run ended, a
+rank having reached its last epoch, before rank 0 stepped again). Prints a table and writes
 ``OUT/results.json``; runs already in ``OUT`` are rerun (a kill cannot be read back).
 """
 
@@ -51,7 +52,9 @@ def run(case: str, seed: int, killed: bool, args: argparse.Namespace) -> dict:
     result = {"case": case, "seed": seed, "ranks": ranks, "accuracy": summary["final"]["test_accuracy"]}
     if killed:
         (event,) = summary["world_changes"]
-        result["kill_to_first_step_s"] = event["first_step_at"] - done.killed_at[0]
+        # None: the run ended (a rank reached its last epoch) before rank 0 stepped on the new world
+        first_step = event["first_step_at"]
+        result["kill_to_first_step_s"] = None if first_step is None else first_step - done.killed_at[0]
         result["recovery_s"] = event["recovered_at"] - event["noticed_at"]
         result["killed_at_iteration"] = event["iteration"]
     print(json.dumps(result), flush=True)
@@ -82,12 +85,16 @@ def main() -> None:
             baseline = next(r for r in results if r["case"] == case and r["seed"] == seed and "recovery_s" not in r)
             difference = killed["accuracy"] - baseline["accuracy"]
             differences.append(difference)
-            delays.append(killed["kill_to_first_step_s"])
+            delay = killed["kill_to_first_step_s"]
+            if delay is not None:
+                delays.append(delay)
+            shown = "run over" if delay is None else f"{delay:.2f}"
             print(
                 f"| {case} | {seed} | {killed['accuracy']:.4f} | {baseline['accuracy']:.4f} | {difference:+.4f} "
-                f"| {killed['kill_to_first_step_s']:.2f} |"
+                f"| {shown} |"
             )
-        print(f"| {case} | median | | | {statistics.median(differences):+.4f} | {statistics.median(delays):.2f} |")
+        median_delay = f"{statistics.median(delays):.2f}" if delays else "-"
+        print(f"| {case} | median | | | {statistics.median(differences):+.4f} | {median_delay} |")
 
 
 if __name__ == "__main__":

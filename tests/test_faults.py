@@ -46,6 +46,21 @@ def assert_survived(run, out, lost: list[int], ranks: int) -> list[dict]:
     return events
 
 
+def test_an_agent_renumbers_what_it_keeps_per_neighbour_and_forgets_the_dead():
+    import torch
+
+    from pcasgd.algorithms.consensus import ConsensusAgent, NeighbourRead, Snapshot
+
+    agent = ConsensusAgent(AlgorithmConfig(mode="pcasgd", lam_adaptive=True), torch.zeros(3))
+    reads = [NeighbourRead(j, 0.25, Snapshot(torch.ones(3), torch.full((3,), float(j)), stamp=5), 0) for j in (1, 2, 3)]
+    agent.step(torch.zeros(3), reads, 0.25)
+    before = agent.state_dict()
+    agent.renumber_neighbours({0: 0, 1: 1, 3: 2})  # agent 2 died: 3 becomes 2
+    after = agent.state_dict()
+    assert sorted(after["mean_square"]) == [1, 2] and after["last_stamp"] == {1: 5, 2: 5}
+    assert torch.equal(after["mean_square"][2], before["mean_square"][3])
+
+
 def test_fault_tolerant_needs_an_asynchronous_decentralized_mpi_run():
     for options, message in (
         ({"backend": "sim"}, "are for --backend mpi"),

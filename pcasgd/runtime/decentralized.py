@@ -217,7 +217,7 @@ class DecentralizedRank:
                 break
             if self.k >= budget:
                 self.stopped = True
-            elif not self.options.deterministic and self.control.finished():
+            elif not self.options.deterministic and self._another_rank_finished():
                 self._stop_early(budget)
             else:
                 try:
@@ -356,6 +356,10 @@ class DecentralizedRank:
 
     def _fire_from_windows(self, epoch: float, k: int) -> None:
         self.recorder.fire(epoch, self._with_remote_stats(self._remote_states(k, epoch)))
+
+    def _another_rank_finished(self) -> bool:
+        with self.deadline.guard("reading the end-of-run words on rank 0"):
+            return self.control.finished() > 0
 
     def _make_due_records(self) -> None:
         """Make the records that are due, in order; one a failure interrupts stays due."""

@@ -229,30 +229,36 @@ class SnapshotWindow:
 
 
 class ControlWindow:
-    """One int64 word on rank 0: how many ranks have finished. Updated with atomic accumulates,
-    in access epochs that take no lock (as the snapshot windows', for the same reasons)."""
+    """One int64 word per rank on rank 0: whether that rank has finished. Each rank writes only
+    its own word, with a plain ``Put``, and readers ``Get`` them all: no atomics. (An atomic
+    counter hung here: with osc/rdma over tcp, atomics on a target are serialised by a lock that a
+    rank killed in the middle of one never releases.) Access epochs take no lock, as the snapshot
+    windows'."""
 
     def __init__(self, comm: MPI.Comm) -> None:
         self.comm = comm
-        self.win: MPI.Win | None = MPI.Win.Allocate(8 if comm.Get_rank() == 0 else 0, 8, comm=comm)
-        if comm.Get_rank() == 0:
+        self.rank, size = comm.Get_rank(), comm.Get_size()
+        self.win: MPI.Win | None = MPI.Win.Allocate(8 * size if self.rank == 0 else 0, 8, comm=comm)
+        self._words = np.zeros(size, dtype=np.int64)
+        if self.rank == 0:
             self.win.Lock(0, MPI.LOCK_SHARED, MPI.MODE_NOCHECK)
-            self.win.Put([np.zeros(1, dtype=np.int64), MPI.INT64_T], 0)
+            self.win.Put([self._words, MPI.INT64_T], 0)
             self.win.Unlock(0)
         comm.Barrier()
         self._one = np.ones(1, dtype=np.int64)
-        self._value = np.zeros(1, dtype=np.int64)
 
     def add_finished(self) -> None:
+        """Say that this rank has finished."""
         self.win.Lock(0, MPI.LOCK_SHARED, MPI.MODE_NOCHECK)
-        self.win.Accumulate([self._one, MPI.INT64_T], 0, op=MPI.SUM)
+        self.win.Put([self._one, MPI.INT64_T], 0, target=(self.rank, 1, MPI.INT64_T))
         self.win.Unlock(0)
 
     def finished(self) -> int:
+        """How many ranks have said they finished."""
         self.win.Lock(0, MPI.LOCK_SHARED, MPI.MODE_NOCHECK)
-        self.win.Fetch_and_op([self._one, MPI.INT64_T], [self._value, MPI.INT64_T], 0, op=MPI.NO_OP)
+        self.win.Get([self._words, MPI.INT64_T], 0)
         self.win.Unlock(0)
-        return int(self._value[0])
+        return int(np.count_nonzero(self._words))
 
     def close(self) -> None:
         if self.win is not None:
