@@ -86,6 +86,14 @@ def test_a_killed_rank_is_survived_and_the_run_finishes(tmp_path):
     assert event["first_step_at"] - run.killed_at[0] < 30  # the deadline would have ended a hung survivor
 
 
+def test_one_of_eight_ranks_killed_is_survived(tmp_path):
+    out = tmp_path / "run"
+    flags = [*FLAGS, "--topology", "exp"]
+    run = train_and_kill(8, out, flags, kills=[(5, 0.0)], after_records=2, timeout=400)
+    (event,) = assert_survived(run, out, lost=[5], ranks=8)
+    assert event["world"] == [0, 1, 2, 3, 4, 6, 7]
+
+
 def test_two_ranks_killed_at_once_leave_a_cut_ring_rejoined(tmp_path):
     """Ring 0-1-2-3 without 1 and 3: 0 and 2 have no edge left; the survivors' graph adds one."""
     out = tmp_path / "run"
