@@ -230,8 +230,9 @@ def _add_train_arguments(train: argparse.ArgumentParser, grid: bool = False) -> 
     train.add_argument(
         "--fault-tolerant",
         action="store_true",
-        help="mpi, asynchronous decentralized modes: when a rank dies, the others shrink the world, rebuild the "
-        "graph and windows over themselves and go on (Open MPI's ULFM: launch/mpirun.sh --fault-tolerant)",
+        help="mpi, asynchronous decentralized and parameter-server modes: when a rank other than 0 dies, the "
+        "others shrink the world, rebuild the graph and windows over themselves (a server forgets dead workers) "
+        "and go on (Open MPI's ULFM: launch/mpirun.sh --fault-tolerant)",
     )
     train.add_argument(
         "--progress-thread",

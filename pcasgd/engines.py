@@ -76,7 +76,9 @@ def _mpi_decentralized(inputs: EngineInputs) -> EngineResult | None:
 def _mpi_server(inputs: EngineInputs) -> EngineResult | None:
     from pcasgd.runtime.parameter_server import run_parameter_server
 
-    return run_parameter_server(inputs.comm, inputs.run, inputs.deadline, inputs.mpi.deterministic)
+    return run_parameter_server(
+        inputs.comm, inputs.run, inputs.deadline, inputs.mpi.deterministic, inputs.mpi.fault_tolerant
+    )
 
 
 def _mpi_collective(inputs: EngineInputs) -> EngineResult | None:

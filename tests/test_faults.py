@@ -64,7 +64,7 @@ def test_an_agent_renumbers_what_it_keeps_per_neighbour_and_forgets_the_dead():
 def test_fault_tolerant_needs_an_asynchronous_decentralized_mpi_run():
     for options, message in (
         ({"backend": "sim"}, "are for --backend mpi"),
-        ({"backend": "mpi", "algorithm": AlgorithmConfig(mode="ssgd")}, "decentralized modes"),
+        ({"backend": "mpi", "algorithm": AlgorithmConfig(mode="ssgd")}, "decentralized and parameter-server modes"),
         ({"backend": "mpi", "deterministic": True}, "asynchronous mode"),
         ({"backend": "mpi", "shared_windows": True}, "no --shared-windows"),
     ):
@@ -112,5 +112,36 @@ def test_the_death_of_rank_0_ends_the_run_with_a_message_and_keeps_the_metrics(t
     out = tmp_path / "run"
     run = train_and_kill(4, out, FLAGS, kills=[(0, 0.0)], after_records=2, timeout=120)
     assert "rank 0, which records the run, died" in run.stderr
+    assert len(_records(out)) >= 2
+    assert not (out / "summary.json").exists()
+
+
+SERVER_FLAGS = [*FLAGS[:1], "dcasgd-a", *FLAGS[2:]]
+
+
+@pytest.mark.parametrize(("mode", "lost"), [("dcasgd-a", [2]), ("sasgd", [1, 3])])
+def test_the_parameter_server_goes_on_without_dead_workers(tmp_path, mode, lost):
+    """Rank 0 serves workers 1..3; sasgd is hardsync (n = 1: every update waits for every live
+    worker's gradient), so after two deaths its updates are made of the last worker's alone."""
+    out = tmp_path / "run"
+    flags = [*FLAGS[:1], mode, *FLAGS[2:]]
+    run = train_and_kill(4, out, flags, kills=[(rank, 0.0) for rank in lost], after_records=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [r["epoch"] for r in _records(out)] == list(range(1, EPOCHS + 1))
+    summary = json.loads((out / "summary.json").read_text())
+    events = _events(out)
+    assert [{k: v for k, v in event.items() if k != "wall_seconds"} for event in events] == summary["world_changes"]
+    assert sorted(agent for event in events for agent in event["lost"]) == lost
+    assert events[-1]["world"] == [rank for rank in range(4) if rank not in lost]
+    assert len(summary["iterations"]) == 3 - len(lost)
+    assert summary["final"]["test_accuracy"] > 0.8
+    assert all(event["noticed_at"] <= event["recovered_at"] <= event["first_step_at"] for event in events)
+    assert "the server goes on with" in run.stderr
+
+
+def test_the_death_of_the_parameter_server_ends_the_run_with_a_message(tmp_path):
+    out = tmp_path / "run"
+    run = train_and_kill(4, out, SERVER_FLAGS, kills=[(0, 0.0)], after_records=2, timeout=120)
+    assert "the parameter server (rank 0) died" in run.stderr
     assert len(_records(out)) >= 2
     assert not (out / "summary.json").exists()

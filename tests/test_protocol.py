@@ -83,6 +83,27 @@ def test_the_versioned_server_answers_pulls_with_lagged_versions_and_hardsync_wa
     assert hardsync.done == [1, 1] and hardsync.release_all() == []
 
 
+def test_a_dead_worker_leaves_hardsync_applying_what_the_live_ones_buffered():
+    """Three workers, hardsync (c = 3): two gradients wait for the third worker, which dies; the
+    update is then made of the two (their mean) and both are answered; after that c = 2."""
+    server = VersionedServer(AlgorithmConfig(mode="sasgd", sasgd_n=1, lr=1.0), delays.parse("none"), torch.zeros(2), 3)
+    for worker in range(3):
+        server.pull(worker)
+    server.push(0, torch.full((2,), 1.0), 0.0)
+    server.push(2, torch.full((2,), 3.0), 0.0)
+    assert server.waiting == [0, 2] and server.params.tolist() == [0.0, 0.0]
+    assert server.remove(1, 0.0) == [0, 2]
+    assert server.params.tolist() == [-2.0, -2.0] and server.server.version == 1 and server.waiting == []
+    for worker in (0, 2):
+        server.pull(worker)
+    assert not server.push(0, torch.ones(2), 0.0)[0].applied
+    report, answer = server.push(2, torch.ones(2), 0.0)
+    assert report.applied and answer == [0, 2]
+    asynchronous = VersionedServer(AlgorithmConfig(mode="dcasgd-a"), delays.parse("none"), torch.zeros(2), 2)
+    asynchronous.pull(1)
+    assert asynchronous.remove(1, 0.0) == [] and asynchronous.server.version == 0
+
+
 @pytest.mark.parametrize(
     ("interval", "expected"),
     [

@@ -48,8 +48,9 @@ class ParameterServer:
 
     @property
     def gradients_per_update(self) -> int:
-        """sasgd applies an update after every ``c = floor(workers / n)`` gradients; others after each."""
-        return self.workers // self.config.sasgd_n if self.config.mode == "sasgd" else 1
+        """sasgd applies an update after every ``c = floor(workers / n)`` gradients (at least one,
+        once dead workers left fewer than ``n``); others after each."""
+        return max(1, self.workers // self.config.sasgd_n) if self.config.mode == "sasgd" else 1
 
     def record_pull(self, worker: int, params: Tensor, version: int) -> None:
         """Remember what ``worker`` pulled (``w_bak``): the gradient it pushes next is taken there."""
@@ -64,15 +65,32 @@ class ParameterServer:
             self._pending.append((grad, staleness))
             if len(self._pending) < self.gradients_per_update:
                 return PushReport(staleness, applied=False)
-            direction = self._softsync_direction()
-            self._pending = []
+            self._apply_pending(epoch)
         else:
-            direction = grad + self._compensation(worker, grad, pulled)
+            self._apply(grad + self._compensation(worker, grad, pulled), epoch)
+        return PushReport(staleness, applied=True)
+
+    def remove_worker(self, worker: int, epoch: float) -> bool:
+        """``worker`` died (``--fault-tolerant``): forget it, and count sasgd's ``c`` over the
+        workers left. Returns whether the gradients already buffered make an update now (applied
+        here: hardsync would otherwise wait for a gradient that never comes)."""
+        self.workers -= 1
+        self._backup.pop(worker, None)
+        self._mean_square.pop(worker, None)
+        if self.config.mode == "sasgd" and self._pending and len(self._pending) >= self.gradients_per_update:
+            self._apply_pending(epoch)
+            return True
+        return False
+
+    def _apply_pending(self, epoch: float) -> None:
+        self._apply(self._softsync_direction(), epoch)
+        self._pending = []
+
+    def _apply(self, direction: Tensor, epoch: float) -> None:
         lr = self.config.lr_at(epoch)
         self.velocity = momentum_velocity(self.velocity, direction, lr, self.config.effective_momentum)
         self.params = self.params + self.velocity
         self.version += 1
-        return PushReport(staleness, applied=True)
 
     def _compensation(self, worker: int, grad: Tensor, pulled: Tensor) -> Tensor | float:
         """DC-ASGD: ``lambda_t * g (.) g (.) (w - w_bak(worker))``; zero for ps-asgd."""

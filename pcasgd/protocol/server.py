@@ -71,15 +71,28 @@ class VersionedServer:
         report = self.server.push(worker, grad, epoch)
         self.done[worker] += 1
         if report.applied:
-            check_finite(self.server.params, "the server (rank 0)", self.server.version)
-            self.versions[self.server.version] = self.server.params
-            self.versions.pop(self.server.version - self.delays.max_lag - 1, None)
+            self._keep_version()
             released, self.waiting = [*self.waiting, worker], []
         elif self.config.synchronous:
             released, self.waiting = [], [*self.waiting, worker]
         else:
             released = [worker]
         return report, released
+
+    def remove(self, worker: int, epoch: float) -> list[int]:
+        """``worker`` died (``--fault-tolerant``); return the workers to answer now (hardsync:
+        those waiting, when the buffered gradients now make an update)."""
+        self.waiting = [waiting for waiting in self.waiting if waiting != worker]
+        if not self.server.remove_worker(worker, epoch):
+            return []
+        self._keep_version()
+        released, self.waiting = self.waiting, []
+        return released
+
+    def _keep_version(self) -> None:
+        check_finite(self.server.params, "the server (rank 0)", self.server.version)
+        self.versions[self.server.version] = self.server.params
+        self.versions.pop(self.server.version - self.delays.max_lag - 1, None)
 
     def release_all(self) -> list[int]:
         """Every worker still waiting (the run is over: they are told to stop)."""

@@ -13,12 +13,21 @@ holds the same :class:`~pcasgd.algorithms.server.ParameterServer` as the simulat
   injects one; hardsync sasgd answers when the update is applied). The run ends when the first
   worker has done ``epochs`` epochs of iterations: every worker's next push is answered with stop.
   A ``straggler`` term makes a worker sleep ``(f - 1)`` times its gradient time.
+
+``fault_tolerant`` (asynchronous mode, under ULFM: :mod:`pcasgd.runtime.faults`): a worker's
+death is noticed where rank 0 waits for any gradient (a receive from any source fails while a
+failure is unacknowledged); rank 0 acknowledges it, forgets the dead workers (their shards are
+dropped; sasgd's ``c`` counts the workers left) and serves the others on. At the end the
+survivors agree on who is left (``MPI_Comm_shrink``) instead of a barrier that would wait for the
+dead. The server's own death ends the run: every worker stops with a message naming it.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -27,8 +36,10 @@ from mpi4py import MPI
 from torch import Tensor
 
 from pcasgd.engine import EngineResult, EngineRun, EpochStats
+from pcasgd.errors import TrainingFailedError
 from pcasgd.protocol.pacing import StragglerPacing
 from pcasgd.protocol.server import VersionedServer, serve_in_simulated_time
+from pcasgd.runtime.faults import ProcessFailedError, abandon, is_process_failure
 from pcasgd.runtime.recording import RankState, Recorder
 from pcasgd.transport.deadline import POLL_SECONDS, Deadline
 from pcasgd.transport.progress import MpiProgress
@@ -52,16 +63,29 @@ class _Link:
     def send_weights(self, rank: int, weights: Tensor) -> None:
         self._send(weights.detach().cpu().numpy().copy(), rank, TAG_WEIGHTS)
 
-    def send_stop(self, rank: int) -> None:
-        self._send(np.zeros(0), rank, TAG_STOP)
+    def send_stop(self, rank: int, after_failures: bool = False) -> None:
+        """The run is over; ``after_failures``: workers died, so the survivors end by agreeing
+        on who is left (:func:`_end`)."""
+        self._send(np.array([after_failures], dtype=np.int64), rank, TAG_STOP)
 
     def send_checkpoint(self, rank: int, epoch: int) -> None:
         """Tell a worker to checkpoint itself (its data position) when it next waits for weights."""
         self._send(np.array([epoch], dtype=np.int64), rank, TAG_CHECKPOINT)
 
     def _send(self, buffer: np.ndarray, rank: int, tag: int) -> None:
-        self._sends = [(request, kept) for request, kept in self._sends if not request.Test()]
+        self._sends = [(request, kept) for request, kept in self._sends if not self._completed(request)]
         self._sends.append((self.comm.Isend(buffer, dest=rank, tag=tag), buffer))
+
+    @staticmethod
+    def _completed(request: MPI.Request) -> bool:
+        """Whether a send is done; one to a dead worker (--fault-tolerant) is done too: its death
+        is noticed where the server waits for gradients."""
+        try:
+            return request.Test()
+        except MPI.Exception as error:
+            if not is_process_failure(error):
+                raise
+            return True
 
     def receive_gradient(self, rank: int) -> tuple[Tensor, float, int]:
         meta = np.zeros(2)
@@ -81,8 +105,9 @@ class _Link:
         return status.Get_source()
 
     def flush(self) -> None:
-        for request, _ in self._sends:
-            self.deadline.wait(request, "sending to a worker")
+        with self.deadline.guard("sending to the workers"):
+            while not all(self._completed(request) for request, _ in self._sends):
+                time.sleep(POLL_SECONDS)
         self._sends = []
 
 
@@ -155,10 +180,14 @@ def _serve_deterministic(comm: MPI.Comm, run: EngineRun, link: _Link) -> EngineR
 
 
 class _AsynchronousServer:
-    def __init__(self, comm: MPI.Comm, run: EngineRun, link: _Link, deadline: Deadline) -> None:
+    def __init__(self, comm: MPI.Comm, run: EngineRun, link: _Link, deadline: Deadline, fault_tolerant: bool) -> None:
+        self.comm = comm
         self.run = run
         self.link = link
+        self.fault_tolerant = fault_tolerant
         self.workers = comm.Get_size() - 1
+        self.live = list(range(self.workers))  # the workers alive (all but under --fault-tolerant)
+        self.world_changes: list[dict] = []
         self.served = VersionedServer(run.config, run.delays, run.initial_params, self.workers)
         self.recorder = Recorder(comm, run, deadline)
         self.samples = 0
@@ -172,7 +201,7 @@ class _AsynchronousServer:
             self.records.skip_to(max(self.served.done))
 
     def _checkpoint(self, epoch: int) -> None:
-        for worker in range(self.workers):
+        for worker in self.live:
             self.link.send_checkpoint(worker + 1, epoch)
         self.run.checkpoint(epoch, {name: getattr(self, name) for name in CHECKPOINTED})
 
@@ -185,9 +214,18 @@ class _AsynchronousServer:
         for worker in range(self.workers):
             self.pull(worker)
         stopped: set[int] = set()
-        while len(stopped) < self.workers:
-            worker = self.link.next_sender("waiting for any worker's gradient") - 1
-            grad, loss, samples = self.link.receive_gradient(worker + 1)
+        while len(stopped) < len(self.live):
+            try:
+                worker = self.link.next_sender("waiting for any worker's gradient") - 1
+                grad, loss, samples = self.link.receive_gradient(worker + 1)
+            except (ProcessFailedError, MPI.Exception) as error:
+                if not (self.fault_tolerant and is_process_failure(error, self.comm)):
+                    raise
+                for other in self._remove_dead_workers():
+                    self.pull(other)
+                stopped &= set(self.live)
+                continue
+            self._first_step_after_a_death()
             self.samples += samples
             self.stats.add_loss(loss)
             report, answer = served.push(worker, grad, max(served.done) / run.iterations_per_epoch)
@@ -198,7 +236,7 @@ class _AsynchronousServer:
                 answer += served.release_all()
             for other in answer:
                 if finishing:
-                    self.link.send_stop(other + 1)
+                    self.link.send_stop(other + 1, after_failures=bool(self.world_changes))
                     stopped.add(other)
                 else:
                     self.pull(other)
@@ -208,19 +246,60 @@ class _AsynchronousServer:
                 if is_epoch and run.checkpoint is not None:
                     self._checkpoint(int(epoch))
         self.link.flush()
-        return self.recorder.result(self._states(), served.params)
+        result = self.recorder.result(self._states(), served.params)
+        return replace(result, world_changes=self.world_changes)
+
+    def _remove_dead_workers(self) -> list[int]:
+        """Acknowledge the failed processes, forget the workers among them; return the workers to
+        answer now (hardsync sasgd: those the dead one kept waiting)."""
+        noticed = time.time()
+        failed = self.comm.Get_failed()
+        dead_ranks = failed.Translate_ranks(None, self.comm.Get_group())
+        self.comm.Ack_failed()
+        lost = sorted(rank - 1 for rank in dead_ranks if rank - 1 in self.live)
+        if not lost:
+            return []
+        self.live = [worker for worker in self.live if worker not in lost]
+        if not self.live:
+            raise TrainingFailedError(f"every worker died (ranks {[w + 1 for w in lost]}): nobody is left to train")
+        epoch = max(self.served.done) / self.run.iterations_per_epoch
+        answer = [other for worker in lost for other in self.served.remove(worker, epoch)]
+        event = {
+            "lost": [worker + 1 for worker in lost],
+            "world": [0, *(worker + 1 for worker in self.live)],
+            "iteration": max(self.served.done),
+            "noticed_at": noticed,
+            "recovered_at": time.time(),
+            "first_step_at": None,
+            "topology": "server",
+        }
+        self.world_changes.append(event)
+        print(
+            f"pcasgd: rank(s) {event['lost']} died; the server goes on with {len(self.live)} workers from update "
+            f"{self.served.server.version} (their shards are dropped)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return [other for other in answer if other in self.live]
+
+    def _first_step_after_a_death(self) -> None:
+        """Stamp the time of the first gradient taken in after a death, and report the event."""
+        if self.world_changes and self.world_changes[-1]["first_step_at"] is None:
+            event = self.world_changes[-1]
+            event["first_step_at"] = time.time()
+            if self.run.world_change is not None:
+                self.run.world_change(dict(event))
 
     def _states(self) -> list[RankState]:
-        """One state per worker (the weights it last pulled); the server's statistics ride on the first."""
+        """One state per live worker (the weights it last pulled); the server's statistics ride on the first."""
         served = self.served
-        states = [
-            RankState(served.pulled[w], EpochStats(), served.done[w], 0, {}, None, None) for w in range(self.workers)
-        ]
+        states = [RankState(served.pulled[w], EpochStats(), served.done[w], 0, {}, None, None) for w in self.live]
         states[0].stats, states[0].samples, states[0].staleness = self.stats, self.samples, self.staleness
         return states
 
 
-def _work(comm: MPI.Comm, run: EngineRun, link: _Link, deadline: Deadline, asynchronous: bool) -> None:
+def _work(comm: MPI.Comm, run: EngineRun, link: _Link, deadline: Deadline, asynchronous: bool) -> bool:
+    """A worker's loop; returns whether workers died (the server says so with the stop)."""
     rank = comm.Get_rank()
     worker = rank - 1
     progress = MpiProgress(comm)
@@ -234,8 +313,9 @@ def _work(comm: MPI.Comm, run: EngineRun, link: _Link, deadline: Deadline, async
             while not comm.Iprobe(source=0, tag=MPI.ANY_TAG, status=status):
                 time.sleep(POLL_SECONDS)
         if status.Get_tag() == TAG_STOP:
-            comm.Recv(np.zeros(0), source=0, tag=TAG_STOP)
-            return
+            after_failures = np.zeros(1, dtype=np.int64)
+            comm.Recv(after_failures, source=0, tag=TAG_STOP)
+            return bool(after_failures[0])
         if status.Get_tag() == TAG_CHECKPOINT:  # between two gradients: where this worker's data stands
             epoch = np.zeros(1, dtype=np.int64)
             comm.Recv(epoch, source=0, tag=TAG_CHECKPOINT)
@@ -254,17 +334,37 @@ def _work(comm: MPI.Comm, run: EngineRun, link: _Link, deadline: Deadline, async
 
 
 def run_parameter_server(
-    comm: MPI.Comm, run: EngineRun, deadline: Deadline, deterministic: bool
+    comm: MPI.Comm, run: EngineRun, deadline: Deadline, deterministic: bool, fault_tolerant: bool = False
 ) -> EngineResult | None:
     """Rank 0 serves, the others work; rank 0 gets the result, the others None."""
     link = _Link(comm, deadline, run.initial_params)
     if comm.Get_rank() != 0:
-        _work(comm, run, link, deadline, asynchronous=not deterministic)
-        deadline.wait(comm.Ibarrier(), "the end-of-training barrier")
+        try:
+            after_failures = _work(comm, run, link, deadline, asynchronous=not deterministic)
+        except (ProcessFailedError, MPI.Exception) as error:
+            if not (fault_tolerant and is_process_failure(error, comm)):
+                raise
+            raise TrainingFailedError(
+                f"rank {comm.Get_rank()}: the parameter server (rank 0) died; the workers stop. --fault-tolerant "
+                "survives the death of workers, not of the server: resume the run from its checkpoints (--resume)"
+            ) from None
+        _end(comm, deadline, after_failures)
         return None
     if deterministic:
         result = _serve_deterministic(comm, run, link)
     else:
-        result = _AsynchronousServer(comm, run, link, deadline).serve()
-    deadline.wait(comm.Ibarrier(), "the end-of-training barrier")
+        result = _AsynchronousServer(comm, run, link, deadline, fault_tolerant).serve()
+    _end(comm, deadline, bool(result.world_changes))
     return result
+
+
+def _end(comm: MPI.Comm, deadline: Deadline, after_failures: bool) -> None:
+    """Every rank waits for the others at the end: a barrier, or after deaths the survivors'
+    agreement on who is left (a barrier would wait for the dead). Not revoked first: a worker
+    still waiting for its stop would take the revocation for the server's death. The old
+    communicator is then abandoned: freeing it would wait for the dead too."""
+    if not after_failures:
+        deadline.wait(comm.Ibarrier(), "the end-of-training barrier")
+        return
+    with deadline.guard("agreeing with the survivors on the end of training (MPI_Comm_shrink)"):
+        abandon(comm, comm.Shrink())
