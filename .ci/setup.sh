@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the test suite needs, installed before pytest starts (never inside a timed test):
 # the pinned environment, Horovod built for it, Debian's Fashion-MNIST, a single-node Slurm, two
-# test hosts (network namespaces, launch/hosts.sh; .ci/test.sh removes them after the tests) and
+# test hosts with a Slurm of their own (network namespaces, launch/hosts.sh; .ci/test.sh removes
+# them after the tests) and
 # the decoded CIFAR-10 cache. Idempotent: each step does nothing when its component is there.
 # Root is needed for the Debian packages and Slurm; without it those steps are skipped with a
 # message, and the tests that need them skip with the reason (CI runs as root and skips nothing).
@@ -21,9 +22,12 @@ fi
 if [ "$(id -u)" = 0 ]; then
   step "Slurm"
   bash "$root/.ci/slurm.sh"
-  step "test hosts node1, node2"
+  step "test hosts node1, node2, and a Slurm over them"
   if ! bash "$root/launch/hosts.sh" status >/dev/null 2>&1; then
     bash "$root/launch/hosts.sh" up 2 || step "the kernel refused network namespaces: the multi-host tests will skip"
+  fi
+  if bash "$root/launch/hosts.sh" status >/dev/null 2>&1; then
+    bash "$root/launch/hosts.sh" slurm up
   fi
 else
   step "not root: no local Slurm and no test hosts; their tests will skip"

@@ -10,6 +10,11 @@
 #   launch/hosts.sh exec K CMD...          run CMD on host K (inside its namespaces)
 #   launch/hosts.sh mpirun MPIRUN-ARGS...  mpirun from node1 across every host
 #   launch/hosts.sh agent HOST CMD...      PRRTE's launch agent (what ssh would be on a cluster)
+#   launch/hosts.sh slurm up               a Slurm cluster over the hosts: slurmctld on node1, a
+#                                           slurmd on every host (needs Debian's slurm-wlm and a
+#                                           running munged: .ci/slurm.sh)
+#   launch/hosts.sh slurm CMD ARGS...      a Slurm command (sbatch, srun, sinfo...) from node1 on
+#                                           that cluster, with the Open MPI settings of 'env'
 #
 # A host is a network namespace and a UTS namespace (its own hostname); every pair of hosts is
 # joined by a veth link. Addresses come from the loopback range only (127.77.0.K, made routable
@@ -146,8 +151,77 @@ run_mpirun() {
   exec nsenter --net="/run/netns/$(netns 1)" --uts="$(uts 1)" "$mpirun" --hostfile "$file" "$@"
 }
 
+slurm_conf() { echo "$state/slurm/slurm.conf"; }
+
+slurm_up() {
+  local n dir
+  n="$(count)"
+  [ "$n" -gt 0 ] || die "no hosts up (launch/hosts.sh up)"
+  dir="$state/slurm"
+  if [ -f "$(slurm_conf)" ] && [ "$(slurm_command sinfo -h -N -o %t 2>/dev/null | grep -cE 'idle|mix|alloc')" = "$n" ]; then
+    return 0
+  fi
+  command -v slurmctld >/dev/null || die "slurm up: Debian's slurm-wlm is not installed (.ci/slurm.sh)"
+  pgrep -x munged >/dev/null || die "slurm up: munged is not running (.ci/slurm.sh starts it)"
+  mkdir -p "$dir/log" "$dir/ctld"
+  # Every daemon shares this machine's file system: whatever a slurmd or its steps write per
+  # node must have the node's name in its path (%n), the PMIx plugin's directories included
+  # (they live under TmpFS); two slurmd writing the same /tmp/spmix_appdir_* fail a launch.
+  {
+    echo "ClusterName=pcasgd-hosts"
+    echo "SlurmctldHost=$(name 1)($(address 1))"
+    echo "SlurmUser=root"
+    echo "AuthType=auth/munge"
+    echo "ProctrackType=proctrack/linuxproc"
+    echo "TaskPlugin=task/none"
+    echo "SelectType=select/cons_tres"
+    echo "SelectTypeParameters=CR_Core"
+    echo "SlurmdParameters=config_overrides"
+    echo "ReturnToService=2"
+    echo "MpiDefault=none"
+    echo "StateSaveLocation=$dir/ctld"
+    echo "SlurmdSpoolDir=$dir/spool-%n"
+    echo "TmpFS=$dir/tmp-%n"
+    echo "SlurmctldPidFile=$dir/slurmctld.pid"
+    echo "SlurmdPidFile=$dir/slurmd-%n.pid"
+    echo "SlurmctldLogFile=$dir/log/slurmctld.log"
+    echo "SlurmdLogFile=$dir/log/slurmd-%n.log"
+    for k in $(seq 1 "$n"); do
+      echo "NodeName=$(name "$k") NodeAddr=$(address "$k") CPUs=8 RealMemory=8000 State=UNKNOWN"
+    done
+    echo "PartitionName=hosts Nodes=node[1-$n] Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES"
+  } > "$(slurm_conf)"
+  on_host 1 env SLURM_CONF="$(slurm_conf)" slurmctld
+  for k in $(seq 1 "$n"); do
+    mkdir -p "$dir/spool-$(name "$k")" "$dir/tmp-$(name "$k")"
+    on_host "$k" env SLURM_CONF="$(slurm_conf)" slurmd -N "$(name "$k")"
+  done
+  for _ in $(seq 1 60); do
+    if [ "$(slurm_command sinfo -h -N -o %t 2>/dev/null | grep -cE 'idle|mix|alloc')" = "$n" ]; then
+      echo "launch/hosts.sh: Slurm up on $n hosts (controller on $(name 1); SLURM_CONF=$(slurm_conf))"
+      return 0
+    fi
+    sleep 0.5
+  done
+  die "slurm up: the nodes did not come up; see $dir/log/"
+}
+
+slurm_command() {
+  [ -f "$(slurm_conf)" ] || die "no Slurm on the hosts (launch/hosts.sh slurm up)"
+  eval "$(mpi_env)"
+  SLURM_CONF="$(slurm_conf)" on_host 1 "$@"
+}
+
+run_slurm() {
+  case "${1:-}" in
+    up) slurm_up ;;
+    "") die "usage: slurm up | slurm CMD ARGS..." ;;
+    *) slurm_command "$@" ;;
+  esac
+}
+
 command="${1:-}"
-[ -n "$command" ] || die "usage: up [N] [--rate RATE] | down | status | hostfile [SLOTS] | env | exec K CMD... | mpirun ARGS... | agent HOST CMD..."
+[ -n "$command" ] || die "usage: up [N] [--rate RATE] | down | status | hostfile [SLOTS] | env | exec K CMD... | mpirun ARGS... | agent HOST CMD... | slurm up | slurm CMD ARGS..."
 shift
 case "$command" in
   up) up "$@" ;;
@@ -158,5 +232,6 @@ case "$command" in
   exec) k="$1"; shift; on_host "$k" "$@" ;;
   mpirun) run_mpirun "$@" ;;
   agent) agent "$@" ;;
+  slurm) run_slurm "$@" ;;
   *) die "unknown command '$command'" ;;
 esac

@@ -57,3 +57,13 @@ def hosts():
     status = subprocess.run(["bash", str(HOSTS), "status"], capture_output=True, text=True, timeout=60)
     if status.returncode != 0:
         missing(f"the test hosts are not up (launch/hosts.sh up 2; needs root and network namespaces): {status.stdout}")
+
+
+@pytest.fixture(scope="session")
+def hosts_slurm(hosts):
+    """A Slurm cluster over the test hosts (launch/hosts.sh slurm up, run by .ci/setup.sh)."""
+    nodes = subprocess.run(
+        ["bash", str(HOSTS), "slurm", "sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True, timeout=60
+    )
+    if sorted(nodes.stdout.split()) != ["idle", "idle", "node1", "node2"]:
+        missing(f"no Slurm on the test hosts (launch/hosts.sh slurm up): {nodes.stdout.strip()} {nodes.stderr.strip()}")

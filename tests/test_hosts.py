@@ -5,11 +5,24 @@ and osc/rdma windows, as on a cluster without RDMA."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 
 import pytest
 import torch
 
-from tests.mpi_support import PYTHON, assert_reproduces_simulator, hosts_launcher, mpirun, needs_mpirun, train_and_kill
+from tests.mpi_support import (
+    HOSTS,
+    PYTHON,
+    ROOT,
+    assert_reproduces_simulator,
+    hosts_launcher,
+    mpi_env,
+    mpirun,
+    needs_mpirun,
+    train_and_kill,
+)
 
 pytestmark = [needs_mpirun, pytest.mark.usefixtures("hosts")]
 
@@ -81,3 +94,24 @@ def test_a_rank_killed_on_the_other_host_is_survived(tmp_path):
     out = tmp_path / "run"
     run = train_and_kill(4, out, FLAGS, kills=[(3, 0.0)], after_records=2, launcher=hosts_launcher())
     assert_survived(run, out, lost=[3], ranks=4)
+
+
+def test_the_multi_node_sbatch_script_runs_across_both_hosts(hosts_slurm, tmp_path):
+    """launch/slurm/multi-node.sbatch on the hosts' own Slurm (controller on node1, a slurmd on
+    each host): two nodes, two tasks each, started by srun through PMIx."""
+    out, log = tmp_path / "run", tmp_path / "job.out"
+    script = ["launch/slurm/multi-node.sbatch", "--epochs", "3", "--progress-thread", "--out", str(out)]
+    env = {**mpi_env(), "PCASGD_VENV": os.path.dirname(os.path.dirname(PYTHON))}
+    sbatch = ["sbatch", "--wait", f"--chdir={ROOT}", "--nodes=2", "--ntasks-per-node=2", f"--output={log}"]
+    done = subprocess.run(
+        ["bash", str(HOSTS), "slurm", *sbatch, *script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr + (log.read_text() if log.exists() else "")
+    job = re.search(r"Submitted batch job (\d+)", done.stdout).group(1)
+    shown = subprocess.run(
+        ["bash", str(HOSTS), "slurm", "scontrol", "show", "job", job], capture_output=True, text=True
+    )
+    assert " NodeList=node[1-2]" in shown.stdout and "NumTasks=4" in shown.stdout, shown.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["agents"] == 4 and len(summary["iterations"]) == 4
+    assert summary["final"]["test_accuracy"] >= 0.8, summary["final"]
