@@ -1,16 +1,19 @@
-"""What a dead rank costs ``pcasgd --fault-tolerant``: real ``mpirun`` jobs, one rank killed with
-SIGKILL at 40 % of the run, against uninterrupted runs of the surviving number of ranks.
+"""What a dead rank costs ``pcasgd --fault-tolerant``, and Horovod Elastic: real jobs, one rank
+killed with SIGKILL at 40 % of the run, against uninterrupted runs of the surviving number of ranks.
 
-    python benchmarks/fault_tolerance.py [--cases 4 8 hosts] [--seeds 0 1 2] [--out runs/faults]
+    python benchmarks/fault_tolerance.py [--cases 4 8 hosts hosts-horovod] [--seeds 0 1 2] [--out runs/faults]
 
 Cases: ``4`` (4 ranks, rank 2 killed; baseline 3 ranks), ``8`` (8 ranks, rank 5 killed;
 baseline 7), ``hosts`` (4 ranks over launch/hosts.sh's two hosts, rank 3 on node2 killed;
-baseline 3 ranks over the hosts). Every run is ``pcasgd train --fault-tolerant`` under ULFM with
-the same flags (Fashion-MNIST LeNet-5, ``--epochs``), so transport and settings are alike; the
-kill comes when the run's record of epoch ``2/5 * epochs`` appears. Reported per case and seed:
-both final accuracies, their difference, and the seconds from the kill to the survivors' first
-step on the new world (rank 0's clock; the same machine's; "run over" when the run ended, a
-rank having reached its last epoch, before rank 0 stepped again). Prints a table and writes
+baseline 3 ranks over the hosts): ``pcasgd`` under ULFM. ``hosts-horovod``: the baseline
+method's own recovery, ``ssgd --comm horovod`` under elastic ``horovodrun`` over the two hosts
+(``launch/hosts.sh horovodrun``), rank 2 killed, which removes its host's two workers; baseline
+2 ranks (on one host, as the survivors are). Every run has the same flags (Fashion-MNIST
+LeNet-5, ``--epochs``, ``--fault-tolerant``), so transport and settings are alike; the kill comes
+when the run's record of epoch ``2/5 * epochs`` appears. Reported per case and seed: both final
+accuracies, their difference, and the seconds from the kill to the survivors' first step on the
+new world (rank 0's clock; the same machine's; "run over" when the run ended, a rank having
+reached its last epoch, before rank 0 stepped again). Prints a table and writes
 ``OUT/results.json``; runs already in ``OUT`` are rerun (a kill cannot be read back).
 """
 
@@ -21,6 +24,7 @@ import json
 import shutil
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,23 +33,47 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.faults import train_and_kill  # noqa: E402
 from pcasgd.runtime.launch import mpirun_path, open_mpi_env  # noqa: E402
 
-HOSTS = ["env", f"PCASGD_MPIRUN={mpirun_path()}", "bash", str(ROOT / "launch" / "hosts.sh"), "mpirun"]
+HOSTS_SCRIPT = str(ROOT / "launch" / "hosts.sh")
+HOSTS = ["env", f"PCASGD_MPIRUN={mpirun_path()}", "bash", HOSTS_SCRIPT, "mpirun"]
+HOROVODRUN = Path(sys.executable).parent / "horovodrun"
+HOSTS_HOROVOD = ["env", f"PCASGD_HOROVODRUN={HOROVODRUN}", "bash", HOSTS_SCRIPT, "horovodrun"]
+PCASGD = ["--mode", "pcasgd"]
 
-#: case -> (ranks, killed rank, launcher)
-CASES = {"4": (4, 2, [mpirun_path()]), "8": (8, 5, [mpirun_path()]), "hosts": (4, 3, HOSTS)}
+
+@dataclass(frozen=True)
+class Case:
+    ranks: int
+    victim: int
+    lost: int  # ranks the kill removes: Horovod Elastic removes the victim's host, both its workers
+    launcher: list[str]
+    mode: list[str]
+    elastic: bool = False  # horovodrun in elastic mode: its own flags instead of mpirun's
+
+    def launch_flags(self, ranks: int) -> list[str] | None:
+        return ["-np", str(ranks), "--min-np", "1"] if self.elastic else None
+
+
+CASES = {
+    "4": Case(4, 2, 1, [mpirun_path()], PCASGD),
+    "8": Case(8, 5, 1, [mpirun_path()], PCASGD),
+    "hosts": Case(4, 3, 1, HOSTS, PCASGD),
+    "hosts-horovod": Case(4, 2, 2, HOSTS_HOROVOD, ["--mode", "ssgd", "--comm", "horovod"], elastic=True),
+}
 
 
 def run(case: str, seed: int, killed: bool, args: argparse.Namespace) -> dict:
-    ranks, victim, launcher = CASES[case]
-    if not killed:
-        ranks -= 1
+    chosen = CASES[case]
+    ranks = chosen.ranks if killed else chosen.ranks - chosen.lost
     out = args.out / f"{case}-{'killed' if killed else 'baseline'}-seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
-    flags = ["--mode", "pcasgd", "--dataset", "fashion-mnist", "--model", "lenet5", "--epochs", str(args.epochs)]
+    flags = [*chosen.mode, "--dataset", "fashion-mnist", "--model", "lenet5", "--epochs", str(args.epochs)]
     flags += ["--seed", str(seed), "--checkpoint-every", "0"]
     kill_after = round(0.4 * args.epochs)
-    kills = [(victim, 0.0)] if killed else []
-    done = train_and_kill(launcher, ranks, out, flags, kills, kill_after, open_mpi_env(str(ROOT)), args.timeout)
+    kills = [(chosen.victim, 0.0)] if killed else []
+    env = open_mpi_env(str(ROOT))
+    done = train_and_kill(
+        chosen.launcher, ranks, out, flags, kills, kill_after, env, args.timeout, chosen.launch_flags(ranks)
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{out}: exit {done.returncode}\n{done.stderr[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
@@ -76,7 +104,9 @@ def main() -> None:
             for killed in (True, False):
                 results.append(run(case, seed, killed, args))
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print("| case | seed | killed run | baseline (one rank fewer) | difference | kill to first step (s) |")
+    print(
+        "| case | seed | killed run | baseline (the survivors' number of ranks) | difference | kill to first step (s) |"
+    )
     print("|---|---|---|---|---|---|")
     for case in args.cases:
         differences, delays = [], []

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pcasgd.app.checkpoint import FILE
 from pcasgd.runtime.launch import FAULT_TOLERANT_FLAGS, FAULT_TOLERANT_MCA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,9 +40,25 @@ def rank_pid(out: Path, rank: int) -> int | None:
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if f"OMPI_COMM_WORLD_RANK={rank}".encode() in environ:
+        if f"OMPI_COMM_WORLD_RANK={rank}".encode() in environ or f"HOROVOD_RANK={rank}".encode() in environ:
             return int(entry.name)
     return None
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def epochs_done(out: Path, recorded: bool = False) -> int:
+    """The most epochs any rank of the run in ``out`` has done, as its files show: rank 0's
+    records, or a rank's newest checkpoint (an asynchronous rank may be far ahead of rank 0);
+    ``recorded``: rank 0's records only."""
+    records = _lines(out / "metrics.jsonl")
+    if recorded:
+        return records
+    names = (FILE.fullmatch(path.name) for path in out.glob("checkpoints/rank-*/*"))
+    checkpoints = [int(name.group(1)) for name in names if name is not None]
+    return max([records, *checkpoints])
 
 
 def train_and_kill(
@@ -49,20 +66,23 @@ def train_and_kill(
     ranks: int,
     out: Path,
     flags: list[str],
-    kills: list[tuple[int, float]],
-    after_records: int,
+    kills: list[tuple[int, float | None]],
+    after_epochs: int,
     env: dict[str, str],
     timeout: float,
+    launch_flags: list[str] | None = None,
+    recorded: bool = False,
 ) -> KilledRun:
     """Run ``pcasgd train --fault-tolerant`` on ``ranks`` ranks with ``launcher`` (mpirun, or
-    launch/hosts.sh mpirun) under ULFM; once ``out``'s metrics hold ``after_records`` records,
-    kill each ``(rank, delay)`` of ``kills``, ``delay`` seconds after the previous kill. Raises
-    :class:`subprocess.TimeoutExpired` (the job killed) past ``timeout`` seconds."""
+    launch/hosts.sh mpirun) under ULFM; once the fastest rank has done ``after_epochs`` epochs,
+    kill each ``(rank, delay)`` of ``kills``, ``delay`` seconds after the previous kill (None: once
+    rank 0 has stepped on a world without the ranks killed before it). Raises
+    :class:`subprocess.TimeoutExpired` (the job killed) past ``timeout`` seconds. ``launch_flags``
+    replace mpirun's (ULFM's flags and ``-n ranks``) for another launcher; ``recorded``: kill once
+    rank 0 has recorded ``after_epochs`` epochs."""
     command = [
         *launcher,
-        *FAULT_TOLERANT_FLAGS,
-        "-n",
-        str(ranks),
+        *(launch_flags if launch_flags is not None else [*FAULT_TOLERANT_FLAGS, "-n", str(ranks)]),
         sys.executable,
         "-m",
         "pcasgd.cli",
@@ -85,16 +105,20 @@ def train_and_kill(
     started = time.monotonic()
     killed_at = []
     try:
-        metrics = out / "metrics.jsonl"
-        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= after_records):
+        while epochs_done(out, recorded) < after_epochs:
             if job.poll() is not None or time.monotonic() - started > timeout:
                 break
             time.sleep(0.05)
         for rank, delay in kills:
-            time.sleep(delay)
+            if delay is None:  # once rank 0 stepped on the world without every rank killed so far
+                while _lines(out / "events.jsonl") < len(killed_at) and job.poll() is None:
+                    time.sleep(0.05)
+            else:
+                time.sleep(delay)
             pid = rank_pid(out, rank)
             if pid is None:
-                raise RuntimeError(f"no process of rank {rank} writing {out} to kill (did the run end already?)")
+                ended = "" if job.poll() is None else f"; the job ended ({job.returncode}): {job.stderr.read()[-3000:]}"
+                raise RuntimeError(f"no process of rank {rank} writing {out} to kill{ended}")
             killed_at.append(time.time())
             os.kill(pid, signal.SIGKILL)
         stdout, stderr = job.communicate(timeout=max(1.0, timeout - (time.monotonic() - started)))

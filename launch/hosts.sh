@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Several "hosts" on this one machine, for testing pcasgd across hosts without a cluster.
 #
-#   launch/hosts.sh up [N] [--rate RATE]   make hosts node1..nodeN (default 2); RATE shapes each
-#                                           link with tc tbf (e.g. 1gbit)
+#   launch/hosts.sh up [N] [--rate RATE]   make hosts node1..nodeN (default 2); RATE shapes what
+#                                           each host sends with tc tbf (e.g. 1gbit)
 #   launch/hosts.sh down                   remove every host this script made
 #   launch/hosts.sh status                 the hosts that are up (exit 1 if none)
 #   launch/hosts.sh hostfile [SLOTS]       an Open MPI hostfile for them (default 2 slots each)
@@ -10,16 +10,21 @@
 #   launch/hosts.sh exec K CMD...          run CMD on host K (inside its namespaces)
 #   launch/hosts.sh mpirun MPIRUN-ARGS...  mpirun from node1 across every host
 #   launch/hosts.sh agent HOST CMD...      PRRTE's launch agent (what ssh would be on a cluster)
+#   launch/hosts.sh horovodrun ARGS...     horovodrun --gloo from node1 across every host, in
+#                                           elastic mode (a host-discovery script listing the hosts,
+#                                           PCASGD_HOSTS_SLOTS slots each; ssh is the agent below)
 #   launch/hosts.sh slurm up               a Slurm cluster over the hosts: slurmctld on node1, a
 #                                           slurmd on every host (needs Debian's slurm-wlm and a
 #                                           running munged: .ci/slurm.sh)
 #   launch/hosts.sh slurm CMD ARGS...      a Slurm command (sbatch, srun, sinfo...) from node1 on
 #                                           that cluster, with the Open MPI settings of 'env'
 #
-# A host is a network namespace and a UTS namespace (its own hostname); every pair of hosts is
-# joined by a veth link. Addresses come from the loopback range only (127.77.0.K, made routable
-# with route_localnet), so nothing here reaches or shadows a real network; /etc/hosts gets one
-# marked line per host. The file system, processes and users stay shared: only the network and
+# A host is a network namespace and a UTS namespace (its own hostname) with one network
+# interface, bed0, plugged into a switch: a Linux bridge in a namespace of its own. One interface
+# of the same name on every host is what launchers that pick "the" interface by name need
+# (Horovod's gloo). Addresses come from the loopback range only (127.77.0.K, made routable with
+# route_localnet), so nothing here reaches or shadows a real network; /etc/hosts gets one marked
+# line per host. The file system, processes and users stay shared: only the network and
 # the hostname differ, which is what MPI, PRRTE and a failure on "another host" need.
 # Needs root (ip netns, unshare, nsenter). See docs/cluster.md.
 set -euo pipefail
@@ -29,6 +34,7 @@ marker="# pcasgd test hosts"
 state="/run/$prefix"
 
 netns() { echo "${prefix}$1"; }
+switch="${prefix}-switch"
 uts() { echo "$state/uts$1"; }
 address() { echo "127.77.0.$1"; }
 name() { echo "node$1"; }
@@ -60,31 +66,31 @@ up() {
     on_host "$k" sysctl -qw net.ipv4.conf.all.route_localnet=1
     echo "$(address "$k") $(name "$k") $marker" >> /etc/hosts
   done
-  for a in $(seq 1 "$n"); do
-    for b in $(seq $((a + 1)) "$n"); do
-      link "$a" "$b" "$rate"
-    done
+  ip netns add "$switch"
+  ip -n "$switch" link add bridge type bridge
+  ip -n "$switch" link set bridge up
+  for k in $(seq 1 "$n"); do
+    plug "$k" "$rate"
   done
   trap - ERR
   echo "launch/hosts.sh: $n hosts up: $(for k in $(seq 1 "$n"); do printf '%s=%s ' "$(name "$k")" "$(address "$k")"; done)"
 }
 
-link() {
-  local a="$1" b="$2" rate="$3"
-  local end_a="to$b" end_b="to$a"
-  ip link add "$prefix-$a-$b" type veth peer name "$prefix-$b-$a"
-  ip link set "$prefix-$a-$b" netns "$(netns "$a")" name "$end_a"
-  ip link set "$prefix-$b-$a" netns "$(netns "$b")" name "$end_b"
-  for side in "$a:$end_a:$b" "$b:$end_b:$a"; do
-    IFS=: read -r k dev peer <<< "$side"
-    on_host "$k" sysctl -qw "net.ipv4.conf.$dev.route_localnet=1"
-    on_host "$k" ip addr add "$(address "$k")/32" dev "$dev"
-    on_host "$k" ip link set "$dev" up
-    on_host "$k" ip route add "$(address "$peer")/32" dev "$dev" src "$(address "$k")"
-    if [ -n "$rate" ]; then
-      on_host "$k" tc qdisc add dev "$dev" root tbf rate "$rate" burst 256kb latency 50ms
-    fi
+plug() {
+  # host k's bed0, the other end of its veth pair a port of the switch's bridge
+  local k="$1" rate="$2"
+  ip link add "$prefix-$k" type veth peer name "port$k" netns "$switch"
+  ip link set "$prefix-$k" netns "$(netns "$k")" name bed0
+  ip -n "$switch" link set "port$k" master bridge up
+  on_host "$k" sysctl -qw net.ipv4.conf.bed0.route_localnet=1
+  on_host "$k" ip addr add "$(address "$k")/32" dev bed0
+  on_host "$k" ip link set bed0 up
+  for peer in $(seq 1 "$(count)"); do
+    [ "$peer" = "$k" ] || on_host "$k" ip route add "$(address "$peer")/32" dev bed0 src "$(address "$k")"
   done
+  if [ -n "$rate" ]; then
+    on_host "$k" tc qdisc add dev bed0 root tbf rate "$rate" burst 256kb latency 50ms
+  fi
 }
 
 down() {
@@ -96,6 +102,7 @@ down() {
     ip netns delete "$(netns "$k")" 2>/dev/null || true
     umount "$(uts "$k")" 2>/dev/null || true
   done
+  ip netns delete "$switch" 2>/dev/null || true
   if grep -q "$marker" /etc/hosts; then
     # /etc/hosts may be a bind mount (containers): rewrite it in place, never replace the file
     local kept
@@ -149,6 +156,28 @@ run_mpirun() {
   eval "$(mpi_env)"
   local mpirun="${PCASGD_MPIRUN:-mpirun}"
   exec nsenter --net="/run/netns/$(netns 1)" --uts="$(uts 1)" "$mpirun" --hostfile "$file" "$@"
+}
+
+run_horovodrun() {
+  # Horovod starts remote workers with a literal "ssh ... HOST ... COMMAND" and lists the hosts
+  # with a discovery script: both are written here, the ssh being the agent above.
+  local n bin
+  n="$(count)"
+  [ "$n" -gt 0 ] || die "no hosts up (launch/hosts.sh up)"
+  bin="$state/horovod-bin"
+  mkdir -p "$bin"
+  cat > "$bin/ssh" <<SSH
+#!/usr/bin/env bash
+while [ \$# -gt 0 ]; do case "\$1" in -o|-p|-i) shift 2 ;; -*) shift ;; *) break ;; esac; done
+host="\$1"; shift
+exec bash "$self" agent "\$host" "\$*"
+SSH
+  hostfile "${PCASGD_HOSTS_SLOTS:-2}" | sed 's/ slots=/:/' > "$state/horovod-hosts"
+  printf '#!/bin/sh\ncat "%s"\n' "$state/horovod-hosts" > "$bin/discover-hosts"
+  chmod +x "$bin/ssh" "$bin/discover-hosts"
+  local horovodrun="${PCASGD_HOROVODRUN:-${PCASGD_VENV:-$(dirname "$(dirname "$self")")/.venv}/bin/horovodrun}"
+  PATH="$bin:$PATH" on_host 1 "$horovodrun" --gloo --network-interfaces bed0 \
+    --host-discovery-script "$bin/discover-hosts" "$@"
 }
 
 slurm_conf() { echo "$state/slurm/slurm.conf"; }
@@ -221,7 +250,7 @@ run_slurm() {
 }
 
 command="${1:-}"
-[ -n "$command" ] || die "usage: up [N] [--rate RATE] | down | status | hostfile [SLOTS] | env | exec K CMD... | mpirun ARGS... | agent HOST CMD... | slurm up | slurm CMD ARGS..."
+[ -n "$command" ] || die "usage: up [N] [--rate RATE] | down | status | hostfile [SLOTS] | env | exec K CMD... | mpirun ARGS... | agent HOST CMD... | horovodrun ARGS... | slurm up | slurm CMD ARGS..."
 shift
 case "$command" in
   up) up "$@" ;;
@@ -232,6 +261,7 @@ case "$command" in
   exec) k="$1"; shift; on_host "$k" "$@" ;;
   mpirun) run_mpirun "$@" ;;
   agent) agent "$@" ;;
+  horovodrun) run_horovodrun "$@" ;;
   slurm) run_slurm "$@" ;;
   *) die "unknown command '$command'" ;;
 esac

@@ -84,7 +84,10 @@ def _mpi_server(inputs: EngineInputs) -> EngineResult | None:
 def _mpi_collective(inputs: EngineInputs) -> EngineResult | None:
     from pcasgd.runtime.collective import run_collective
 
-    return run_collective(inputs.comm, inputs.run, inputs.deadline, inputs.mpi.progress_thread, inputs.mpi.staging)
+    options = inputs.mpi
+    return run_collective(
+        inputs.comm, inputs.run, inputs.deadline, options.progress_thread, options.staging, options.fault_tolerant
+    )
 
 
 ENGINES: dict[tuple[str, str], Callable[[EngineInputs], EngineResult | None]] = {

@@ -83,16 +83,27 @@ def train_and_kill(
     ranks: int,
     out: Path,
     flags: list[str],
-    kills: list[tuple[int, float]],
-    after_records: int,
+    kills: list[tuple[int, float | None]],
+    after_epochs: int,
     timeout: float = 300,
     launcher: list[str] | None = None,
+    launch_flags: list[str] | None = None,
+    recorded: bool = False,
 ) -> KilledRun:
     """:func:`benchmarks.faults.train_and_kill` with this environment; a job past ``timeout``
     fails the test."""
     try:
         return faults.train_and_kill(
-            [*(launcher or [MPIRUN])], ranks, out, flags, kills, after_records, mpi_env(), timeout
+            [*(launcher or [MPIRUN])],
+            ranks,
+            out,
+            flags,
+            kills,
+            after_epochs,
+            mpi_env(),
+            timeout,
+            launch_flags,
+            recorded,
         )
     except subprocess.TimeoutExpired as expired:
         pytest.fail(f"a fault-tolerant run in {out} did not finish in {timeout} s:\n{expired.stderr}")

@@ -25,6 +25,7 @@ RECORD_KEYS = {
     "agent_accuracy_std",
     "train_loss",
     "wall_seconds",
+    "samples",
     "samples_per_second",
     "consensus_distance_mean",
     "consensus_distance_max",

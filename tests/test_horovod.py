@@ -48,3 +48,22 @@ def test_horovodrun_gloo_refuses_modes_that_need_an_mpi_world(horovod, tmp_path)
     assert "pcasgd: error: the launcher started 2 processes (HOROVOD_SIZE) but the MPI world has 1" in output, output
     assert "exit with status code 2" in output, output
     assert not (tmp_path / "run").exists()
+
+
+def test_horovod_elastic_needs_elastic_horovodrun_and_a_deadline_above_gloos_timeout(horovod, tmp_path):
+    """ssgd --comm horovod --fault-tolerant: under plain horovodrun --gloo the run is refused on
+    every rank; in elastic mode a --deadline at or below gloo's timeout would end the survivors of
+    a death before Horovod tells them of it."""
+    flags = ["--mode", "ssgd", "--comm", "horovod", "--fault-tolerant", "--epochs", "1"]
+    result = horovodrun_gloo(*flags, "--out", str(tmp_path / "plain"))
+    assert result.returncode != 0 and "launch with horovodrun in elastic mode" in result.stdout + result.stderr
+
+    from pcasgd.errors import ConfigError
+    from pcasgd.runtime.elastic import check_elastic
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOROVOD_ELASTIC", "1")
+        patch.setenv("HOROVOD_GLOO_TIMEOUT_SECONDS", "30")
+        with pytest.raises(ConfigError, match="gloo's timeout: 30 s"):
+            check_elastic(30.0)
+        check_elastic(31.0)

@@ -1,6 +1,7 @@
-"""Across hosts: real mpirun jobs over the test bed of launch/hosts.sh (node1 and node2, each a
-network and UTS namespace; two ranks per host: ranks 0-1 on node1, 2-3 on node2), tcp transport
-and osc/rdma windows, as on a cluster without RDMA."""
+"""Across hosts: real jobs over the test bed of launch/hosts.sh (node1 and node2, each a network
+and UTS namespace; two ranks per host: ranks 0-1 on node1, 2-3 on node2), started by mpirun (tcp
+transport and osc/rdma windows, as on a cluster without RDMA), by the hosts' own Slurm, and by
+horovodrun in elastic mode."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,8 +66,10 @@ def test_asynchronous_pcasgd_with_a_straggler_on_the_other_host(tmp_path):
 
 @pytest.mark.parametrize("mode", ["ssgd", "odsgd", "dcasgd-a"])
 def test_collective_and_parameter_server_modes_across_hosts(mode, tmp_path):
+    """Five epochs: an asynchronous server's weights passed 0.8 after three epochs in most runs
+    but not all (0.79 once, on a loaded machine, with the workers' own weights at 0.85)."""
     out = tmp_path / mode
-    train_across_hosts("--mode", mode, "--epochs", "3", "--out", str(out))
+    train_across_hosts("--mode", mode, "--epochs", "5", "--out", str(out))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final"]["test_accuracy"] >= 0.8, summary["final"]
 
@@ -89,10 +93,14 @@ def test_a_busy_rank_on_the_other_host_does_not_stall_its_readers():
 
 
 def test_a_rank_killed_on_the_other_host_is_survived(tmp_path):
+    """Across the hosts the ranks' speeds differ by up to 8x on a loaded machine (ranks 2-3 at 303
+    of 360 steps when rank 0 recorded its first epoch at 45): the kill comes when the fastest rank
+    has done an epoch, and the survivors have most of the run still to train."""
     from tests.test_faults import FLAGS, assert_survived
 
     out = tmp_path / "run"
-    run = train_and_kill(4, out, FLAGS, kills=[(3, 0.0)], after_records=2, launcher=hosts_launcher())
+    flags = [*FLAGS, "--progress-thread"]
+    run = train_and_kill(4, out, flags, kills=[(3, 0.0)], after_epochs=1, launcher=hosts_launcher())
     assert_survived(run, out, lost=[3], ranks=4)
 
 
@@ -100,7 +108,7 @@ def test_the_multi_node_sbatch_script_runs_across_both_hosts(hosts_slurm, tmp_pa
     """launch/slurm/multi-node.sbatch on the hosts' own Slurm (controller on node1, a slurmd on
     each host): two nodes, two tasks each, started by srun through PMIx."""
     out, log = tmp_path / "run", tmp_path / "job.out"
-    script = ["launch/slurm/multi-node.sbatch", "--epochs", "3", "--progress-thread", "--out", str(out)]
+    script = ["launch/slurm/multi-node.sbatch", "--epochs", "5", "--progress-thread", "--out", str(out)]
     env = {**mpi_env(), "PCASGD_VENV": os.path.dirname(os.path.dirname(PYTHON))}
     sbatch = ["sbatch", "--wait", f"--chdir={ROOT}", "--nodes=2", "--ntasks-per-node=2", f"--output={log}"]
     done = subprocess.run(
@@ -115,3 +123,34 @@ def test_the_multi_node_sbatch_script_runs_across_both_hosts(hosts_slurm, tmp_pa
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["agents"] == 4 and len(summary["iterations"]) == 4
     assert summary["final"]["test_accuracy"] >= 0.8, summary["final"]
+
+
+def test_horovod_elastic_ssgd_goes_on_without_the_host_of_a_killed_worker(horovod, tmp_path):
+    """The baseline's own recovery: horovodrun in elastic mode across the hosts (ranks 0-1 on one
+    host, 2-3 on the other); killing rank 2 removes its host, ranks 0 and 1 go on from the last
+    commit."""
+    from tests.test_faults import EPOCHS, FLAGS, _events, _records, assert_samples_grow
+
+    out = tmp_path / "run"
+    flags = [*FLAGS[:1], "ssgd", "--comm", "horovod", *FLAGS[2:]]
+    launch = ["-np", "4", "--min-np", "2", "--gloo-timeout-seconds", "10"]  # below --deadline 30
+    run = train_and_kill(
+        4,
+        out,
+        flags,
+        kills=[(2, 0.0)],
+        after_epochs=2,
+        timeout=400,
+        launcher=["env", f"PCASGD_HOROVODRUN={Path(PYTHON).parent / 'horovodrun'}", "bash", str(HOSTS), "horovodrun"],
+        launch_flags=launch,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [r["epoch"] for r in _records(out)] == list(range(1, EPOCHS + 1))
+    assert_samples_grow(_records(out))
+    summary = json.loads((out / "summary.json").read_text())
+    (event,) = _events(out)
+    assert event["lost"] == [2, 3] and event["world"] == [0, 1] and event["topology"] == "horovod elastic"
+    assert event["noticed_at"] <= event["recovered_at"] <= event["first_step_at"]
+    assert len(summary["iterations"]) == 2 and summary["world_changes"][0]["lost"] == [2, 3]
+    assert summary["final"]["test_accuracy"] > 0.8
+    assert "Horovod Elastic goes on with 2 workers" in run.stderr

@@ -16,6 +16,7 @@ from pcasgd.errors import ConfigError
 from pcasgd.optim import DistributedOptimizer
 from pcasgd.protocol.reads import gather_reads
 from pcasgd.protocol.server import VersionedServer
+from pcasgd.runtime.world_changes import WorldChanges
 
 
 def snapshot_of(j: int, stamp: int, value: float = 1.0, period: float = 1.0) -> Snapshot:
@@ -238,3 +239,18 @@ def test_the_optimizer_api_says_how_to_pass_horovods_named_parameters():
     model = torch.nn.Linear(2, 1)
     with pytest.raises(ConfigError, match="pass \\(name, tensor\\) pairs as named_parameters="):
         DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model.named_parameters(), mode="ssgd")
+
+
+def test_deaths_faster_than_a_step_are_each_reported_once_at_the_next_step():
+    reported = []
+    changes = WorldChanges(reported.append)
+    changes.recovered([1], [0, 2, 3], 122, time.time(), "server")
+    changes.recovered([3], [0, 2], 122, time.time(), "server")
+    assert reported == []  # no step yet: neither event is complete
+    changes.stepped()
+    changes.stepped()
+    assert [event["lost"] for event in reported] == [[1], [3]] and reported == changes.events
+    assert all(e["noticed_at"] <= e["recovered_at"] <= e["first_step_at"] for e in reported)
+    changes.recovered([2], [0], 130, time.time(), "server")
+    changes.ended()  # the run ended before another step: reported as it is
+    assert reported[-1]["lost"] == [2] and reported[-1]["first_step_at"] is None and len(reported) == 3

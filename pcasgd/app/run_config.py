@@ -43,7 +43,7 @@ class RunConfig:
     startup_deadline: float = 600.0
     progress_thread: bool = False  # mpi: a helper thread keeps MPI transfers moving during the compute
     shared_windows: bool = False  # mpi, decentralized: MPI.Win.Allocate_shared (all ranks on one node)
-    fault_tolerant: bool = False  # mpi, asynchronous decentralized or server: survive dead ranks (Open MPI's ULFM)
+    fault_tolerant: bool = False  # mpi: survive dead ranks (ULFM; ssgd --comm horovod: Horovod Elastic)
     device: str = "cpu"  # cpu | cuda (GPU local_rank % count) | auto
     host_staging: str = "auto"  # mpi: copy GPU buffers through pinned host memory (auto: unless CUDA-aware)
     tensorboard: bool = False  # also write the per-epoch scalars as TensorBoard events
@@ -89,10 +89,12 @@ class RunConfig:
             raise ConfigError("--progress-thread is for MPI transfers; Horovod progresses in its own thread")
 
     def _check_fault_tolerant(self) -> None:
-        if self.algorithm.family == "collective":
+        elastic = self.algorithm.mode == "ssgd" and self.algorithm.comm == "horovod"  # Horovod Elastic
+        if self.algorithm.family == "collective" and not elastic:
             raise ConfigError(
-                f"--fault-tolerant is built for the decentralized and parameter-server modes; {self.algorithm.mode!r} "
-                "is a collective mode (a dead rank ends its run: resume it from its checkpoints)"
+                f"--fault-tolerant is built for the decentralized and parameter-server modes, and ssgd --comm horovod "
+                f"(Horovod Elastic); {self.algorithm.mode!r} over {self.algorithm.comm} is a collective mode (a dead "
+                "rank ends its run: resume it from its checkpoints)"
             )
         if self.deterministic:
             raise ConfigError("--fault-tolerant needs the asynchronous mode: lock-step ranks wait for a dead one")

@@ -212,7 +212,11 @@ def _prepare(config: RunConfig, out: Path, comm, deadline, resume: bool) -> _Pre
         from pcasgd.runtime.checks import check_same_everywhere, check_world_size
 
         check_world_size(comm, ranks)
-        if config.fault_tolerant:
+        if config.fault_tolerant and algorithm.comm == "horovod":
+            from pcasgd.runtime.elastic import check_elastic
+
+            check_elastic(config.deadline)
+        elif config.fault_tolerant:
             from pcasgd.runtime.faults import check_enabled
 
             check_enabled()
@@ -316,6 +320,7 @@ class _Recording:
             "wall_seconds": now - self.started,
             "eta_seconds": (now - self.started) / view.epoch * (config.epochs - view.epoch),
             "epoch_seconds": now - self.last_time,
+            "samples": view.samples,
             "samples_per_second": (view.samples - self.last_samples) / elapsed,
             "consensus_distance_mean": distance_mean,
             "consensus_distance_max": distance_max,

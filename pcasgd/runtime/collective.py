@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import replace
 from functools import partial
 
 from mpi4py import MPI
@@ -93,6 +94,7 @@ class CollectiveRank:
         straggle: bool = True,
         progress_thread: bool = False,
         staging: HostStaging | None = None,
+        elastic: bool = False,
     ) -> None:
         self.staging = staging if staging is not None else HostStaging(run.initial_params.device, active=False)
         self.horovod = run.config.comm == "horovod"  # comm is then a HorovodComm (pcasgd.runtime.world)
@@ -115,8 +117,15 @@ class CollectiveRank:
         self.starts = LockStepTime(delays.step_slowdown, comm.Get_size())  # the slowest sets the pace
         self.first_step = 0
         self.records = run.records()
+        self._due: list[tuple[float, bool]] = []  # records due and not yet made (a failure may interrupt one)
+        self.recorded_samples: list[int] = []  # rank 0: each rank's samples at the last record
         if run.resume is not None:
-            self._restore(run.resume)
+            self.load_state(run.resume)
+        self.elastic = None
+        if elastic:  # ssgd --comm horovod --fault-tolerant (pcasgd.runtime.elastic)
+            from pcasgd.runtime.elastic import ElasticRank
+
+            self.elastic = ElasticRank(self)
 
     def _local(self) -> Tensor:
         return self.shared.params if self.shared is not None else self.agent.local_params
@@ -126,22 +135,29 @@ class CollectiveRank:
 
     def train(self) -> EngineResult | None:
         try:
-            return self._train()
+            if self.elastic is not None:
+                result = self.elastic.train()
+                return None if result is None else replace(result, world_changes=self.elastic.world_changes.events)
+            return self.train_steps()
         finally:
             if self.progress is not None:
                 self.progress.close()
 
-    def _train(self) -> EngineResult | None:
+    def train_steps(self) -> EngineResult | None:
         run = self.run
         t = self.first_step
         while self.starts.start(t) < run.epochs * run.iterations_per_epoch:
-            for epoch, is_epoch in self.records.due(self.starts.start(t)):
-                self._epoch(epoch, t, is_epoch)
+            self._due.extend(self.records.due(self.starts.start(t)))
+            while self._due:
+                self._epoch(*self._due[0], t)
+                self._due.pop(0)
             if self.shared is not None:
                 self._ssgd_step(t)
             else:
                 self._odsgd_step(t)
             t += 1
+            if self.elastic is not None:
+                self.elastic.stepped(t)
         for started, pending in self.queue.drain():  # odsgd: complete before the final weights
             self.agent.complete(pending.mean(self.deadline, started), self._epoch_of(t))
             self._record_staleness(self.queue.latency)
@@ -195,18 +211,19 @@ class CollectiveRank:
         samples = self.run.oracle.samples
         return RankState(self._local(), self.epoch_stats, self.steps, samples, {}, self.staleness, Counter())
 
-    def _epoch(self, epoch: float, t: int, is_epoch: bool) -> None:
+    def _epoch(self, epoch: float, is_epoch: bool, t: int) -> None:
         self.steps = t
         states = self.recorder.gather(self._state(), f"gathering epoch {epoch}")
         if states is not None:
+            self.recorded_samples = [state.samples for state in states]
             self.recorder.fire(epoch, states, self._reference())
         self.epoch_stats = EpochStats()
         if is_epoch and self.run.checkpoint is not None:
-            self.run.checkpoint(int(epoch), self._checkpoint_state(t))
+            self.run.checkpoint(int(epoch), self.state_before(t))
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def _checkpoint_state(self, t: int) -> dict:
+    def state_before(self, t: int) -> dict:
         """The weights and optimizer state before step ``t``; a reduction in flight is completed
         (its result is what step ``t`` would use) and kept as done."""
         in_flight = self.queue.in_flight
@@ -220,7 +237,7 @@ class CollectiveRank:
             "staleness": self.staleness,
         }
 
-    def _restore(self, state: dict) -> None:
+    def load_state(self, state: dict) -> None:
         self.first_step = state["step"]
         self.records.skip_to(self.starts.start(self.first_step))
         self.shared, self.agent, self.staleness = state["shared"], state["agent"], state["staleness"]
@@ -235,9 +252,13 @@ def run_collective(
     deadline: Deadline,
     progress_thread: bool = False,
     staging: HostStaging | None = None,
+    fault_tolerant: bool = False,
 ) -> EngineResult | None:
-    """Train with ssgd or odsgd over MPI allreduce; rank 0 gets the result, others None.
+    """Train with ssgd or odsgd over MPI allreduce (or ssgd over Horovod); rank 0 gets the result,
+    others None.
 
-    ``progress_thread``: a helper thread advances odsgd's reduction in flight during the compute (opt-in).
+    ``progress_thread``: a helper thread advances odsgd's reduction in flight during the compute
+    (opt-in). ``fault_tolerant``: ssgd over Horovod survives dead workers with Horovod Elastic.
     """
-    return CollectiveRank(comm, run, deadline, progress_thread=progress_thread, staging=staging).train()
+    rank = CollectiveRank(comm, run, deadline, progress_thread=progress_thread, staging=staging, elastic=fault_tolerant)
+    return rank.train()

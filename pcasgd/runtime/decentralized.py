@@ -44,11 +44,12 @@ from torch import Tensor
 
 from pcasgd.algorithms.consensus import ConsensusAgent, Snapshot
 from pcasgd.engine import EngineResult, EngineRun, EpochStats, add_ages_by_source, check_finite
-from pcasgd.errors import ConfigError, TrainingFailedError
+from pcasgd.errors import ConfigError
 from pcasgd.protocol.pacing import StragglerPacing
 from pcasgd.runtime.exchange import ExchangeEndpoint, MpiOptions, NeighbourFinishedError
 from pcasgd.runtime.faults import ProcessFailedError, abandon, is_process_failure, notice_failures, shrink
 from pcasgd.runtime.recording import RankState, Recorder
+from pcasgd.runtime.world_changes import WorldChanges, lost_ranks
 from pcasgd.topology import Schedule, survivors
 from pcasgd.transport.deadline import Deadline
 from pcasgd.transport.windows import FLAG_FINISHED, ControlWindow
@@ -169,7 +170,7 @@ class DecentralizedRank:
         self.stopped = False  # this rank has left the training loop (the run is over for it)
         self.records = run.records()
         self._due: list[tuple[float, bool]] = []  # records due and not yet made (a failure may interrupt one)
-        self.world_changes: list[dict] = []
+        self.world_changes = WorldChanges(run.world_change if comm.Get_rank() == 0 else None)
         if run.resume is not None:
             self._restore(run.resume)
         # Every rank, resumed or not: neighbours read restored snapshots only after this.
@@ -226,7 +227,7 @@ class DecentralizedRank:
                     self._stop_early(budget)
                     continue
                 self.k += 1
-                self._first_step_on_new_world()
+                self.world_changes.stepped()
         if not self.options.deterministic:
             # every rank that stops says so: after a failure, the new world's counter starts at 0
             with self.deadline.guard("signalling the end of training to rank 0"):
@@ -280,13 +281,7 @@ class DecentralizedRank:
         self.comm = comm
         with self.deadline.guard("exchanging the survivors' agent numbers (collective)"):
             ids = comm.allgather(self.agent_id)
-        lost = sorted(set(self.ids) - set(ids))
-        if ids[0] != 0:
-            raise TrainingFailedError(
-                f"rank {self.agent_id}: rank 0, which records the run, died (lost: ranks {lost}); the survivors "
-                "stop. --fault-tolerant survives the death of any rank but 0; the metrics so far and every rank's "
-                "last checkpoint are in the run directory"
-            )
+        lost = lost_ranks(self.agent_id, self.ids, ids, "died")
         previous = {agent: rank for rank, agent in enumerate(self.ids)}
         alive = [previous[agent] for agent in ids]  # the survivors' ranks in the old world, in new order
         graph = survivors(self.schedule, alive)
@@ -298,17 +293,9 @@ class DecentralizedRank:
             raise
         self.agent.renumber_neighbours({old: new for new, old in enumerate(alive)})
         self.ids, self.rank, self.size = ids, comm.Get_rank(), comm.Get_size()
+        self.recorder.samples_of_lost += sum(int(self._last_totals.get(agent, {}).get("samples", 0)) for agent in lost)
         self._last_totals = {agent: self._last_totals.get(agent, {}) for agent in ids}
-        event = {
-            "lost": lost,
-            "world": ids,
-            "iteration": self.k,
-            "noticed_at": noticed,
-            "recovered_at": time.time(),
-            "first_step_at": None,
-            "topology": graph.name,
-        }
-        self.world_changes.append(event)
+        event = self.world_changes.recovered(lost, ids, self.k, noticed, graph.name)
         if self.rank == 0:
             print(
                 f"pcasgd: rank(s) {lost} died; {len(ids)} ranks go on from iteration {self.k} over '{graph.name}' "
@@ -316,14 +303,6 @@ class DecentralizedRank:
                 file=sys.stderr,
                 flush=True,
             )
-
-    def _first_step_on_new_world(self) -> None:
-        """Stamp the time of this rank's first step after a recovery (rank 0 reports it)."""
-        if self.world_changes and self.world_changes[-1]["first_step_at"] is None:
-            event = self.world_changes[-1]
-            event["first_step_at"] = time.time()
-            if self.rank == 0 and self.run.world_change is not None:
-                self.run.world_change(dict(event))
 
     def _totals(self, k: int) -> dict[str, float]:
         return _header_totals(self.overall, k, self.run.oracle.samples)
@@ -439,8 +418,9 @@ class DecentralizedRank:
 
     def _finish(self, k: int) -> EngineResult | None:
         states = self.recorder.gather(self._state(k), "gathering the final weights")
+        self.world_changes.ended()
         if self.rank != 0:
             return None
         if not self.options.deterministic:
             states = self._with_remote_stats(states)
-        return replace(self.recorder.result(states), world_changes=self.world_changes)
+        return replace(self.recorder.result(states), world_changes=self.world_changes.events)

@@ -41,6 +41,7 @@ from pcasgd.protocol.pacing import StragglerPacing
 from pcasgd.protocol.server import VersionedServer, serve_in_simulated_time
 from pcasgd.runtime.faults import ProcessFailedError, abandon, is_process_failure
 from pcasgd.runtime.recording import RankState, Recorder
+from pcasgd.runtime.world_changes import WorldChanges
 from pcasgd.transport.deadline import POLL_SECONDS, Deadline
 from pcasgd.transport.progress import MpiProgress
 
@@ -187,7 +188,7 @@ class _AsynchronousServer:
         self.fault_tolerant = fault_tolerant
         self.workers = comm.Get_size() - 1
         self.live = list(range(self.workers))  # the workers alive (all but under --fault-tolerant)
-        self.world_changes: list[dict] = []
+        self.world_changes = WorldChanges(run.world_change)
         self.served = VersionedServer(run.config, run.delays, run.initial_params, self.workers)
         self.recorder = Recorder(comm, run, deadline)
         self.samples = 0
@@ -225,7 +226,7 @@ class _AsynchronousServer:
                     self.pull(other)
                 stopped &= set(self.live)
                 continue
-            self._first_step_after_a_death()
+            self.world_changes.stepped()  # a gradient taken in: the server's step
             self.samples += samples
             self.stats.add_loss(loss)
             report, answer = served.push(worker, grad, max(served.done) / run.iterations_per_epoch)
@@ -236,7 +237,7 @@ class _AsynchronousServer:
                 answer += served.release_all()
             for other in answer:
                 if finishing:
-                    self.link.send_stop(other + 1, after_failures=bool(self.world_changes))
+                    self.link.send_stop(other + 1, after_failures=bool(self.world_changes.events))
                     stopped.add(other)
                 else:
                     self.pull(other)
@@ -246,8 +247,9 @@ class _AsynchronousServer:
                 if is_epoch and run.checkpoint is not None:
                     self._checkpoint(int(epoch))
         self.link.flush()
+        self.world_changes.ended()
         result = self.recorder.result(self._states(), served.params)
-        return replace(result, world_changes=self.world_changes)
+        return replace(result, world_changes=self.world_changes.events)
 
     def _remove_dead_workers(self) -> list[int]:
         """Acknowledge the failed processes, forget the workers among them; return the workers to
@@ -264,16 +266,8 @@ class _AsynchronousServer:
             raise TrainingFailedError(f"every worker died (ranks {[w + 1 for w in lost]}): nobody is left to train")
         epoch = max(self.served.done) / self.run.iterations_per_epoch
         answer = [other for worker in lost for other in self.served.remove(worker, epoch)]
-        event = {
-            "lost": [worker + 1 for worker in lost],
-            "world": [0, *(worker + 1 for worker in self.live)],
-            "iteration": max(self.served.done),
-            "noticed_at": noticed,
-            "recovered_at": time.time(),
-            "first_step_at": None,
-            "topology": "server",
-        }
-        self.world_changes.append(event)
+        world = [0, *(worker + 1 for worker in self.live)]
+        event = self.world_changes.recovered([w + 1 for w in lost], world, max(self.served.done), noticed, "server")
         print(
             f"pcasgd: rank(s) {event['lost']} died; the server goes on with {len(self.live)} workers from update "
             f"{self.served.server.version} (their shards are dropped)",
@@ -281,14 +275,6 @@ class _AsynchronousServer:
             flush=True,
         )
         return [other for other in answer if other in self.live]
-
-    def _first_step_after_a_death(self) -> None:
-        """Stamp the time of the first gradient taken in after a death, and report the event."""
-        if self.world_changes and self.world_changes[-1]["first_step_at"] is None:
-            event = self.world_changes[-1]
-            event["first_step_at"] = time.time()
-            if self.run.world_change is not None:
-                self.run.world_change(dict(event))
 
     def _states(self) -> list[RankState]:
         """One state per live worker (the weights it last pulled); the server's statistics ride on the first."""

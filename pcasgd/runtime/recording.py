@@ -38,6 +38,9 @@ class Recorder:
         self.comm = comm
         self.run = run
         self.deadline = deadline
+        # --fault-tolerant: what the ranks lost so far had trained on when last recorded, so a
+        # record's sample count (and the throughput from it) does not drop with them
+        self.samples_of_lost = 0
 
     def gather(self, state: RankState, what: str) -> list[RankState] | None:
         """Every rank's state on rank 0 (None elsewhere); the barrier first makes the gather safe.
@@ -63,7 +66,7 @@ class Recorder:
             [state.iterations for state in states],
             stats,
             float(epoch * self.run.iterations_per_epoch),
-            sum(state.samples for state in states),
+            sum(state.samples for state in states) + self.samples_of_lost,
         )
         self.run.hook(view)
 

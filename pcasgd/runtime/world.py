@@ -65,6 +65,12 @@ class HorovodComm:
     def Ibarrier(self) -> HorovodRequest:  # noqa: N802
         return HorovodRequest(self.hvd, self.hvd.allreduce_async(torch.zeros(1), name=self._name("barrier")))
 
+    def new_world(self) -> None:
+        """Horovod Elastic restarted Horovod over the survivors: name collectives afresh (each
+        collective's name must be the same on every rank, and a failure may have struck the
+        survivors after different numbers of them)."""
+        self._names = itertools.count()
+
     def _name(self, what: str) -> str:
         return f"pcasgd.{what}.{next(self._names)}"
 
