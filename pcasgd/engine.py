@@ -233,6 +233,14 @@ class RecordSchedule:
             yield (self.next_epoch - 1 if is_epoch else at / self.iterations_per_epoch), is_epoch
 
 
+def make_due_records(due: list[tuple[float, bool]], make: Callable[[float, bool], None]) -> None:
+    """Make the records of ``due`` (``(epoch, is_epoch_boundary)``, in order), each removed once
+    made: one that a failure interrupts (``--fault-tolerant``) stays due for after the recovery."""
+    while due:
+        make(*due[0])
+        due.pop(0)
+
+
 class EpochClock:
     """Fires the hook for every record (epoch boundary, and every ``record_every`` iterations)
     that simulated time has reached, and the checkpoint callback after epoch boundaries."""

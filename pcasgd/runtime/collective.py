@@ -23,7 +23,7 @@ from mpi4py import MPI
 from torch import Tensor
 
 from pcasgd.algorithms.collective import GlobalSGD, OneStepDelayAgent
-from pcasgd.engine import EngineResult, EngineRun, EpochStats, check_finite
+from pcasgd.engine import EngineResult, EngineRun, EpochStats, check_finite, make_due_records
 from pcasgd.protocol.one_step_delay import ReductionQueue
 from pcasgd.protocol.pacing import LockStepTime, StragglerPacing
 from pcasgd.runtime.recording import RankState, Recorder
@@ -148,9 +148,7 @@ class CollectiveRank:
         t = self.first_step
         while self.starts.start(t) < run.epochs * run.iterations_per_epoch:
             self._due.extend(self.records.due(self.starts.start(t)))
-            while self._due:
-                self._epoch(*self._due[0], t)
-                self._due.pop(0)
+            make_due_records(self._due, partial(self._epoch, t=t))
             if self.shared is not None:
                 self._ssgd_step(t)
             else:

@@ -43,7 +43,7 @@ from mpi4py import MPI
 from torch import Tensor
 
 from pcasgd.algorithms.consensus import ConsensusAgent, Snapshot
-from pcasgd.engine import EngineResult, EngineRun, EpochStats, add_ages_by_source, check_finite
+from pcasgd.engine import EngineResult, EngineRun, EpochStats, add_ages_by_source, check_finite, make_due_records
 from pcasgd.errors import ConfigError
 from pcasgd.protocol.pacing import StragglerPacing
 from pcasgd.runtime.exchange import ExchangeEndpoint, MpiOptions, NeighbourFinishedError
@@ -213,7 +213,7 @@ class DecentralizedRank:
         while True:
             if not self.stopped:
                 self._due.extend(self.records.due(self.k))
-            self._make_due_records()
+            make_due_records(self._due, lambda epoch, is_epoch: self._epoch(epoch, self.k, is_epoch))
             if self.stopped:
                 break
             if self.k >= budget:
@@ -339,13 +339,6 @@ class DecentralizedRank:
     def _another_rank_finished(self) -> bool:
         with self.deadline.guard("reading the end-of-run words on rank 0"):
             return self.control.finished() > 0
-
-    def _make_due_records(self) -> None:
-        """Make the records that are due, in order; one a failure interrupts stays due."""
-        while self._due:
-            epoch, is_epoch = self._due[0]
-            self._epoch(epoch, self.k, is_epoch)
-            self._due.pop(0)
 
     def _stop_early(self, budget: int) -> None:
         """Asynchronous stop (another rank finished first) before this rank reached every boundary.
