@@ -72,6 +72,7 @@ def train_and_kill(
     timeout: float,
     launch_flags: list[str] | None = None,
     recorded: bool = False,
+    program: list[str] | None = None,
 ) -> KilledRun:
     """Run ``pcasgd train --fault-tolerant`` on ``ranks`` ranks with ``launcher`` (mpirun, or
     launch/hosts.sh mpirun) under ULFM; once the fastest rank has done ``after_epochs`` epochs,
@@ -79,16 +80,12 @@ def train_and_kill(
     rank 0 has stepped on a world without the ranks killed before it). Raises
     :class:`subprocess.TimeoutExpired` (the job killed) past ``timeout`` seconds. ``launch_flags``
     replace mpirun's (ULFM's flags and ``-n ranks``) for another launcher; ``recorded``: kill once
-    rank 0 has recorded ``after_epochs`` epochs."""
+    rank 0 has recorded ``after_epochs`` epochs; ``program`` replaces ``python -m pcasgd.cli train
+    --backend mpi`` (empty for launch/mpirun.sh, which adds it)."""
     command = [
         *launcher,
         *(launch_flags if launch_flags is not None else [*FAULT_TOLERANT_FLAGS, "-n", str(ranks)]),
-        sys.executable,
-        "-m",
-        "pcasgd.cli",
-        "train",
-        "--backend",
-        "mpi",
+        *(program if program is not None else [sys.executable, "-m", "pcasgd.cli", "train", "--backend", "mpi"]),
         "--fault-tolerant",
         "--out",
         str(out),

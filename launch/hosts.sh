@@ -40,6 +40,15 @@ address() { echo "127.77.0.$1"; }
 name() { echo "node$1"; }
 count() { cat "$state/count" 2>/dev/null || echo 0; }
 on_host() { local k="$1"; shift; nsenter --net="/run/netns/$(netns "$k")" --uts="$(uts "$k")" "$@"; }
+# A launcher (mpirun, horovodrun) on host K, in a session of its own. With Linux's autogroup
+# scheduling each session shares the CPUs as one: the ranks a launcher starts on its own host
+# would otherwise share one slice with everything else the caller's session runs (a test suite,
+# its load), while the other hosts' ranks, started by daemons in sessions of their own, get a
+# slice each; measured on 2 cores with two busy loops in the caller's session, the first host's
+# ranks did 13 and 11 iterations to the other host's 72. setsid execs in place when the caller is
+# not a process-group leader (a test's subprocess: a timeout still kills the launcher itself) and
+# otherwise forks and waits (--wait), passing the launcher's exit status on.
+launch_on_host() { local k="$1"; shift; exec setsid --wait nsenter --net="/run/netns/$(netns "$k")" --uts="$(uts "$k")" "$@"; }
 
 die() { echo "launch/hosts.sh: $*" >&2; exit 1; }
 
@@ -155,7 +164,7 @@ run_mpirun() {
   hostfile "${PCASGD_HOSTS_SLOTS:-2}" > "$file"
   eval "$(mpi_env)"
   local mpirun="${PCASGD_MPIRUN:-mpirun}"
-  exec nsenter --net="/run/netns/$(netns 1)" --uts="$(uts 1)" "$mpirun" --hostfile "$file" "$@"
+  launch_on_host 1 "$mpirun" --hostfile "$file" "$@"
 }
 
 run_horovodrun() {
@@ -176,7 +185,7 @@ SSH
   printf '#!/bin/sh\ncat "%s"\n' "$state/horovod-hosts" > "$bin/discover-hosts"
   chmod +x "$bin/ssh" "$bin/discover-hosts"
   local horovodrun="${PCASGD_HOROVODRUN:-${PCASGD_VENV:-$(dirname "$(dirname "$self")")/.venv}/bin/horovodrun}"
-  PATH="$bin:$PATH" on_host 1 "$horovodrun" --gloo --network-interfaces bed0 \
+  PATH="$bin:$PATH" launch_on_host 1 "$horovodrun" --gloo --network-interfaces bed0 \
     --host-discovery-script "$bin/discover-hosts" "$@"
 }
 

@@ -7,7 +7,8 @@
 # than cores, the shared-memory one-sided component, and yielding instead of busy-polling while
 # a rank waits (busy-polling steals the CPU from the other ranks when they share cores).
 # With --fault-tolerant among the flags it also turns on Open MPI's ULFM (--with-ft ulfm) and the
-# components ULFM needs (tcp transport, ftagree collectives, osc/rdma windows; docs/mpi.md).
+# components ULFM needs (tcp transport, ftagree collectives, osc/rdma windows; docs/mpi.md),
+# and fails (status 1) a training job that ended without its summary.json.
 # PCASGD_MPIRUN picks the mpirun binary (default: the one next to the environment's python).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,4 +34,25 @@ done
 if [[ "${1:-}" == *.py ]]; then
   exec "$mpirun" "${ft[@]}" -n "$ranks" "$venv/bin/python" "$@"
 fi
-exec "$mpirun" "${ft[@]}" -n "$ranks" "$venv/bin/python" -m pcasgd.cli train --backend mpi "$@"
+if [ ${#ft[@]} -eq 0 ]; then
+  exec "$mpirun" -n "$ranks" "$venv/bin/python" -m pcasgd.cli train --backend mpi "$@"
+fi
+# Under ULFM mpirun exits 0 whatever became of the ranks (outliving a death is the point; with
+# every rank crashed it still exits 0, measured): the run's summary.json says whether it ended.
+# Bad flags leave no directory to name: the ranks then say what is wrong themselves.
+out="$("$venv/bin/python" -c 'import sys; from pcasgd.cli import run_directory; print(run_directory(sys.argv[2:], int(sys.argv[1])))' \
+  "$ranks" --backend mpi "$@" 2>/dev/null)" || out=""
+"$mpirun" "${ft[@]}" -n "$ranks" "$venv/bin/python" -m pcasgd.cli train --backend mpi "$@" &
+job=$!
+trap 'kill -TERM "$job" 2>/dev/null || true' TERM INT HUP
+status=0
+wait "$job" || status=$?
+while kill -0 "$job" 2>/dev/null; do  # a trapped signal ends the first wait early
+  wait "$job" || status=$?
+done
+if [ "$status" = 0 ] && [ -n "$out" ] && [ ! -f "$out/summary.json" ]; then
+  echo "launch/mpirun.sh: mpirun exited 0 but the run wrote no $out/summary.json: it did not finish" \
+    "(rank 0, or every rank, died or crashed: see the ranks' messages above)" >&2
+  status=1
+fi
+exit "$status"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import math
 import os
@@ -309,16 +310,31 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The parsed command line and the flags it stands for (a ``--config`` file's settings first:
+    flags given on the command line win)."""
     parser, commands = command_parsers()
-    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if getattr(args, "config", None) is not None:
+        command_at = argv.index(args.command)
+        expanded = config_argv(args.config, commands[args.command])
+        argv = [*argv[: command_at + 1], *expanded, *argv[command_at + 1 :]]
+        args = parser.parse_args(argv)
+    return args, argv
+
+
+def run_directory(train_argv: Sequence[str], agents: int) -> Path:
+    """The directory ``pcasgd train`` with these flags writes its run into, on ``agents`` agents,
+    without starting anything (launch/mpirun.sh looks there for the summary after a
+    fault-tolerant job, whose mpirun exits 0 whatever became of the ranks)."""
+    args, _ = _parse(["train", *train_argv, "--agents", str(agents)])
+    return _train_out(args, run_config_from(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if getattr(args, "config", None) is not None:  # the file's settings first: flags given here win
-            command_at = argv.index(args.command)
-            expanded = config_argv(args.config, commands[args.command])
-            argv = [*argv[: command_at + 1], *expanded, *argv[command_at + 1 :]]
-            args = parser.parse_args(argv)
+        args, argv = _parse(argv)
         if args.command == "plot":
             return _plot(args)
         if args.command == "compare":
@@ -338,6 +354,9 @@ def _train(args: argparse.Namespace) -> int:
     rank, where, deadline = 0, "", None
     try:
         if args.backend == "mpi":
+            # A native crash (inside MPI or torch) prints the rank's Python stack before Open MPI's
+            # report: under ULFM the job goes on, and mpirun then exits 0 even if every rank crashed.
+            faulthandler.enable()
             signal.signal(signal.SIGTERM, lambda signum, _: _stopped_by_launcher(launcher_rank(), signum))
             deadline = start_mpi_under_deadline(args.comm, args.deadline, args.startup_deadline)[1]
             rank = _world(args).Get_rank()

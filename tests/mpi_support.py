@@ -89,6 +89,7 @@ def train_and_kill(
     launcher: list[str] | None = None,
     launch_flags: list[str] | None = None,
     recorded: bool = False,
+    program: list[str] | None = None,
 ) -> KilledRun:
     """:func:`benchmarks.faults.train_and_kill` with this environment; a job past ``timeout``
     fails the test."""
@@ -104,6 +105,7 @@ def train_and_kill(
             timeout,
             launch_flags,
             recorded,
+            program,
         )
     except subprocess.TimeoutExpired as expired:
         pytest.fail(f"a fault-tolerant run in {out} did not finish in {timeout} s:\n{expired.stderr}")

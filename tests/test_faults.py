@@ -142,6 +142,19 @@ def test_the_death_of_rank_0_ends_the_run_with_a_message_and_keeps_the_metrics(t
     assert not (out / "summary.json").exists()
 
 
+@pytest.mark.parametrize("killed", [[], [0, 1]])
+def test_launch_mpirun_sh_fails_a_fault_tolerant_run_that_wrote_no_summary(tmp_path, killed):
+    """Under ULFM mpirun exits 0 whatever became of the ranks, every rank killed included (as
+    when a death during the survivors' window rebuild crashes them in Open MPI: docs/mpi.md), so
+    launch/mpirun.sh looks for the run's summary.json: a run that finished passes, one whose
+    ranks all died fails with a message."""
+    out = tmp_path / "run"
+    wrapper = {"launcher": ["bash", "launch/mpirun.sh"], "launch_flags": ["-n", "2"], "program": []}
+    run = train_and_kill(2, out, FLAGS, kills=[(rank, 0.0) for rank in killed], after_epochs=1, **wrapper)
+    assert run.returncode == (1 if killed else 0), run.stderr[-3000:]
+    assert (f"the run wrote no {out}/summary.json" in run.stderr) == bool(killed), run.stderr[-3000:]
+
+
 @pytest.mark.parametrize(("mode", "lost"), [("dcasgd-a", [1, 3]), ("sasgd", [2])])
 def test_the_parameter_server_goes_on_without_dead_workers(tmp_path, mode, lost):
     """Rank 0 serves workers 1..3. dcasgd-a applies each gradient as it comes: two deaths at once

@@ -93,9 +93,10 @@ def test_a_busy_rank_on_the_other_host_does_not_stall_its_readers():
 
 
 def test_a_rank_killed_on_the_other_host_is_survived(tmp_path):
-    """Across the hosts the ranks' speeds differ by up to 8x on a loaded machine (ranks 2-3 at 303
-    of 360 steps when rank 0 recorded its first epoch at 45): the kill comes when the fastest rank
-    has done an epoch, and the survivors have most of the run still to train."""
+    """The kill comes when the fastest rank has done an epoch (before launch/hosts.sh gave mpirun a
+    session of its own, node1's ranks ran up to 8x slower on a loaded machine, and a kill after
+    rank 0's first record once came after the run had ended), and the survivors have most of the
+    run still to train."""
     from tests.test_faults import FLAGS, assert_survived
 
     out = tmp_path / "run"

@@ -25,9 +25,9 @@ def lost_ranks(identity: int, before: list[int], now: list[int], how: str) -> li
     lost = sorted(set(before) - set(now))
     if now[0] != 0:
         raise TrainingFailedError(
-            f"rank {identity}: rank 0, which records the run, {how} (lost: ranks {lost}); the survivors stop: "
-            "--fault-tolerant survives the loss of any rank but 0. The metrics so far and every rank's last "
-            "checkpoint are in the run directory"
+            f"rank {identity}: rank 0, which records the run, {how} (lost: ranks {lost}); the survivors stop "
+            "(--fault-tolerant survives the loss of any rank but 0; every rank's last checkpoint is in the run "
+            "directory, for --resume)"
         )
     return lost
 
