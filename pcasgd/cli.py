@@ -232,7 +232,7 @@ def _add_train_arguments(train: argparse.ArgumentParser, grid: bool = False) -> 
         "--fault-tolerant",
         action="store_true",
         help="mpi, asynchronous decentralized and parameter-server modes: when a rank other than 0 dies, the "
-        "others shrink the world, rebuild the graph and windows over themselves (a server forgets dead workers) "
+        "others shrink the world, rebuild the graph over themselves (a server forgets dead workers) "
         "and go on (Open MPI's ULFM: launch/mpirun.sh --fault-tolerant); ssgd --comm horovod: Horovod Elastic "
         "(horovodrun with a host-discovery script)",
     )

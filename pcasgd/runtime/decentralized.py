@@ -22,11 +22,13 @@ without stopping anyone.
 
 ``fault_tolerant`` (asynchronous mode, under ULFM: :mod:`pcasgd.runtime.faults`): when a rank
 dies, the survivors notice, shrink the communicator, rebuild the graph over themselves
-(:func:`pcasgd.topology.survivors`), allocate new windows on the shrunk communicator (the old
-ones are abandoned, never freed: freeing is collective over the dead rank too) and go on from
-the iteration each had reached. The dead agent's data shard is not trained on any more. Each
-agent keeps its identity (its rank in the world it started in) for its data shard, its
-straggler term and the metrics; rank 0 records the run and must survive.
+(:func:`pcasgd.topology.survivors`) and go on from the iteration each had reached, over the
+windows they started with: those stay, addressed by each agent's first rank, since a rank that
+died while the survivors created new windows crashed them inside Open MPI 5.0.11. After a
+failure the windows are never freed (freeing is collective over the dead ranks too). The dead
+agent's data shard is not trained on any more. Each agent keeps its identity (its rank in the
+world it started in, its window rank) for its data shard, its straggler term and the metrics;
+rank 0 records the run and must survive.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from pcasgd.runtime.recording import RankState, Recorder
 from pcasgd.runtime.world_changes import WorldChanges, lost_ranks
 from pcasgd.topology import Schedule, survivors
 from pcasgd.transport.deadline import Deadline
+from pcasgd.transport.progress import MpiProgress
 from pcasgd.transport.windows import FLAG_FINISHED, ControlWindow
 
 # The running totals each rank publishes in its window header, in this order, from which rank 0
@@ -156,7 +159,6 @@ class DecentralizedRank:
         self.agent = ConsensusAgent(run.config, run.initial_params, segments)
         self.deadline = deadline
         self.recorder = Recorder(comm, run, deadline)
-        self.exchange = None
         self._open_world(comm)
         self.epoch_stats = EpochStats()
         self.overall = EpochStats()
@@ -182,12 +184,9 @@ class DecentralizedRank:
         endpoint = ExchangeEndpoint(
             comm, self.agent.params, self.schedule, run.delays, run.config, self.options, deadline, len(TOTALS)
         )
-        if self.exchange is not None:  # a new world: this rank's step period and progress go on
-            endpoint.exchange.period, endpoint.exchange.progress = self.exchange.period, self.exchange.progress
         self.window, self.progress, self.exchange = endpoint.window, endpoint.progress, endpoint.exchange
         with deadline.guard("allocating the control window (collective)"):
             self.control = ControlWindow(comm)
-        self.recorder.comm = comm
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -229,7 +228,7 @@ class DecentralizedRank:
                 self.k += 1
                 self.world_changes.stepped()
         if not self.options.deterministic:
-            # every rank that stops says so: after a failure, the new world's counter starts at 0
+            # every rank that stops says so (one word each on rank 0, kept through recoveries)
             with self.deadline.guard("signalling the end of training to rank 0"):
                 self.control.add_finished()
         k = self.k
@@ -237,10 +236,14 @@ class DecentralizedRank:
         self.deadline.wait(self.comm.Ibarrier(), "the end-of-training barrier")
         result = self._finish(k)
         # Freed only after a clean run: a failed rank ends the job (the CLI aborts it), and a
-        # collective MPI_Win_free would wait for ranks that may be dead or stopped.
-        with self.deadline.guard("freeing the windows (collective)"):
-            self.window.close()
-            self.control.close()
+        # collective MPI_Win_free would wait for ranks that may be dead or stopped; the windows of
+        # a run that lost ranks span the dead ones.
+        if self.world_changes.events:
+            abandon(self.window, self.control)
+        else:
+            with self.deadline.guard("freeing the windows (collective)"):
+                self.window.close()
+                self.control.close()
         return result
 
     def _iterate(self, k: int) -> None:
@@ -271,35 +274,30 @@ class DecentralizedRank:
     # -- surviving a dead rank ------------------------------------------------------------------
 
     def _recover(self) -> None:
-        """A rank died: agree with the survivors on who is left, rebuild the graph and the windows
-        over them, and go on (the caller re-enters the loop at the iteration this rank reached)."""
+        """A rank died: agree with the survivors on who is left, rebuild the graph over them and
+        go on over the windows as they are (the caller re-enters the loop at the iteration this
+        rank reached). Only the shrink talks: no window is made, no other message sent."""
         noticed = time.time()
         self.progress.close()
         with self.deadline.guard("agreeing with the survivors on which ranks died (MPI_Comm_shrink)"):
-            comm = shrink(self.comm)
-        abandon(self.comm, self.window, self.control)  # freeing them would wait for the dead
+            comm, alive = shrink(self.comm)  # alive: the survivors' ranks in the old world, in new order
+        abandon(self.comm)  # freeing it would wait for the dead
         self.comm = comm
-        with self.deadline.guard("exchanging the survivors' agent numbers (collective)"):
-            ids = comm.allgather(self.agent_id)
+        ids = [self.ids[rank] for rank in alive]
         lost = lost_ranks(self.agent_id, self.ids, ids, "died")
-        previous = {agent: rank for rank, agent in enumerate(self.ids)}
-        alive = [previous[agent] for agent in ids]  # the survivors' ranks in the old world, in new order
-        graph = survivors(self.schedule, alive)
-        old_schedule, self.schedule = self.schedule, graph
-        try:
-            self._open_world(comm)
-        except BaseException:
-            self.schedule = old_schedule  # a failure during the rebuild: the next recovery starts from the old world
-            raise
+        self.schedule = survivors(self.schedule, alive)
+        self.exchange.enter(comm, self.schedule, ids)  # an agent's number is its window rank
+        self.progress = MpiProgress(comm, thread=self.options.progress_thread)
+        self.recorder.comm = comm
         self.agent.renumber_neighbours({old: new for new, old in enumerate(alive)})
         self.ids, self.rank, self.size = ids, comm.Get_rank(), comm.Get_size()
         self.recorder.samples_of_lost += sum(int(self._last_totals.get(agent, {}).get("samples", 0)) for agent in lost)
         self._last_totals = {agent: self._last_totals.get(agent, {}) for agent in ids}
-        event = self.world_changes.recovered(lost, ids, self.k, noticed, graph.name)
+        event = self.world_changes.recovered(lost, ids, self.k, noticed, self.schedule.name)
         if self.rank == 0:
             print(
-                f"pcasgd: rank(s) {lost} died; {len(ids)} ranks go on from iteration {self.k} over '{graph.name}' "
-                f"(noticed and recovered in {event['recovered_at'] - noticed:.2f} s)",
+                f"pcasgd: rank(s) {lost} died; {len(ids)} ranks go on from iteration {self.k} over "
+                f"'{self.schedule.name}' (noticed and recovered in {event['recovered_at'] - noticed:.2f} s)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -360,7 +358,7 @@ class DecentralizedRank:
         now = self.exchange.clock.now(k)
         for stamp in range(oldest, k):
             with self.deadline.guard(f"reading this rank's own snapshot {stamp} for a checkpoint"):
-                snapshot = self.window.read(self.rank, newest=stamp).snapshot
+                snapshot = self.window.read(self.window.rank, newest=stamp).snapshot
             ring.append(_moved(snapshot, lambda v: v.cpu().clone(), snapshot.published - now))
         return {
             "iteration": k,
@@ -394,8 +392,8 @@ class DecentralizedRank:
         """Asynchronous mode: every rank's newest snapshot and totals, read without stopping it."""
         states = [self._state(k)]
         for j in range(1, self.size):
-            with self.deadline.guard(f"reading rank {j}'s window for the epoch {epoch} metrics"):
-                read = self.window.read(j)
+            with self.deadline.guard(f"reading rank {self.ids[j]}'s window for the epoch {epoch} metrics"):
+                read = self.window.read(self.ids[j])
             params = read.snapshot.params if read.snapshot is not None else self.run.initial_params
             totals = _totals_from_header(read.values)
             states.append(RankState(params, EpochStats(), int(totals["iterations"]), int(totals["samples"]), totals))

@@ -63,7 +63,8 @@ class NeighbourExchange:
     goes to this rank. A finished neighbour ends a ``dsgd`` run (:class:`NeighbourFinishedError`),
     unless ``final_snapshots``: then its last snapshot is mixed from then on (a rank that joined
     with less data). ``fault_tolerant``: a wait for a neighbour also watches for failed processes
-    (:func:`~pcasgd.runtime.faults.notice_failures`).
+    (:func:`~pcasgd.runtime.faults.notice_failures`), and after a failure :meth:`enter` moves the
+    exchange onto the survivors' communicator and graph while the windows stay where they are.
     """
 
     def __init__(
@@ -81,6 +82,8 @@ class NeighbourExchange:
     ) -> None:
         self.comm = comm
         self.rank = comm.Get_rank()
+        # The window rank of each rank of ``comm``: its rank in the world the windows were made in.
+        self.owners = list(range(comm.Get_size()))
         self.window = window
         self.fault_tolerant = fault_tolerant
         self.schedule = schedule
@@ -95,8 +98,14 @@ class NeighbourExchange:
         self._last_publish = clock.now(0)
         self._stepping = np.ones(1, dtype=np.int64)
         self._still_stepping = np.zeros(1, dtype=np.int64)
-        self._last_seen: dict[int, tuple[int, float]] = {}
-        self.poisoned: Counter[int] = Counter()
+        self._last_seen: dict[int, tuple[int, float]] = {}  # per window rank
+        self.poisoned: Counter[int] = Counter()  # per window rank
+
+    def enter(self, comm: MPI.Comm, schedule: Schedule, owners: list[int]) -> None:
+        """Go on over ``comm`` (the survivors of a failure) and its graph ``schedule``; ``owners``
+        gives each rank of ``comm`` its window rank. The windows are not rebuilt: a process that
+        died while the survivors created windows crashed them inside Open MPI 5.0.11 (docs/mpi.md)."""
+        self.comm, self.rank, self.schedule, self.owners = comm, comm.Get_rank(), schedule, list(owners)
 
     def exchange(
         self,
@@ -117,7 +126,7 @@ class NeighbourExchange:
             self.rank, k, topology, self.config, self.delays, read, self.clock.now(k), self.period.period
         )
         for j, stamp in gathered.left_out:
-            self._report_poisoned(j, stamp, k)
+            self._report_poisoned(self.owners[j], stamp, k)
         self.progress = max(self.progress, gathered.progress)
         return replace(gathered, progress=self.progress)
 
@@ -144,16 +153,17 @@ class NeighbourExchange:
         mixes exactly ``x_j^k`` (the ring keeps both)."""
         must_wait = self.config.synchronous and not self.deterministic
         exact = self.deterministic or must_wait
+        owner = self.owners[j]
         while True:
-            with self.deadline.guard(f"reading rank {j}'s window"):
-                read = self.window.read(j, lag, newest=k if exact else None)
-            self._check_alive(j, read.stamp, read.flags)
+            with self.deadline.guard(f"reading rank {owner}'s window"):
+                read = self.window.read(owner, lag, newest=k if exact else None)
+            self._check_alive(owner, read.stamp, read.flags)
             if read.snapshot is not None and not (must_wait and read.snapshot.stamp < k):
                 return read.snapshot
             if must_wait and read.flags & FLAG_FINISHED:
                 if self.final_snapshots and read.snapshot is not None:
                     return read.snapshot
-                raise NeighbourFinishedError(f"rank {j} ended its run before publishing iteration {k}")
+                raise NeighbourFinishedError(f"rank {owner} ended its run before publishing iteration {k}")
             if self.fault_tolerant:  # the neighbour waited for may be the one that died
                 notice_failures(self.comm)
             time.sleep(0.0002)
@@ -171,10 +181,11 @@ class NeighbourExchange:
         finished has published nothing new for ``deadline`` seconds (while this rank waits for the
         others to join)."""
         for j in self.schedule.at(k).in_neighbours(self.rank):
-            self._check_alive(j, *self.window.header(j))
+            self._check_alive(self.owners[j], *self.window.header(self.owners[j]))
 
     def _check_alive(self, j: int, stamp: int, flags: int) -> None:
-        """A neighbour whose newest stamp has not moved for ``deadline`` seconds has stalled."""
+        """A neighbour (window rank ``j``) whose newest stamp has not moved for ``deadline`` seconds
+        has stalled."""
         now = time.monotonic()
         last_stamp, since = self._last_seen.get(j, (None, now))
         if stamp != last_stamp:
@@ -183,7 +194,7 @@ class NeighbourExchange:
         finished = flags & FLAG_FINISHED
         if not finished and now - since > self.deadline.seconds:
             raise StallError(
-                f"rank {self.rank}: neighbour rank {j} published nothing new for {now - since:.1f} s "
+                f"rank {self.window.rank}: neighbour rank {j} published nothing new for {now - since:.1f} s "
                 f"(last stamp {stamp}); it died, stalled, or is slower than the deadline allows"
             )
 
@@ -191,8 +202,8 @@ class NeighbourExchange:
         self.poisoned[j] += 1
         if self.poisoned[j] == 1:
             print(
-                f"pcasgd: warning: rank {self.rank}: rank {j}'s snapshot {stamp} holds NaN/Inf at iteration {k}; "
-                "it is left out of the mix (its weight goes to this rank) until it is finite again",
+                f"pcasgd: warning: rank {self.window.rank}: rank {j}'s snapshot {stamp} holds NaN/Inf at iteration "
+                f"{k}; it is left out of the mix (its weight goes to this rank) until it is finite again",
                 file=sys.stderr,
                 flush=True,
             )

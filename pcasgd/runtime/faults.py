@@ -10,7 +10,7 @@ What pcasgd does with that, step by step:
 * **agree**: :func:`shrink` revokes the communicator (so every survivor, wherever it waits,
   learns of the failure) and shrinks it: ``MPI_Comm_shrink`` agrees on the dead set and returns
   the survivors in their old order.
-* what to rebuild on the new communicator (graph, windows) is the runtime's business
+* what to rebuild on the new communicator (the graph) is the runtime's business
   (:mod:`pcasgd.runtime.decentralized`).
 
 The settings ULFM needs, checked on these machines (docs/mpi.md): the tcp byte-transfer layer
@@ -94,11 +94,14 @@ def notice_failures(comm: MPI.Comm) -> None:
         raise ProcessFailedError("a process of the communicator failed")
 
 
-def shrink(comm: MPI.Comm) -> MPI.Comm:
-    """Revoke ``comm`` and return the communicator of its survivors, in their old order.
+def shrink(comm: MPI.Comm) -> tuple[MPI.Comm, list[int]]:
+    """Revoke ``comm``; return the communicator of its survivors, in their old order, and the
+    rank in ``comm`` of each of its ranks.
 
     Collective over the survivors (each reaches it once it has noticed the failure: revoking
-    makes every pending or later call on ``comm`` fail, wherever a survivor waits)."""
+    makes every pending or later call on ``comm`` fail, wherever a survivor waits). The old
+    ranks come from the two groups, without a message: an allgather there, struck by a second
+    death, once handed one survivor bytes that did not unpickle and no error."""
     try:
         comm.Revoke()
     except MPI.Exception as error:  # already revoked by another survivor: fine
@@ -106,7 +109,13 @@ def shrink(comm: MPI.Comm) -> MPI.Comm:
             raise
     survivors = comm.Shrink()
     survivors.Set_errhandler(MPI.ERRORS_RETURN)
-    return survivors
+    new_group, old_group = survivors.Get_group(), comm.Get_group()
+    try:
+        old_ranks = MPI.Group.Translate_ranks(new_group, list(range(survivors.Get_size())), old_group)
+    finally:
+        new_group.Free()
+        old_group.Free()
+    return survivors, [int(rank) for rank in old_ranks]
 
 
 def abandon(*handles: Any) -> None:
