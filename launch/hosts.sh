@@ -45,10 +45,26 @@ on_host() { local k="$1"; shift; nsenter --net="/run/netns/$(netns "$k")" --uts=
 # would otherwise share one slice with everything else the caller's session runs (a test suite,
 # its load), while the other hosts' ranks, started by daemons in sessions of their own, get a
 # slice each; measured on 2 cores with two busy loops in the caller's session, the first host's
-# ranks did 13 and 11 iterations to the other host's 72. setsid execs in place when the caller is
-# not a process-group leader (a test's subprocess: a timeout still kills the launcher itself) and
-# otherwise forks and waits (--wait), passing the launcher's exit status on.
-launch_on_host() { local k="$1"; shift; exec setsid --wait nsenter --net="/run/netns/$(netns "$k")" --uts="$(uts "$k")" "$@"; }
+# ranks did 13 and 11 iterations to the other host's 72. Called from a program (not a process-
+# group leader), setsid starts the session in place: the launcher keeps this pid, which a
+# timeout then kills. A shell's job is a group leader, where setsid would fork and leave the
+# launcher out of reach of the terminal's Ctrl-C: it runs in the background instead, and the
+# signals this script gets are passed on.
+launch_on_host() {
+  local k="$1"; shift
+  local enter=(nsenter --net="/run/netns/$(netns "$k")" --uts="$(uts "$k")")
+  if [ "$(ps -o pgid= -p $$ | tr -d ' ')" != "$$" ]; then
+    exec setsid "${enter[@]}" "$@"
+  fi
+  setsid "${enter[@]}" "$@" &
+  local job=$! status=0
+  trap 'kill -TERM "$job" 2>/dev/null || true' INT TERM HUP  # a background job ignores SIGINT
+  wait "$job" || status=$?
+  while kill -0 "$job" 2>/dev/null; do  # a trapped signal ends the first wait early
+    wait "$job" || status=$?
+  done
+  exit "$status"
+}
 
 die() { echo "launch/hosts.sh: $*" >&2; exit 1; }
 
