@@ -31,6 +31,8 @@ set -euo pipefail
 self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 prefix="${PCASGD_HOSTS_PREFIX:-pcasgd-node}"
 marker="# pcasgd test hosts"
+# shellcheck source=launch/forward.sh
+source "$(dirname "$self")/forward.sh"
 state="/run/$prefix"
 
 netns() { echo "${prefix}$1"; }
@@ -56,13 +58,7 @@ launch_on_host() {
   if [ "$(ps -o pgid= -p $$ | tr -d ' ')" != "$$" ]; then
     exec setsid "${enter[@]}" "$@"
   fi
-  setsid "${enter[@]}" "$@" &
-  local job=$! status=0
-  trap 'kill -TERM "$job" 2>/dev/null || true' INT TERM HUP  # a background job ignores SIGINT
-  wait "$job" || status=$?
-  while kill -0 "$job" 2>/dev/null; do  # a trapped signal ends the first wait early
-    wait "$job" || status=$?
-  done
+  run_forwarding setsid "${enter[@]}" "$@"
   exit "$status"
 }
 

@@ -42,14 +42,9 @@ fi
 # Bad flags leave no directory to name: the ranks then say what is wrong themselves.
 out="$("$venv/bin/python" -c 'import sys; from pcasgd.cli import run_directory; print(run_directory(sys.argv[2:], int(sys.argv[1])))' \
   "$ranks" --backend mpi "$@" 2>/dev/null)" || out=""
-"$mpirun" "${ft[@]}" -n "$ranks" "$venv/bin/python" -m pcasgd.cli train --backend mpi "$@" &
-job=$!
-trap 'kill -TERM "$job" 2>/dev/null || true' TERM INT HUP
-status=0
-wait "$job" || status=$?
-while kill -0 "$job" 2>/dev/null; do  # a trapped signal ends the first wait early
-  wait "$job" || status=$?
-done
+# shellcheck source=launch/forward.sh
+source "$root/launch/forward.sh"
+run_forwarding "$mpirun" "${ft[@]}" -n "$ranks" "$venv/bin/python" -m pcasgd.cli train --backend mpi "$@"
 if [ "$status" = 0 ] && [ -n "$out" ] && [ ! -f "$out/summary.json" ]; then
   echo "launch/mpirun.sh: mpirun exited 0 but the run wrote no $out/summary.json: it did not finish" \
     "(rank 0, or every rank, died or crashed: see the ranks' messages above)" >&2
