@@ -111,6 +111,11 @@ ALGORITHM_FLAGS = [
     ("--odsgd-local-opt", "odsgd_local_opt", {"choices": CHOICES["odsgd_local_opt"], "help": "odsgd local optimizer"}),
     ("--odsgd-no-overlap", "odsgd_overlap", {"action": "store_false", "help": "odsgd: block on each allreduce"}),
     ("--comm", "comm", {"choices": CHOICES["comm"], "help": "ssgd on MPI: MPI allreduce or Horovod"}),
+    (
+        "--overlap",
+        "overlap",
+        {"action": "store_true", "help": "decentralized modes: read the neighbours while the gradient is computed"},
+    ),
 ]
 
 

@@ -23,7 +23,10 @@ from torch import Tensor
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.delays import DelayModel
 from pcasgd.errors import DivergenceError
-from pcasgd.protocol.ages import age_bin
+from pcasgd.protocol.ages import age_bin, histogram_median
+
+#: Width of the bins of the prediction-quality histograms (ratios ``|x_hat - x| / |x_stale - x|``).
+RATIO_BIN = 0.05
 
 
 def all_finite(values: Tensor) -> bool:
@@ -95,6 +98,8 @@ class EpochStats:
     age_count: int = 0
     age_top: float = 0.0
     age_histogram: Counter[float] = field(default_factory=Counter)  # by bin (pcasgd.protocol.ages)
+    # prediction quality (pcasgd.algorithms.quality): ratios by RATIO_BIN bin
+    prediction_histogram: Counter[float] = field(default_factory=Counter)
 
     def add_staleness(self, values: tuple[int, ...] | list[int]) -> None:
         self.staleness_histogram.update(values)
@@ -107,6 +112,14 @@ class EpochStats:
         self.age_sum += sum(values)
         self.age_count += len(values)
         self.age_top = max(self.age_top, *values) if values else self.age_top
+
+    def add_prediction_ratios(self, values: Sequence[float]) -> None:
+        self.prediction_histogram.update(ratio_bin(r) for r in values)
+
+    @property
+    def prediction_ratio_median(self) -> float | None:
+        """The upper edge of the bin of the median prediction ratio (None: no prediction scored)."""
+        return histogram_median(self.prediction_histogram, RATIO_BIN)
 
     def merge(self, other: EpochStats) -> None:
         self.staleness_sum += other.staleness_sum
@@ -121,6 +134,7 @@ class EpochStats:
         self.age_count += other.age_count
         self.age_top = max(self.age_top, other.age_top)
         self.age_histogram.update(other.age_histogram)
+        self.prediction_histogram.update(other.prediction_histogram)
 
     def add_loss(self, loss: float) -> None:
         self.loss_sum += loss
@@ -137,16 +151,17 @@ class EpochStats:
         return self.loss_sum / self.loss_count if self.loss_count else None
 
     @property
-    def staleness_mean(self) -> float:
-        return self.staleness_sum / self.staleness_count if self.staleness_count else 0.0
+    def staleness_mean(self) -> float | None:
+        """None when nothing was read (JSON has no NaN, and 0 would claim fresh reads)."""
+        return self.staleness_sum / self.staleness_count if self.staleness_count else None
 
     @property
     def staleness_max(self) -> int:
         return self.staleness_top
 
     @property
-    def age_mean(self) -> float:
-        return self.age_sum / self.age_count if self.age_count else 0.0
+    def age_mean(self) -> float | None:
+        return self.age_sum / self.age_count if self.age_count else None
 
     @property
     def predict_fraction(self) -> float | None:
@@ -183,6 +198,8 @@ class EngineResult:
     # whole run, decentralized modes: per neighbour read, the histogram of its snapshots' ages
     ages: dict[int, Counter[float]] = field(default_factory=dict)
     world_changes: list[dict[str, Any]] = field(default_factory=list)  # --fault-tolerant: each recovery
+    # whole run, pcasgd family: the prediction ratios, by RATIO_BIN bin
+    prediction_ratios: Counter[float] = field(default_factory=Counter)
 
 
 class RecordSchedule:
@@ -263,6 +280,7 @@ class EpochClock:
         self.stats = EpochStats()
         self.total_staleness: Counter[int] = Counter()
         self.total_ages: dict[int, Counter[float]] = {}
+        self.total_predictions: Counter[float] = Counter()
 
     @property
     def budget(self) -> float:
@@ -279,6 +297,10 @@ class EpochClock:
         """``(source, age)`` of each snapshot mixed in one step."""
         self.stats.add_ages([age for _, age in ages])
         add_ages_by_source(self.total_ages, ages)
+
+    def record_predictions(self, ratios: Sequence[float]) -> None:
+        self.stats.add_prediction_ratios(ratios)
+        self.total_predictions.update(ratio_bin(r) for r in ratios)
 
     def advance(
         self,
@@ -305,6 +327,7 @@ class EpochClock:
             "stats": self.stats,
             "total_staleness": self.total_staleness,
             "total_ages": self.total_ages,
+            "total_predictions": self.total_predictions,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -312,6 +335,7 @@ class EpochClock:
         self.stats = state["stats"]
         self.total_staleness = state["total_staleness"]
         self.total_ages = state["total_ages"]
+        self.total_predictions = state["total_predictions"]
 
     def finish(self, view: Callable[[], tuple[list[Tensor], Tensor, list[int]]]) -> None:
         for epoch, _ in self.records.due(float("inf")):
@@ -325,6 +349,11 @@ class EpochClock:
             view = EpochView(epoch, agent_params, reference, iterations, self.stats, time, self.samples())
             self.hook(view)
         self.stats = EpochStats()
+
+
+def ratio_bin(ratio: float) -> float:
+    """The lower edge of a prediction ratio's histogram bin (rounded: the edges are JSON keys)."""
+    return round(age_bin(ratio, RATIO_BIN), 6)
 
 
 def add_ages_by_source(histograms: dict[int, Counter[float]], ages: Sequence[tuple[int, float]]) -> None:

@@ -39,3 +39,8 @@ class StallError(TrainingFailedError, TimeoutError):
 
 class DivergenceError(TrainingFailedError, FloatingPointError):
     """NaN or Inf appeared in an agent's parameters."""
+
+
+class RingTooShortError(TrainingFailedError):
+    """A reader named a snapshot that its owner's ring of snapshots no longer holds: the ring was
+    sized for less lead than the owner took (a bug in the sizing, not a timing accident)."""

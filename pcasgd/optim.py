@@ -22,7 +22,9 @@ Decentralized, each ``step()``: your optimizer takes its step from the current w
 (that displacement is the local update ``v``), this rank publishes ``(x, g)`` in its MPI window,
 reads its neighbours' snapshots, and sets the weights to the mode's mix of ``x`` and the
 neighbours plus ``v``. With ``torch.optim.SGD(momentum=mu)`` this is exactly the update of
-``pcasgd train``.
+``pcasgd train``. With ``overlap=True`` the end of each ``step()`` publishes the new weights and
+starts the next step's reads, which fly during your forward and backward pass (ALGORITHMS.md,
+"Revision 2"); the next ``step()`` completes them.
 """
 
 from __future__ import annotations
@@ -266,7 +268,10 @@ class DecentralizedOptimizer(_RankOptimizer):
     ``deterministic``: lock-step ranks (reproducible); ``deadline``: seconds any wait may take;
     ``iterations_per_epoch``: needed by ``pcasgd-pv``'s warm-up, which is counted in epochs;
     ``progress_thread`` and ``host_staging``: as the ``pcasgd train`` flags (the exchange is built
-    as ``pcasgd train --backend mpi`` builds it). ``model`` or ``named_parameters`` name the
+    as ``pcasgd train --backend mpi`` builds it); ``overlap``: as ``--overlap``, the reads of the
+    neighbours fly during the forward and backward pass that follow a ``step()``. The ``momentum``
+    predictor continues a neighbour's trajectory with your optimizer's ``momentum`` (0 for one
+    without, such as Adam) unless ``momentum=`` is given. ``model`` or ``named_parameters`` name the
     trained tensors (default: the optimizer's); ``mix_buffers``: mix the model's floating-point
     buffers (BatchNorm's running statistics) with the parameters, as weights whose gradient is
     zero. Other keyword arguments are :class:`~pcasgd.algorithms.AlgorithmConfig` options
@@ -300,6 +305,7 @@ class DecentralizedOptimizer(_RankOptimizer):
         from pcasgd.runtime.exchange import ExchangeEndpoint, MpiOptions
         from pcasgd.transport.staging import HostStaging
 
+        options.setdefault("momentum", float(optimizer.param_groups[0].get("momentum", 0.0)))
         config = AlgorithmConfig(mode=mode, lr=_base_lr(optimizer), **options)
         params = _trained_tensors(optimizer, model, named_parameters)
         super().__init__(optimizer, params, config, "decentralized", comm, deadline)
@@ -342,11 +348,13 @@ class DecentralizedOptimizer(_RankOptimizer):
         _flat_gradient(self.params, out=self._trained_grad)
         grad = self._grad
         lr = self.lr
+        if not self.exchange.pending:  # blocking, or the first step with overlap: publish and read now
+            published = self.agent.last_grad if self.config.overlap else grad  # overlap: the previous one
+            self.exchange.start(self.iteration, before, published, displacement=self._displacement())
         self.optimizer.step()
         local_update = _flat(self.mixed, out=self._update).sub_(before)
         self.progress.poke()
-        displacement = self.agent.last_step if self.agent.config.publishes_displacement else None
-        gathered = self.exchange.exchange(self.iteration, before, grad, displacement=displacement)
+        gathered = self.exchange.finish()
         epoch = gathered.progress / self.iterations_per_epoch if self.iterations_per_epoch else 0.0
         self.agent.params = before
         self.last_report = self.agent.step(
@@ -355,7 +363,13 @@ class DecentralizedOptimizer(_RankOptimizer):
         check_finite(self.agent.params, f"rank {self.rank}", self.iteration)
         copy_into_parameters(self.mixed, self.agent.params)
         self.iteration += 1
+        if self.config.overlap:  # the next step's reads fly during its forward and backward pass
+            self.exchange.start(self.iteration, self.agent.params, grad, displacement=self._displacement())
         return loss
+
+    def _displacement(self) -> Tensor | None:
+        """The last local step, for predictors that continue it (published with the weights)."""
+        return self.agent.last_step if self.config.publishes_displacement else None
 
     def join(self) -> None:
         """This rank has no more batches: its weights stay as they are, and its neighbours mix its
@@ -367,6 +381,7 @@ class DecentralizedOptimizer(_RankOptimizer):
         if self.joined or self.closed:
             return
         self.joined = True
+        self.exchange.settle()  # overlap: the reads started for a step that will not come
         # its final weights, standing still from now on (no displacement to extrapolate)
         still = torch.zeros_like(self._grad) if self.agent.config.publishes_displacement else None
         k = self.iteration
@@ -399,6 +414,7 @@ class DecentralizedOptimizer(_RankOptimizer):
 
     def _free(self) -> None:
         self.progress.close()
+        self.exchange.close()
         with self.deadline.guard("freeing the windows (collective)"):
             self.window.close()
 

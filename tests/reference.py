@@ -64,13 +64,16 @@ def consensus(problem: Quadratic, W: np.ndarray, lag, iterations: int, opts: dic
     """dsgd / asgd / pcasgd / pcasgd-pv / predict / clip, lock-step, per ALGORITHMS.md.
 
     Agents of equal speed in lock-step: a snapshot ``tau`` iterations old is ``tau`` steps old in
-    its publisher's steps and in the reader's (``a = b = tau``)."""
+    its publisher's steps and in the reader's (``a = b = tau``). ``overlap`` ("Revision 2"): reads
+    are one step older (snapshot ``k - 1 - lag``; dsgd ``k - 1``), and a snapshot carries the
+    gradient of the step before it (zeros with the first)."""
     mode = opts["mode"]
     lr, mu = opts["lr"], opts["mu"]
     lam, age_fresh, age_max = opts.get("lam", 1.0), opts["age_fresh"], opts["age_max"]
     theta = {"predict": 1.0, "clip": 0.0}.get(mode, opts.get("theta", 0.5))
     adaptive, decay, eps = opts.get("adaptive", False), opts.get("ms_decay", 0.95), opts.get("eps", 1e-7)
     n = len(W)
+    back = 1 if opts.get("overlap") else 0
     X = [[problem.x0.copy() for _ in range(n)]]
     G: list[list[np.ndarray]] = []
     V = [np.zeros_like(problem.x0) for _ in range(n)]
@@ -90,9 +93,10 @@ def consensus(problem: Quadratic, W: np.ndarray, lag, iterations: int, opts: dic
             for j in range(n):
                 if j == i or W[i, j] == 0:
                     continue
-                s = max(0, k - (0 if mode == "dsgd" else lag(i, j, k)))
+                s = max(0, k - back - (0 if mode == "dsgd" else lag(i, j, k)))
                 tau = k - s
-                xs, gs = X[s][j], G[s][j]
+                xs = X[s][j]
+                gs = G[s - back][j] if s >= back else np.zeros_like(xs)
                 if adaptive and seen.get((i, j)) != s:
                     seen[(i, j)] = s
                     MS[(i, j)] = decay * MS.get((i, j), 0.0) + (1 - decay) * gs * gs
@@ -107,6 +111,10 @@ def consensus(problem: Quadratic, W: np.ndarray, lag, iterations: int, opts: dic
                     guess = xs - lr * lam_t * gs * gs * (xi - X[k - tau][i])
                 elif predictor == "taylor":
                     guess = xs - lr * age * (gs + lam_t * gs * gs * (xi - xs))
+                elif predictor == "momentum":  # the publisher's momentum steps, one by one (integer ages)
+                    d, g_hat, guess = D[s][j], gs + lam_t * gs * gs * (xi - xs), xs.copy()
+                    for m in range(1, int(age) + 1):
+                        guess = guess + mu**m * d - lr * (1 - mu**m) / (1 - mu) * g_hat
                 else:  # extrapolate
                     d = D[s][j]
                     guess = xs + age * d - lr * lam_t * age * age / 2 * gs * gs * d

@@ -47,6 +47,17 @@ CONSENSUS_CASES = [
     ("clip", {}, "fixed:2"),
     ("pcasgd-pv", {"pv_warmup_epochs": 0.3}, "fixed:2"),
     ("pcasgd-pv", {"pv_warmup_epochs": 0.0, "predictor": "taylor"}, "uniform:1..3"),
+    ("pcasgd", {"theta": 0.6, "predictor": "momentum", "age_fresh": 0.5}, "fixed:3"),
+    ("pcasgd", {"theta": 0.4, "predictor": "momentum", "lam": 0.0, "age_max": 3.0}, "uniform:0..4"),
+    ("pcasgd", {"theta": 0.5, "predictor": "momentum", "lam_adaptive": True, "lam": 2.0}, "uniform:0..3"),
+    # --overlap: every read one step older, snapshots with the gradient of the step before
+    ("dsgd", {"overlap": True}, "none"),
+    ("asgd", {"overlap": True}, "fixed:2"),
+    ("pcasgd", {"overlap": True, "predictor": "momentum", "age_fresh": 0.5}, "uniform:0..3"),
+    ("pcasgd", {"overlap": True, "predictor": "taylor", "lam_adaptive": True, "lam": 2.0}, "fixed:1"),
+    ("pcasgd", {"overlap": True, "predictor": "draft", "age_fresh": 0.5}, "fixed:2"),
+    ("pcasgd", {"overlap": True, "predictor": "extrapolate", "age_fresh": 0.5}, "edge:0-1=2"),
+    ("pcasgd-pv", {"overlap": True, "pv_warmup_epochs": 0.0, "age_fresh": 0.5}, "fixed:1"),
 ]
 
 
@@ -73,6 +84,7 @@ def test_decentralized_modes_match_numpy_reference(mode, options, delay, graph):
             "adaptive": options.get("lam_adaptive", False),
             "age_fresh": config.age_fresh,
             "age_max": config.age_max,
+            "overlap": config.overlap,
             "warmup": options.get("pv_warmup_epochs", 0.0),
             "ipe": ITERATIONS,
         },

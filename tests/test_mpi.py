@@ -47,6 +47,23 @@ def test_deterministic_mpi_reproduces_the_simulator():
     assert_reproduces_simulator(4, "dsgd,asgd,pcasgd,pcasgd-pv", "ring,full", "none;fixed:2;edge:0-1=3,2-3=1")
 
 
+def test_deterministic_mpi_reproduces_the_simulator_with_overlap():
+    """--overlap: reads one step older (dsgd exactly x_j^(k-1)), snapshots with the gradient before."""
+    extra = "--overlap --predictor momentum --age-fresh 0.5"
+    assert_reproduces_simulator(4, "dsgd,asgd,pcasgd,pcasgd-pv", "ring,exponential", "none;fixed:2", extra)
+
+
+@pytest.mark.parametrize("exchange", ["blocking", "overlap"])
+def test_asynchronous_dsgd_mixes_exactly_on_a_directed_graph_while_a_rank_pauses(exchange):
+    """Exponential graph, 8 ranks, rank 5 pausing at each step: its neighbours' neighbours run up
+    to 3 steps ahead (6 with overlap), and the rings keep the snapshot dsgd names (a ring of 2
+    slots lost it, and the reads took a newer one)."""
+    result = mpirun(8, PYTHON, "tests/mpi_programs/dsgd_exact.py", exchange, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    case = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
+    assert case["max_abs_diff"] == 0.0, case
+
+
 def test_deterministic_mpi_reproduces_the_simulator_with_every_predictor():
     """The extrapolate predictor reads the displacement its neighbours publish in their windows."""
     extra = "--age-fresh 0.5 --age-max 2"
@@ -236,14 +253,24 @@ def test_a_stalled_rank_stops_the_job_within_the_deadline(tmp_path):
     assert named or blocked, stderr[-3000:]
 
 
-@pytest.mark.parametrize(("mode", "delay"), [("pcasgd", "fixed:2"), ("pcasgd-pv", "uniform:0..3"), ("dsgd", "none")])
-def test_optimizer_wrapper_reproduces_the_simulator_and_resumes_exactly(mode, delay):
-    """DecentralizedOptimizer(torch.optim.SGD(momentum=0.9)), deterministic, on the quadratic problem."""
-    result = mpirun(4, PYTHON, "tests/mpi_programs/optimizer.py", mode, delay, timeout=180)
+@pytest.mark.parametrize(
+    ("mode", "delay", "exchange"),
+    [
+        ("pcasgd", "fixed:2", "blocking"),
+        ("pcasgd-pv", "uniform:0..3", "blocking"),
+        ("dsgd", "none", "blocking"),
+        ("pcasgd", "fixed:2", "overlap"),
+        ("dsgd", "none", "overlap"),
+    ],
+)
+def test_optimizer_wrapper_reproduces_the_simulator_and_resumes_exactly(mode, delay, exchange):
+    """DecentralizedOptimizer(torch.optim.SGD(momentum=0.9)), deterministic, on the quadratic
+    problem; with overlap=True the reads fly during the next forward and backward pass."""
+    result = mpirun(4, PYTHON, "tests/mpi_programs/optimizer.py", mode, delay, exchange, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     case = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
     assert case["max_abs_diff"] <= 1e-12, case
-    if delay == "none":
+    if delay == "none" and exchange == "blocking":
         assert case["resumed_diff"] == 0.0, case
 
 
@@ -386,13 +413,21 @@ def test_a_deterministic_mpi_run_killed_mid_epoch_resumes_exactly(tmp_path):
 
 
 def test_every_epoch_has_a_record_when_rank_0_is_the_straggler(tmp_path):
-    # The other ranks finish first and stop the run while rank 0 is about a third of the way.
+    """The other ranks finish first and stop the run while rank 0 is about a third of the way.
+    Records come due on the run's progress (the fastest rank's iterations, as rank 0 hears of
+    it), not on rank 0's own count, and each carries the histograms of its own reads."""
     out = tmp_path / "run"
     result = train(4, "--mode", "pcasgd", "--delay", "straggler:0=3.0", "--epochs", "4", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [record["epoch"] for record in records] == [1, 2, 3, 4]
-    assert json.loads((out / "summary.json").read_text())["final"]["epoch"] == 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final"]["epoch"] == 4
+    per_epoch = summary["iterations_per_epoch"]
+    assert records[0]["iterations"][0] < per_epoch <= max(records[0]["iterations"]), records[0]["iterations"]
+    for name, key in (("staleness_histogram", "staleness"), ("age_histogram", "ages")):
+        in_records = sum(sum(record[name].values()) for record in records)
+        assert in_records == sum(summary[key]["histogram"].values()) > 0, name
 
 
 def test_an_asynchronous_run_resumes_and_completes(tmp_path):
@@ -461,6 +496,9 @@ def test_the_neighbour_exchange_waits_for_dsgd_reads_exactly_x_j_k_detects_a_sta
     assert checks["dsgd_final_snapshots_False"]["after_finish"].startswith("ended: rank 1 ended its run"), checks
     assert checks["dsgd_final_snapshots_True"]["after_finish"] == {"stamp": 2, "staleness": 1}, checks
     assert checks["dsgd_neighbour_ahead"] == [[0], [1]], checks  # x_j^k exactly, not a newer x_j^{k+1}
+    assert checks["dsgd_overlap_neighbour_ahead"] == [[0], [0], [1]], checks  # x_j^(k-1); stamp 0 to start
+    paused = checks["paused"]  # 0.4 s into a pause of a rank that steps every 0.1 s
+    assert paused["age"] < 0.5 and paused["period"] >= 0.09, checks
     stall = checks["stall"]
     assert "neighbour rank 1 published nothing new" in stall["message"] and 2.0 <= stall["after_s"] < 10, checks
     assert checks["nan"] == {"reads": 0, "self_weight": 1.0, "reported": {"1": 1}}, checks

@@ -14,7 +14,8 @@ from pcasgd.algorithms.consensus import ConsensusAgent, NeighbourRead, Snapshot
 from pcasgd.engine import RecordSchedule, all_finite
 from pcasgd.errors import ConfigError
 from pcasgd.optim import DistributedOptimizer
-from pcasgd.protocol.reads import gather_reads
+from pcasgd.protocol.ages import Latest
+from pcasgd.protocol.reads import Reads, assemble_reads, fetch_reads
 from pcasgd.protocol.server import VersionedServer
 from pcasgd.runtime.world_changes import WorldChanges
 
@@ -25,19 +26,28 @@ def snapshot_of(j: int, stamp: int, value: float = 1.0, period: float = 1.0) -> 
     return Snapshot(torch.full((3,), value + j), torch.zeros(3), stamp, stamp * period, period, stamp)
 
 
+def gather_reads(agent, k, graph, config, lags, read, now, own_period) -> Reads:
+    return assemble_reads(agent, k, graph, fetch_reads(agent, k, graph, config, lags, read), now, own_period)
+
+
+def newest(stamp: int, period: float = 1.0) -> Latest:
+    return Latest(stamp, stamp * period, period)
+
+
 def test_reads_take_each_neighbour_lag_stamps_behind_its_newest_and_measure_staleness_and_ages():
     ring = topology.build("ring", 4)
     lags = delays.parse("edge:0-1=3")
     asked = []
 
-    def read(j: int, lag: int) -> Snapshot:
+    def read(j: int, lag: int) -> tuple[Snapshot, Latest]:
         asked.append((j, lag))
-        return snapshot_of(j, 10 - lag)
+        return snapshot_of(j, 10 - lag), newest(10)
 
     gathered = gather_reads(0, 10, ring, AlgorithmConfig(mode="asgd"), lags, read, now=10.5, own_period=0.5)
     assert sorted(asked) == [(1, 3), (3, 0)]
     assert {r.source: r.staleness for r in gathered.reads} == {1: 3, 3: 0}
-    # published at 7 and 10, read at 10.5: 3.5 and 0.5 of the publishers' steps, 7 and 1 of the reader's
+    # 3 and 0 stamps behind the newest, published at 10 and read at 10.5: 3.5 and 0.5 of the
+    # publishers' steps, 7 and 1 of the reader's
     assert {r.source: (r.age, r.own_age) for r in gathered.reads} == {1: (3.5, 7.0), 3: (0.5, 1.0)}
     assert gathered.progress == 10
     assert math.isclose(gathered.self_weight + sum(r.weight for r in gathered.reads), 1.0)
@@ -47,9 +57,9 @@ def test_reads_take_each_neighbour_lag_stamps_behind_its_newest_and_measure_stal
 def test_synchronous_modes_read_without_the_injected_lag():
     asked = []
 
-    def read(j: int, lag: int) -> Snapshot:
+    def read(j: int, lag: int) -> tuple[Snapshot, Latest]:
         asked.append(lag)
-        return snapshot_of(j, 5)
+        return snapshot_of(j, 5), newest(5)
 
     ring, config = topology.build("ring", 4), AlgorithmConfig(mode="dsgd")
     gather_reads(0, 5, ring, config, delays.parse("fixed:4"), read, now=5.0, own_period=1.0)
@@ -59,8 +69,8 @@ def test_synchronous_modes_read_without_the_injected_lag():
 def test_a_non_finite_snapshot_is_left_out_and_its_weight_goes_to_the_reader():
     ring = topology.build("ring", 4)
 
-    def read(j: int, lag: int) -> Snapshot:
-        return snapshot_of(j, 7, math.nan) if j == 1 else snapshot_of(j, 7)
+    def read(j: int, lag: int) -> tuple[Snapshot, Latest]:
+        return (snapshot_of(j, 7, math.nan) if j == 1 else snapshot_of(j, 7)), newest(7)
 
     gathered = gather_reads(0, 7, ring, AlgorithmConfig(mode="asgd"), delays.parse("none"), read, 7.0, 1.0)
     assert [r.source for r in gathered.reads] == [3] and gathered.left_out == [(1, 7)]
@@ -222,7 +232,7 @@ def test_an_agent_state_without_weights_resumes_the_counters_and_keeps_the_weigh
     for _ in range(3):
         agent.step(torch.ones(3), [read], 0.5)
     light, full = agent.state_dict(weights=False), agent.state_dict()
-    assert set(full) - set(light) == {"params", "velocity", "last_step", "history"}
+    assert set(full) - set(light) == {"params", "velocity", "last_step", "last_grad", "history"}
     other = ConsensusAgent(config, torch.full((3,), 7.0))
     other.load_state_dict(light)
     assert torch.equal(other.params, torch.full((3,), 7.0)) and other.iteration == 3

@@ -21,7 +21,7 @@ DEFAULT_LAMBDA = {"dcasgd-c": 0.04, "dcasgd-a": 2.0, "pcasgd": 1.0, "pcasgd-pv":
 ADAPTIVE_LAMBDA_MODES = ("pcasgd", "pcasgd-pv", "predict", "dcasgd-a")
 
 CHOICES = {
-    "predictor": ("draft", "taylor", "extrapolate"),
+    "predictor": ("draft", "taylor", "extrapolate", "momentum"),
     "clip_weights": ("rescale", "uniform"),
     "pv_scope": ("model", "tensor"),
     "sasgd_lr": ("inverse", "average", "constant"),
@@ -68,6 +68,9 @@ class AlgorithmConfig:
     odsgd_local_opt: str = "sgd"
     odsgd_overlap: bool = True  # False: each allreduce completes before the local step (blocking)
     comm: str = "mpi"  # ssgd on MPI: "mpi" (MPI allreduce) or "horovod" (Horovod's allreduce)
+    # decentralized modes: reads of the neighbours fly while the gradient is computed (ALGORITHMS.md,
+    # "Revision 2"); dsgd then mixes exactly x_j^(k-1)
+    overlap: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -104,6 +107,13 @@ class AlgorithmConfig:
         if not 0 < self.lr_decay <= 1 or self.lr_warmup_epochs < 0 or self.weight_decay < 0:
             raise ConfigError("lr_decay must be in (0, 1]; lr_warmup_epochs and weight_decay must be >= 0")
         self._schedule_points()  # validates lr_schedule
+        if self.overlap and self.family != "decentralized":
+            hint = (
+                " (odsgd overlaps its allreduce itself; --odsgd-no-overlap turns it off)"
+                if self.mode == "odsgd"
+                else ""
+            )
+            raise ConfigError(f"--overlap is for the decentralized modes; {self.mode} would ignore it{hint}")
         if self.pv_warmup_epochs < 0:
             raise ConfigError(f"pv_warmup_epochs must be >= 0, got {self.pv_warmup_epochs}")
 
@@ -175,9 +185,31 @@ class AlgorithmConfig:
         return scheduled if self.odsgd_local_lr is None else scheduled * self.odsgd_local_lr / self.lr
 
     @property
+    def predicts(self) -> bool:
+        """Whether the mode runs a predictor (the pcasgd family, but clip-only)."""
+        return self.mode in ("pcasgd", "pcasgd-pv", "predict")
+
+    @property
     def publishes_displacement(self) -> bool:
-        """Whether snapshots carry the publisher's last local step (the extrapolate predictor's d_j)."""
-        return self.mode in ("pcasgd", "pcasgd-pv", "predict") and self.predictor == "extrapolate"
+        """Whether snapshots carry the publisher's last local step (``d_j``, its velocity ``v_j``
+        under momentum SGD): the extrapolate and momentum predictors read it."""
+        return self.predicts and self.predictor in ("extrapolate", "momentum")
+
+    @property
+    def snapshot_vectors(self) -> tuple[str, ...]:
+        """What a published snapshot holds, and a neighbour reads: the parameters; the gradient
+        where a predictor (or the adaptive lambda) reads it; the displacement where a predictor
+        continues it. On a slow link the bytes of a read are what a step waits for (or hides)."""
+        return (
+            ("params",)
+            + (("grad",) if self.predicts else ())
+            + (("displacement",) if self.publishes_displacement else ())
+        )
+
+    @property
+    def keeps_history(self) -> bool:
+        """Whether an agent keeps its own last ``history`` parameter vectors (the draft predictor's)."""
+        return self.predicts and self.predictor == "draft"
 
     @property
     def family(self) -> str:

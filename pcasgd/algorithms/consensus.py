@@ -21,9 +21,11 @@ from pcasgd.algorithms.prediction import (
     adaptive_lambda,
     predict_draft,
     predict_extrapolate,
+    predict_momentum,
     predict_taylor,
     update_mean_square,
 )
+from pcasgd.algorithms.quality import PredictionQuality
 from pcasgd.algorithms.sgd import momentum_velocity
 from pcasgd.errors import ConfigError
 
@@ -34,10 +36,14 @@ class Snapshot:
     (``stamp``); when it published (``published``, simulated or wall time) and its recent mean
     step period (``period``, same unit), from which readers compute the snapshot's age; the run's
     progress as it knows it (``progress``: the largest iteration count it has seen, which sets
-    every agent's epoch); and, for the ``extrapolate`` predictor, its last local step."""
+    every agent's epoch); and, for the ``extrapolate`` and ``momentum`` predictors, its last local
+    step (its velocity ``v`` under momentum SGD: the step that brought it to ``params``).
+
+    With ``--overlap`` a snapshot is published before its gradient is computed: ``grad`` is then
+    the gradient of the publisher's previous iteration (zeros before the first)."""
 
     params: Tensor
-    grad: Tensor
+    grad: Tensor | None  # None where no reader needs it (AlgorithmConfig.snapshot_vectors)
     stamp: int
     published: float = 0.0
     period: float = 1.0
@@ -69,6 +75,8 @@ class StepReport:
     delayed: int
     decision: str  # "mix" (dsgd/asgd/warm-up), "blend" (fixed theta), "predict" or "clip" (pv)
     predict_share: float  # fraction of the model (pv) or theta (fixed) that took the predict path
+    # |x_hat - x| / |x_stale - x| of each earlier prediction this step's reads settled (quality.py)
+    prediction_ratios: tuple[float, ...] = ()
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
@@ -95,12 +103,14 @@ class ConsensusAgent:
         self.params = params.detach().clone()
         self.velocity = torch.zeros_like(self.params)
         self.last_step = torch.zeros_like(self.params)  # the local step of the last iteration (d_i)
+        self.last_grad = torch.zeros_like(self.params)  # the gradient of the last iteration (--overlap publishes it)
         self._lr = config.lr  # the scheduled lr of the step being taken
         self.iteration = 0
         self.segments = list(segments) if segments is not None else [0, self.params.numel()]
         if self.segments[0] != 0 or self.segments[-1] != self.params.numel():
             raise ConfigError("segments must start at 0 and end at the parameter count")
-        self._history: deque[tuple[int, Tensor]] = deque(maxlen=config.history + 1)
+        self._history: deque[tuple[int, Tensor]] = deque(maxlen=config.history + 1)  # draft only
+        self.quality = PredictionQuality()
         self._mean_square: dict[int, Tensor] = {}
         self._last_stamp: dict[int, int] = {}
         self.decisions: Counter[str] = Counter()
@@ -127,11 +137,13 @@ class ConsensusAgent:
         config = self.config
         own = self.params
         self._lr = config.lr_at(epoch) if lr is None else lr
-        self._history.append((self.iteration, own))  # parameters are replaced, never modified in place
+        if config.keeps_history:
+            self._history.append((self.iteration, own))  # parameters are replaced, never modified in place
         if local_update is None:
             self.velocity = momentum_velocity(self.velocity, grad, self._lr, config.effective_momentum)
         step_vector = self.velocity if local_update is None else local_update
         self._track_mean_squares(reads)
+        ratios = [self.quality.score(r.source, r.snapshot.stamp, r.snapshot.params) for r in reads]
         delayed = [r for r in reads if r.age > config.age_fresh]
         fresh = [r for r in reads if r.age <= config.age_fresh]
         mode = config.mode
@@ -166,9 +178,11 @@ class ConsensusAgent:
             self.last_step = step_vector  # a new tensor each step, never modified in place
         elif config.publishes_displacement:
             self.last_step = local_update.clone()  # the caller may reuse its buffer
+        self.last_grad = grad  # the engines never modify it in place (the API reuses its buffer: not read then)
         self.iteration += 1
         ages = tuple((r.source, r.age) for r in reads)
-        return StepReport(tuple(r.staleness for r in reads), ages, len(delayed), decision, share)
+        scored = tuple(ratio for ratio in ratios if ratio is not None)
+        return StepReport(tuple(r.staleness for r in reads), ages, len(delayed), decision, share, scored)
 
     # -- pieces ---------------------------------------------------------------------------------
 
@@ -221,7 +235,11 @@ class ConsensusAgent:
         if predictor == "taylor":
             return predict_taylor(snapshot.params, snapshot.grad, own, age, self._lr, lam, out=out)
         if snapshot.displacement is None:
-            raise ConfigError(f"the extrapolate predictor needs neighbour {read.source}'s displacement")
+            raise ConfigError(f"the {predictor} predictor needs neighbour {read.source}'s displacement")
+        if predictor == "momentum":
+            mu = self.config.effective_momentum
+            velocity = snapshot.displacement
+            return predict_momentum(snapshot.params, snapshot.grad, velocity, own, age, self._lr, mu, lam, out=out)
         return predict_extrapolate(snapshot.params, snapshot.grad, snapshot.displacement, age, self._lr, lam, out=out)
 
     def _predict_mix(
@@ -229,7 +247,9 @@ class ConsensusAgent:
     ) -> Tensor:
         mixed = self._weighted_sum("predict mix", own, self_weight, [(r.weight, r.snapshot.params) for r in fresh])
         for read in delayed:
-            mixed.add_(self._predicted(read, own), alpha=read.weight)
+            predicted = self._predicted(read, own)
+            self.quality.follow(read.source, read.snapshot.stamp, read.age, predicted, read.snapshot.params)
+            mixed.add_(predicted, alpha=read.weight)
         return mixed
 
     def _clip_mix(self, own: Tensor, self_weight: float, fresh: Sequence[NeighbourRead]) -> Tensor:
@@ -268,6 +288,7 @@ class ConsensusAgent:
         it are forgotten."""
         self._mean_square = {numbers[j]: v for j, v in self._mean_square.items() if j in numbers}
         self._last_stamp = {numbers[j]: stamp for j, stamp in self._last_stamp.items() if j in numbers}
+        self.quality.renumber(numbers)
 
     # -- state for checkpoints ------------------------------------------------------------------
 
@@ -289,6 +310,7 @@ class ConsensusAgent:
                 params=self.params.clone(),
                 velocity=self.velocity.clone(),
                 last_step=self.last_step.clone(),
+                last_grad=self.last_grad.clone(),
                 history=history,
             )
         return state
@@ -299,6 +321,7 @@ class ConsensusAgent:
             self.params = state["params"].clone()
             self.velocity = state["velocity"].clone()
             self.last_step = state["last_step"].clone()
+            self.last_grad = state["last_grad"].clone()
             self._history = deque(((s, p.clone()) for s, p in state["history"]), maxlen=self.config.history + 1)
         self.iteration = int(state["iteration"])
         self._mean_square = {int(k): v.clone() for k, v in state["mean_square"].items()}

@@ -72,6 +72,41 @@ def predict_extrapolate(
     return result.add_(displacement, alpha=age).add_(stale_params)
 
 
+def momentum_sums(momentum: float, age: float) -> tuple[float, float]:
+    """``(sum_{m=1..age} mu^m, sum_{m=1..age} (1 - mu^m) / (1 - mu))`` in closed form, so that a
+    fractional ``age`` continues the sums smoothly (``mu = 0``: ``(0, age)``)."""
+    if momentum == 0.0:
+        return 0.0, age
+    geometric = momentum * (1.0 - momentum**age) / (1.0 - momentum)
+    return geometric, (age - geometric) / (1.0 - momentum)
+
+
+def predict_momentum(
+    stale_params: Tensor,
+    stale_grad: Tensor,
+    velocity: Tensor,
+    own_now: Tensor,
+    age: float,
+    lr: float,
+    momentum: float,
+    lam: float | Tensor,
+    out: Tensor | None = None,
+) -> Tensor:
+    """[choice] Continue the neighbour's own momentum-SGD trajectory for ``age`` steps (ALGORITHMS.md,
+    "Revision 2"): ``x_hat = x_j^s + sum_{m=1..age} [mu^m v_j^s - lr (1 - mu^m) / (1 - mu) g_hat]``
+    with the velocity ``v_j^s`` the neighbour published with ``x_j^s`` (the step that brought it
+    there) and ``g_hat = g_j^s + lam * g_j^s (.) g_j^s (.) (x_i - x_j^s)`` (the DC-ASGD-corrected
+    gradient of :func:`predict_taylor`), held for the ``age`` steps. ``momentum = 0`` gives
+    :func:`predict_taylor`; a zero gradient gives pure momentum extrapolation. The neighbour's own
+    mixing with its neighbours is not predicted. ``out``: where to write the result.
+    """
+    velocity_sum, gradient_sum = momentum_sums(momentum, age)
+    result = torch.sub(own_now, stale_params, out=out)
+    result.mul_(stale_grad).mul_(stale_grad).mul_(lam).add_(stale_grad)  # g_hat
+    result.mul_(-lr * gradient_sum).add_(stale_params)
+    return result.add_(velocity, alpha=velocity_sum)
+
+
 def adaptive_lambda(lam0: float, mean_square: Tensor, eps: float) -> Tensor:
     """DC-ASGD-a's per-coordinate factor ``lam0 / sqrt(MeanSquare + eps)``."""
     return lam0 / torch.sqrt(mean_square + eps)

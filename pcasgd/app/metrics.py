@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pcasgd.app.files import append_text
+from pcasgd.engine import RATIO_BIN
 from pcasgd.errors import ConfigError
 from pcasgd.protocol.ages import AGE_BIN, histogram_median
 
@@ -97,4 +98,16 @@ def age_summary(ages: dict[int, Counter[float]]) -> dict[str, Any]:
         "bin": AGE_BIN,
         **described(everything),
         "by_source": {str(source): described(histogram) for source, histogram in sorted(ages.items())},
+    }
+
+
+def prediction_summary(ratios: Counter[float]) -> dict[str, Any]:
+    """The predict step's quality over the run (pcasgd family): how many predictions were scored
+    against the neighbour's later snapshot, the upper edge of the median ratio's bin
+    (``|x_hat - x| / |x_stale - x|``, below 1: the prediction helped) and the binned ratios."""
+    return {
+        "bin": RATIO_BIN,
+        "scored": sum(ratios.values()),
+        "median_below": histogram_median(ratios, RATIO_BIN),
+        "histogram": {str(k): v for k, v in sorted(ratios.items())},
     }

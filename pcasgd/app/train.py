@@ -32,7 +32,7 @@ from pcasgd.app.data import (
     training_labels,
 )
 from pcasgd.app.files import write_atomically
-from pcasgd.app.metrics import MetricsWriter, age_summary
+from pcasgd.app.metrics import MetricsWriter, age_summary, prediction_summary
 from pcasgd.app.models import build_model
 from pcasgd.app.oracle import BatchOracle, consensus_distance, evaluate
 from pcasgd.app.resume import resume_payload
@@ -247,8 +247,11 @@ def _prepare(config: RunConfig, out: Path, comm, deadline, resume: bool) -> _Pre
         from pcasgd.runtime.checks import check_same_everywhere, check_window_memory, model_signature
 
         if algorithm.family == "decentralized":
-            vectors = 3 if config.algorithm.publishes_displacement else 2
-            check_window_memory(flatten_parameters(model).numel(), 4, delay_model.max_lag, vectors)
+            from pcasgd.protocol.ring import ring_slots
+
+            slots = ring_slots(algorithm, delay_model, schedule, config.deterministic)
+            vectors = len(algorithm.snapshot_vectors)
+            check_window_memory(flatten_parameters(model).numel(), 4, delay_model.max_lag, slots, vectors)
         with deadline.guard("comparing the model with the other ranks (collective)"):
             check_same_everywhere(comm, "the model's parameter shapes and dtypes", model_signature(model))
     payload = resume_payload(comm, deadline, config, out) if resume else None
@@ -331,6 +334,8 @@ class _Recording:
             "age_max": view.stats.age_top,
             "age_histogram": {str(k): v for k, v in sorted(view.stats.age_histogram.items())},
             "predict_fraction": view.stats.predict_fraction,
+            "prediction_ratio_median": view.stats.prediction_ratio_median,
+            "prediction_ratios": sum(view.stats.prediction_histogram.values()),
             "lr": config.algorithm.lr_at(float(view.epoch)),
             "iterations": view.iterations,
             "sim_time": view.sim_time,
@@ -368,6 +373,7 @@ def _summary(config: RunConfig, prepared: _Prepared, result, records: list[dict[
             "histogram": {str(k): v for k, v in sorted(result.staleness.items())},
         },
         "ages": age_summary(result.ages),
+        "prediction_quality": prediction_summary(result.prediction_ratios),
         "decisions": dict(result.decisions),
         "world_changes": result.world_changes,
         "final": records[-1],

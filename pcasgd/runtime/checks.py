@@ -17,19 +17,19 @@ LAUNCHER_SIZES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS", "H
 LAUNCHER_LOCAL_SIZES = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE")
 
 
-def check_window_memory(numel: int, itemsize: int, max_lag: int, vectors: int = 2) -> None:
-    """Refuse an injected lag whose snapshot rings (``max_lag + 2`` slots per rank of ``vectors``
-    model-sized vectors) would not fit in this node's memory, before MPI is asked for them (it
-    would fail after minutes, or be killed)."""
+def check_window_memory(numel: int, itemsize: int, max_lag: int, slots: int, vectors: int = 2) -> None:
+    """Refuse an injected lag whose snapshot rings (``slots`` per rank, ``max_lag`` plus what the
+    protocol needs besides, of ``vectors`` model-sized vectors each) would not fit in this node's
+    memory, before MPI is asked for them (it would fail after minutes, or be killed)."""
     from pcasgd.transport.windows import window_bytes
 
     local = next((int(os.environ[name]) for name in LAUNCHER_LOCAL_SIZES if os.environ.get(name, "").isdigit()), 1)
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    slots = max_lag + 2
     need = window_bytes(numel, itemsize, slots, vectors=vectors)
     if need * local > memory:
         empty = window_bytes(numel, itemsize, 0, vectors=vectors)
-        most = max(0, (memory // local - empty) // (window_bytes(numel, itemsize, 1, vectors=vectors) - empty) - 2)
+        fit = (memory // local - empty) // (window_bytes(numel, itemsize, 1, vectors=vectors) - empty)
+        most = max(0, fit - (slots - max_lag))
         raise ConfigError(
             f"a lag of {max_lag} iterations needs {slots} snapshot slots per rank: {need / 2**30:.3g} GiB of window "
             f"memory for each of the {local} rank(s) on this node, more than its {memory / 2**30:.3g} GiB; "

@@ -39,8 +39,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
+from typing import TYPE_CHECKING
 
-import numpy as np
 from mpi4py import MPI
 from torch import Tensor
 
@@ -48,6 +48,7 @@ from pcasgd.algorithms.consensus import ConsensusAgent, Snapshot
 from pcasgd.engine import EngineResult, EngineRun, EpochStats, add_ages_by_source, check_finite, make_due_records
 from pcasgd.errors import ConfigError
 from pcasgd.protocol.pacing import StragglerPacing
+from pcasgd.runtime import totals as header_totals
 from pcasgd.runtime.exchange import ExchangeEndpoint, MpiOptions, NeighbourFinishedError
 from pcasgd.runtime.faults import ProcessFailedError, abandon, is_process_failure, notice_failures, shrink
 from pcasgd.runtime.recording import RankState, Recorder
@@ -57,64 +58,8 @@ from pcasgd.transport.deadline import Deadline
 from pcasgd.transport.progress import MpiProgress
 from pcasgd.transport.windows import FLAG_FINISHED, ControlWindow
 
-# The running totals each rank publishes in its window header, in this order, from which rank 0
-# records an asynchronous run's metrics without stopping anyone.
-TOTALS = (
-    "iterations",
-    "staleness_sum",
-    "staleness_count",
-    "staleness_max",
-    "loss_sum",
-    "loss_count",
-    "predict_sum",
-    "predict_count",
-    "samples",
-    "age_sum",
-    "age_count",
-    "age_max",
-)
-
-
-def _totals_in_header(totals: dict[str, float]) -> np.ndarray:
-    return np.array([totals[name] for name in TOTALS], dtype=np.float64)
-
-
-def _totals_from_header(values: np.ndarray) -> dict[str, float]:
-    return dict(zip(TOTALS, values.tolist(), strict=True))
-
-
-def _header_totals(overall: EpochStats, iterations: int, samples: int) -> dict[str, float]:
-    """Running totals a rank publishes in its window header, for rank 0's asynchronous metrics."""
-    return {
-        "iterations": iterations,
-        "staleness_sum": overall.staleness_sum,
-        "staleness_count": overall.staleness_count,
-        "staleness_max": overall.staleness_top,
-        "loss_sum": overall.loss_sum,
-        "loss_count": overall.loss_count,
-        "predict_sum": overall.predict_share_sum,
-        "predict_count": overall.predict_share_count,
-        "samples": samples,
-        "age_sum": overall.age_sum,
-        "age_count": overall.age_count,
-        "age_max": overall.age_top,
-    }
-
-
-def _stats_from_totals(now: dict[str, float], before: dict[str, float]) -> EpochStats:
-    """One rank's statistics between two readings of its running totals."""
-    return EpochStats(
-        staleness_sum=now["staleness_sum"] - before.get("staleness_sum", 0.0),
-        staleness_count=int(now["staleness_count"] - before.get("staleness_count", 0.0)),
-        staleness_top=int(now["staleness_max"]),
-        loss_sum=now["loss_sum"] - before.get("loss_sum", 0.0),
-        loss_count=int(now["loss_count"] - before.get("loss_count", 0.0)),
-        predict_share_sum=now["predict_sum"] - before.get("predict_sum", 0.0),
-        predict_share_count=int(now["predict_count"] - before.get("predict_count", 0.0)),
-        age_sum=now["age_sum"] - before.get("age_sum", 0.0),
-        age_count=int(now["age_count"] - before.get("age_count", 0.0)),
-        age_top=now["age_max"],
-    )
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _moved(snapshot: Snapshot, move: Callable[[Tensor], Tensor], published: float) -> Snapshot:
@@ -123,7 +68,7 @@ def _moved(snapshot: Snapshot, move: Callable[[Tensor], Tensor], published: floa
     A checkpoint keeps CPU copies and the publish time relative to the checkpoint's time (clocks
     differ between the run that saves and the one that resumes)."""
     displacement = None if snapshot.displacement is None else move(snapshot.displacement)
-    params, grad = move(snapshot.params), move(snapshot.grad)
+    params, grad = move(snapshot.params), None if snapshot.grad is None else move(snapshot.grad)
     return replace(snapshot, params=params, grad=grad, displacement=displacement, published=published)
 
 
@@ -182,7 +127,7 @@ class DecentralizedRank:
         """This rank's windows, progress helper and exchange on ``comm`` (collective)."""
         run, deadline = self.run, self.deadline
         endpoint = ExchangeEndpoint(
-            comm, self.agent.params, self.schedule, run.delays, run.config, self.options, deadline, len(TOTALS)
+            comm, self.agent.params, self.schedule, run.delays, run.config, self.options, deadline, header_totals.LENGTH
         )
         self.window, self.progress, self.exchange = endpoint.window, endpoint.progress, endpoint.exchange
         with deadline.guard("allocating the control window (collective)"):
@@ -205,13 +150,14 @@ class DecentralizedRank:
                     recovering = True
         finally:
             self.progress.close()
+            self.exchange.close()
 
     def _train(self) -> EngineResult | None:
         run = self.run
         budget = run.epochs * run.iterations_per_epoch
         while True:
-            if not self.stopped:
-                self._due.extend(self.records.due(self.k))
+            if not self.stopped:  # records come due on the run's progress (the fastest rank's iterations)
+                self._due.extend(self.records.due(self.k if self.options.deterministic else self.exchange.progress))
             make_due_records(self._due, lambda epoch, is_epoch: self._epoch(epoch, self.k, is_epoch))
             if self.stopped:
                 break
@@ -232,7 +178,7 @@ class DecentralizedRank:
             with self.deadline.guard("signalling the end of training to rank 0"):
                 self.control.add_finished()
         k = self.k
-        self.window.set_flags(FLAG_FINISHED, _totals_in_header(self._totals(k)))
+        self.window.set_flags(FLAG_FINISHED, self._totals(k))
         self.deadline.wait(self.comm.Ibarrier(), "the end-of-training barrier")
         result = self._finish(k)
         # Freed only after a clean run: a failed rank ends the job (the CLI aborts it), and a
@@ -247,18 +193,25 @@ class DecentralizedRank:
         return result
 
     def _iterate(self, k: int) -> None:
+        """Iteration ``k``: publish and read (before the gradient with overlap, so that the reads
+        fly while it is computed; after it otherwise), then mix."""
         run, rank = self.run, self.rank
         agent = self.agent
+        overlap = self.config.overlap
         with self.pacing.work(k):  # the work of the iteration, not the sleep, is what is scaled
+            header = self._totals(k)
+            displacement = agent.last_step if self.config.publishes_displacement else None
+            if overlap:  # the snapshot carries the previous gradient: this one is not computed yet
+                self.exchange.start(k, agent.params, agent.last_grad, header, displacement)
             grad, loss = run.oracle(self.agent_id, agent.params)
             self.progress.poke()  # serve neighbours' reads that waited on this rank during the compute
             if self.options.fault_tolerant:
                 notice_failures(self.comm)
             self.epoch_stats.add_loss(loss)
             self.overall.add_loss(loss)
-            header = _totals_in_header(self._totals(k))
-            displacement = agent.last_step if self.config.publishes_displacement else None
-            gathered = self.exchange.exchange(k, agent.params, grad, header, displacement)
+            if not overlap:
+                self.exchange.start(k, agent.params, grad, header, displacement)
+            gathered = self.exchange.finish()
             epoch = gathered.progress / run.iterations_per_epoch
             report = agent.step(grad, gathered.reads, gathered.self_weight, epoch)
             check_finite(agent.params, f"rank {rank}", k)
@@ -266,6 +219,7 @@ class DecentralizedRank:
             for stats in (self.epoch_stats, self.overall):
                 stats.add_staleness(report.staleness)
                 stats.add_ages(ages)
+                stats.add_prediction_ratios(report.prediction_ratios)
                 if report.decision in ("predict", "clip"):
                     stats.add_predict_share(report.predict_share)
             self.staleness.update(report.staleness)
@@ -302,13 +256,14 @@ class DecentralizedRank:
                 flush=True,
             )
 
-    def _totals(self, k: int) -> dict[str, float]:
-        return _header_totals(self.overall, k, self.run.oracle.samples)
+    def _totals(self, k: int) -> np.ndarray:
+        """What this rank publishes in its header for rank 0's records (runtime/totals.py)."""
+        return header_totals.encode(self.overall, k, self.run.oracle.samples)
 
     # -- what rank 0 records --------------------------------------------------------------------
 
     def _state(self, k: int) -> RankState:
-        totals = self._totals(k)
+        totals = header_totals.decode(self._totals(k))
         return RankState(
             self.agent.params,
             self.epoch_stats,
@@ -318,18 +273,22 @@ class DecentralizedRank:
             self.staleness,
             self.agent.decisions,
             self.ages,
+            self.overall.prediction_histogram,
         )
 
     def _epoch(self, epoch: float, k: int, is_epoch: bool) -> None:
-        if self.options.deterministic:
-            states = self.recorder.gather(self._state(k), f"gathering epoch {epoch}")
-            if self.rank == 0:
-                self.recorder.fire(epoch, states)
-        elif self.rank == 0:
-            self._fire_from_windows(epoch, k)
-        self.epoch_stats = EpochStats()
-        if is_epoch and self.run.checkpoint is not None:
-            self.run.checkpoint(int(epoch), self._checkpoint_state(k))
+        """Record (rank 0) and checkpoint: while this rank is paused, its neighbours' reads of it
+        do not age (ALGORITHMS.md, "Revision 2")."""
+        with self.exchange.pause():
+            if self.options.deterministic:
+                states = self.recorder.gather(self._state(k), f"gathering epoch {epoch}")
+                if self.rank == 0:
+                    self.recorder.fire(epoch, states)
+            elif self.rank == 0:
+                self._fire_from_windows(epoch, k)
+            self.epoch_stats = EpochStats()
+            if is_epoch and self.run.checkpoint is not None:
+                self.run.checkpoint(int(epoch), self._checkpoint_state(k, int(epoch)))
 
     def _fire_from_windows(self, epoch: float, k: int) -> None:
         self.recorder.fire(epoch, self._with_remote_stats(self._remote_states(k, epoch)))
@@ -351,8 +310,9 @@ class DecentralizedRank:
 
     # -- checkpoints ----------------------------------------------------------------------------
 
-    def _checkpoint_state(self, k: int) -> dict:
-        """Everything this rank needs to go on from iteration ``k``, its window's ring included."""
+    def _checkpoint_state(self, k: int, epoch: int) -> dict:
+        """Everything this rank needs to go on from iteration ``k``, its window's ring included;
+        the records up to ``epoch`` are made."""
         oldest = max(0, k - self.window.slots + 1)
         ring = []
         now = self.exchange.clock.now(k)
@@ -370,23 +330,24 @@ class DecentralizedRank:
             "period": self.exchange.period,
             "progress": self.exchange.progress,
             "ring": ring,
+            "recorded": epoch * self.run.iterations_per_epoch,
         }
 
     def _restore(self, state: dict) -> None:
         self.k = state["iteration"]
-        self.records.skip_to(self.k)
+        self.records.skip_to(state["recorded"])
         self.agent = state["agent"]
         self.overall, self.staleness = state["overall"], state["staleness"]
         self._last_totals = state["last_totals"]
         self.ages = state["ages"]
         self.exchange.period, self.exchange.progress = state["period"], state["progress"]
+        self.exchange.first_stamp = 0  # the ring below is restored: overlapped reads may name k - 1
         device = self.run.initial_params.device
         now = self.exchange.clock.now(self.k)
         for kept in state["ring"]:
             snapshot = _moved(kept, lambda v: v.to(device), kept.published + now)
             with self.deadline.guard(f"republishing snapshot {snapshot.stamp} from the checkpoint"):
-                header = _totals_in_header(self._totals(snapshot.stamp + 1))
-                self.window.publish(snapshot, header)
+                self.window.publish(snapshot, self._totals(snapshot.stamp + 1))
 
     def _remote_states(self, k: int, epoch: int) -> list[RankState]:
         """Asynchronous mode: every rank's newest snapshot and totals, read without stopping it."""
@@ -395,7 +356,7 @@ class DecentralizedRank:
             with self.deadline.guard(f"reading rank {self.ids[j]}'s window for the epoch {epoch} metrics"):
                 read = self.window.read(self.ids[j])
             params = read.snapshot.params if read.snapshot is not None else self.run.initial_params
-            totals = _totals_from_header(read.values)
+            totals = header_totals.decode(read.values)
             states.append(RankState(params, EpochStats(), int(totals["iterations"]), int(totals["samples"]), totals))
         return states
 
@@ -403,7 +364,7 @@ class DecentralizedRank:
         """Each rank's statistics since rank 0 last looked, from the difference of its running totals."""
         for j, state in enumerate(states):
             agent = self.ids[j]
-            state.stats = _stats_from_totals(state.totals, self._last_totals[agent])
+            state.stats = header_totals.stats_between(state.totals, self._last_totals[agent])
             self._last_totals[agent] = state.totals
         return states
 

@@ -1,7 +1,13 @@
 """One rank's side of the decentralized weight exchange: publish, then read the neighbours.
 
 Used by the MPI training loop and by :class:`pcasgd.DecentralizedOptimizer`, so both wait,
-detect stalls and handle NaN snapshots the same way.
+detect stalls, overlap and handle NaN snapshots the same way.
+
+An iteration's exchange is :meth:`NeighbourExchange.start` (publish, and start the reads) and
+:meth:`NeighbourExchange.finish` (complete them; the reads the mix takes). Blocking, the reads are
+made in ``start``, after the gradient. With ``--overlap`` (ALGORITHMS.md, "Revision 2") the
+caller starts before it computes the gradient, publishing its previous one, and the reads fly on
+a :class:`~pcasgd.transport.reader.ReaderThread` while it computes.
 """
 
 from __future__ import annotations
@@ -9,6 +15,9 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_for_futures
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -19,14 +28,16 @@ from torch import Tensor
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.consensus import Snapshot
 from pcasgd.delays import DelayModel
-from pcasgd.errors import StallError
-from pcasgd.protocol.ages import StepPeriod
-from pcasgd.protocol.reads import Reads, gather_reads
+from pcasgd.errors import StallError, UsageError
+from pcasgd.protocol.ages import Latest, StepPeriod
+from pcasgd.protocol.reads import Fetched, Reads, assemble_reads, fetch_reads
+from pcasgd.protocol.ring import ring_slots
 from pcasgd.runtime.faults import notice_failures
-from pcasgd.topology import Schedule
+from pcasgd.topology import Schedule, Topology
 from pcasgd.transport.clock import RunClock, offset_to_root
 from pcasgd.transport.deadline import Deadline
 from pcasgd.transport.progress import MpiProgress
+from pcasgd.transport.reader import ReaderThread
 from pcasgd.transport.staging import HostStaging
 from pcasgd.transport.windows import FLAG_FINISHED, SnapshotWindow
 
@@ -54,8 +65,9 @@ class NeighbourExchange:
     ``dsgd`` (synchronous) waits, neighbour by neighbour, for a snapshot stamped with the
     current iteration; the others take the newest (``lag`` older when a delay spec injects
     one). ``deterministic`` adds a lock-step reduction after each publish (which also counts the
-    ranks still stepping, for :meth:`pcasgd.DecentralizedOptimizer.join`) and reads stamp
-    ``k - lag`` exactly. Snapshots are stamped with ``clock``'s time and this rank's step period
+    ranks still stepping, for :meth:`pcasgd.DecentralizedOptimizer.join`; with overlap, after the
+    reads complete) and reads stamp ``k - lag`` exactly (``k - 1 - lag`` with overlap, as
+    ``dsgd`` waits for ``k - 1``). Snapshots are stamped with ``clock``'s time and this rank's step period
     (the mean of its last intervals between publishes; one unit per iteration in lock-step), and
     with the run's progress as this rank knows it (the largest iteration count it has seen). A
     neighbour whose newest stamp does not move for ``deadline`` seconds, and has not finished,
@@ -95,6 +107,14 @@ class NeighbourExchange:
         self.clock = clock
         self.period = StepPeriod()
         self.progress = 0  # the largest iteration count of any rank this rank has heard of
+        self.overlap = config.overlap
+        self._reader = ReaderThread() if self.overlap else None
+        self._pending: tuple[int, Topology, Future] | None = None  # reads started, not yet finished
+        # the first snapshot this rank published here: exact overlapped reads name k - 1 only after
+        # it (before, the neighbours have no k - 1 in their windows: a fresh start or the API resumed)
+        self.first_stamp: int | None = None
+        self._reads_done = 0  # completed window reads: the overlapped reads' heartbeat
+        self._paused = 0.0  # seconds of pauses (records, evaluations) since the last publish
         self._last_publish = clock.now(0)
         self._stepping = np.ones(1, dtype=np.int64)
         self._still_stepping = np.zeros(1, dtype=np.int64)
@@ -105,7 +125,13 @@ class NeighbourExchange:
         """Go on over ``comm`` (the survivors of a failure) and its graph ``schedule``; ``owners``
         gives each rank of ``comm`` its window rank. The windows are not rebuilt: a process that
         died while the survivors created windows crashed them inside Open MPI 5.0.11 (docs/mpi.md)."""
+        self.settle()
         self.comm, self.rank, self.schedule, self.owners = comm, comm.Get_rank(), schedule, list(owners)
+
+    @property
+    def pending(self) -> bool:
+        """Whether reads were started and not finished."""
+        return self._pending is not None
 
     def exchange(
         self,
@@ -115,20 +141,82 @@ class NeighbourExchange:
         values: np.ndarray | None = None,
         displacement: Tensor | None = None,
     ) -> Reads:
+        """:meth:`start` then :meth:`finish`: the whole exchange of iteration ``k`` at once."""
+        self.start(k, params, grad, values, displacement)
+        return self.finish()
+
+    def start(
+        self,
+        k: int,
+        params: Tensor,
+        grad: Tensor,
+        values: np.ndarray | None = None,
+        displacement: Tensor | None = None,
+    ) -> None:
         """Publish ``(params, grad, k)`` (with ``displacement``, and ``values`` in the window
-        header); return the reads to mix, this rank's own weight and the run's progress."""
+        header) and start iteration ``k``'s reads: on the reader thread with overlap, here
+        otherwise."""
         self.publish(k, params, grad, values, displacement)
-        if self.deterministic:
+        if self.deterministic and not self.overlap:
             self.lock_step(k, stepping=True)
         topology = self.schedule.at(k)
         read = partial(self._read, k=k)
-        gathered = gather_reads(
-            self.rank, k, topology, self.config, self.delays, read, self.clock.now(k), self.period.period
-        )
+        fetch = partial(fetch_reads, self.rank, k, topology, self.config, self.delays, read)
+        if self._reader is not None:
+            future = self._reader.submit(fetch)
+        else:
+            future = Future()
+            future.set_result(fetch())
+        self._pending = (k, topology, future)
+
+    def finish(self) -> Reads:
+        """Complete the reads :meth:`start` began; return the reads to mix, this rank's own weight
+        and the run's progress. Their ages are taken now, when they are used."""
+        if self._pending is None:
+            raise UsageError("NeighbourExchange.finish() without start()")
+        k, topology, future = self._pending
+        self._pending = None
+        fetched = self._completed(future, f"the reads of iteration {k} from the neighbours' windows")
+        if self.deterministic and self.overlap:
+            self.lock_step(k, stepping=True)
+        gathered = assemble_reads(self.rank, k, topology, fetched, self.clock.now(k), self.period.period)
         for j, stamp in gathered.left_out:
             self._report_poisoned(self.owners[j], stamp, k)
         self.progress = max(self.progress, gathered.progress)
         return replace(gathered, progress=self.progress)
+
+    def settle(self) -> None:
+        """Let reads in flight end, and drop them (a failure interrupted the iteration, or this rank
+        joins): what they raise no longer matters."""
+        if self._pending is not None:
+            future = self._pending[2]
+            self._pending = None
+            with suppress(Exception):  # the iteration they served is abandoned
+                self._completed(future, "the reads in flight before a recovery or a join")
+
+    def _completed(self, future: Future, what: str) -> list[Fetched]:
+        """The reads of ``future``, waited for under the deadline, which starts again at each read
+        the reader thread completes (a dsgd wait for a slow neighbour is watched by the stall
+        check, window by window)."""
+        while not future.done():
+            seen = self._reads_done
+            with self.deadline.guard(f"waiting for {what}"):
+                while not future.done() and self._reads_done == seen:
+                    wait_for_futures([future], timeout=0.001)
+        return future.result()
+
+    def close(self) -> None:
+        """Stop the reader thread (if any)."""
+        if self._reader is not None:
+            self.settle()
+            self._reader.close()
+            self._reader = None
+
+    def pause(self) -> AbstractContextManager[None]:
+        """This rank stops training for a while (a record, an evaluation, a checkpoint): its
+        header says so, its snapshot ages by nothing meanwhile, and the time is not counted in
+        its step period."""
+        return _Pause(self)
 
     def publish(
         self,
@@ -140,30 +228,35 @@ class NeighbourExchange:
     ) -> None:
         """Publish snapshot ``k``, stamped with the time, this rank's step period and progress."""
         now = self.clock.now(k)
-        self.period.add(1.0 if self.deterministic else now - self._last_publish)
-        self._last_publish = now
+        self.period.add(1.0 if self.deterministic else now - self._last_publish - self._paused)
+        self._last_publish, self._paused = now, 0.0
         self.progress = max(self.progress, k)
+        if self.first_stamp is None:
+            self.first_stamp = k
         snapshot = Snapshot(params, grad, k, now, self.period.period, self.progress, displacement)
         with self.deadline.guard(f"publishing snapshot {k}"):
             self.window.publish(snapshot, values)
 
-    def _read(self, j: int, lag: int, k: int) -> Snapshot:
+    def _read(self, j: int, lag: int, k: int) -> tuple[Snapshot, Latest]:
         """Neighbour ``j``'s snapshot for iteration ``k``. Lock-step and waiting (``dsgd``) readers
-        name the iteration: a neighbour one step ahead has also published ``k + 1``, and ``dsgd``
-        mixes exactly ``x_j^k`` (the ring keeps both)."""
+        name the iteration (``k - 1`` with overlap): a neighbour ahead has also published later
+        ones, and ``dsgd`` mixes exactly ``x_j^k`` (the ring keeps them all: ring.py)."""
         must_wait = self.config.synchronous and not self.deterministic
         exact = self.deterministic or must_wait
+        wanted = k - 1 if self.overlap and k > self.first_stamp else k
         owner = self.owners[j]
+        guard = self.deadline.guard if self._reader is None else _unguarded  # the waiting thread guards
         while True:
-            with self.deadline.guard(f"reading rank {owner}'s window"):
-                read = self.window.read(owner, lag, newest=k if exact else None)
+            with guard(f"reading rank {owner}'s window"):
+                read = self.window.read(owner, lag, newest=wanted if exact else None)
+            self._reads_done += 1
             self._check_alive(owner, read.stamp, read.flags)
-            if read.snapshot is not None and not (must_wait and read.snapshot.stamp < k):
-                return read.snapshot
+            if read.snapshot is not None and not (must_wait and read.snapshot.stamp < wanted):
+                return read.snapshot, read.latest
             if must_wait and read.flags & FLAG_FINISHED:
                 if self.final_snapshots and read.snapshot is not None:
-                    return read.snapshot
-                raise NeighbourFinishedError(f"rank {owner} ended its run before publishing iteration {k}")
+                    return read.snapshot, read.latest
+                raise NeighbourFinishedError(f"rank {owner} ended its run before publishing iteration {wanted}")
             if self.fault_tolerant:  # the neighbour waited for may be the one that died
                 notice_failures(self.comm)
             time.sleep(0.0002)
@@ -209,9 +302,32 @@ class NeighbourExchange:
             )
 
 
+def _unguarded(what: str) -> AbstractContextManager[None]:
+    return nullcontext()
+
+
+class _Pause:
+    """:meth:`NeighbourExchange.pause`'s context."""
+
+    def __init__(self, exchange: NeighbourExchange) -> None:
+        self.exchange = exchange
+        self.since = 0.0
+
+    def __enter__(self) -> None:
+        exchange = self.exchange
+        self.since = exchange.clock.now(0)
+        if not exchange.deterministic:
+            exchange.window.pause(self.since)
+
+    def __exit__(self, *exc: object) -> None:
+        exchange = self.exchange
+        exchange._paused += exchange.clock.now(0) - self.since
+
+
 class ExchangeEndpoint:
-    """This rank's side of the decentralized exchange: its snapshot window (a ring of
-    ``max_lag + 2`` slots, staged through pinned host memory where MPI cannot read the device),
+    """This rank's side of the decentralized exchange: its snapshot window (a ring of slots sized
+    by :func:`~pcasgd.protocol.ring.ring_slots`, staged through pinned host memory where MPI
+    cannot read the device),
     the progress helper and the :class:`NeighbourExchange`; ``header_values`` numbers ride in the
     window's header with each snapshot; ``final_snapshots`` as for :class:`NeighbourExchange`.
     ``pcasgd train --backend mpi`` and
@@ -230,7 +346,7 @@ class ExchangeEndpoint:
         final_snapshots: bool = False,
     ) -> None:
         with deadline.guard("allocating the snapshot windows (collective)"):
-            slots = delays.max_lag + 2
+            slots = ring_slots(config, delays, schedule, options.deterministic)
             self.window = SnapshotWindow(
                 comm,
                 params.numel(),
@@ -239,7 +355,7 @@ class ExchangeEndpoint:
                 options.shared_windows,
                 options.staging,
                 header_values,
-                config.publishes_displacement,
+                config.snapshot_vectors,
             )
         offset = 0.0 if options.deterministic else offset_to_root(comm, deadline)
         self.progress = MpiProgress(comm, thread=options.progress_thread)

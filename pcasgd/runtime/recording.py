@@ -25,6 +25,7 @@ class RankState:
     staleness: Counter[int] | None = None
     decisions: Counter[str] | None = None
     ages: dict[int, Counter[float]] | None = None  # per in-neighbour (decentralized modes)
+    predictions: Counter[float] | None = None  # prediction ratios over the run, binned (pcasgd family)
 
 
 class Recorder:
@@ -75,7 +76,9 @@ class Recorder:
         staleness: Counter[int] = Counter()
         decisions: Counter[str] = Counter()
         ages: dict[int, Counter[float]] = {}
+        predictions: Counter[float] = Counter()
         for state in states:
+            predictions.update(state.predictions or {})
             staleness.update(state.staleness or {})
             decisions.update(state.decisions or {})
             for source, histogram in (state.ages or {}).items():
@@ -84,4 +87,6 @@ class Recorder:
         budget = float(self.run.epochs * self.run.iterations_per_epoch)
         final = torch.stack(params).mean(dim=0) if reference is None else reference
         iterations = [state.iterations for state in states]
-        return EngineResult(params, final, iterations, staleness, decisions, budget, ages)
+        return EngineResult(
+            params, final, iterations, staleness, decisions, budget, ages, prediction_ratios=predictions
+        )

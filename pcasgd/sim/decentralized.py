@@ -10,11 +10,17 @@ Step order, which the MPI runtime's deterministic mode reproduces:
    its step period (the mean of its last durations), into its ring; agents are taken in rank
    order.
 3. Then each of them, in rank order, reads every in-neighbour ``j`` of the topology at ``k``
-   (:func:`~pcasgd.protocol.reads.gather_reads`): the snapshot stamped
+   (:func:`~pcasgd.protocol.reads.fetch_reads`): the snapshot stamped
    ``s = max(0, latest_j - lag(i, j, k))``, with staleness ``tau = max(0, k - s)`` and its ages at
    this time, and applies its update at the epoch of the run's progress it knows.
 
-A ring keeps each agent's last ``max_lag + 1`` snapshots, so an injected lag is exact.
+``--overlap`` (ALGORITHMS.md, "Revision 2"): a read is issued at the start of the iteration,
+before the gradient exists, so the snapshot an agent publishes carries its previous gradient,
+and a read does not see the snapshots published at that same instant (``latest_j`` is the newest
+published before it; stamp 0 at the start): in lock-step every read is then one step older,
+as the MPI runtime's overlapped reads, and ``dsgd`` mixes exactly ``x_j^(k-1)``.
+
+A ring keeps each agent's last ``max_lag + 2`` snapshots, so an injected lag is exact.
 """
 
 from __future__ import annotations
@@ -27,8 +33,8 @@ from torch import Tensor
 
 from pcasgd.algorithms.consensus import ConsensusAgent, Snapshot
 from pcasgd.engine import EngineResult, EngineRun, check_finite, clock_for
-from pcasgd.protocol.ages import StepPeriod
-from pcasgd.protocol.reads import gather_reads
+from pcasgd.protocol.ages import Latest, StepPeriod
+from pcasgd.protocol.reads import assemble_reads, fetch_reads
 from pcasgd.topology import Schedule
 
 
@@ -41,15 +47,16 @@ class SnapshotRing:
     def publish(self, snapshot: Snapshot) -> None:
         self._snapshots.append(snapshot)
 
-    @property
-    def latest_stamp(self) -> int:
-        return self._snapshots[-1].stamp
-
-    def behind_newest(self, lag: int) -> Snapshot:
-        """The snapshot ``lag`` stamps behind the newest (stamp 0 at the least), or the oldest kept."""
-        oldest = self._snapshots[0].stamp
-        stamp = max(0, self.latest_stamp - lag)
-        return self._snapshots[max(stamp, oldest) - oldest]
+    def read(self, lag: int, before: float | None = None) -> tuple[Snapshot, Latest]:
+        """The snapshot ``lag`` stamps behind the newest (stamp 0 at the least), or the oldest kept,
+        and that newest; ``before``: the newest is the last published before that time (or the
+        oldest kept, if none was)."""
+        snapshots = self._snapshots
+        newest = len(snapshots) - 1
+        while before is not None and newest > 0 and snapshots[newest].published >= before:
+            newest -= 1
+        latest = snapshots[newest]
+        return snapshots[max(0, newest - lag)], Latest(latest.stamp, latest.published, latest.period)
 
 
 def simulate_decentralized(run: EngineRun, schedule: Schedule, segments: Sequence[int] | None = None) -> EngineResult:
@@ -62,7 +69,7 @@ def simulate_decentralized(run: EngineRun, schedule: Schedule, segments: Sequenc
         start_times, periods, progress = state["start_times"], state["periods"], state["progress"]
     else:
         agents = [ConsensusAgent(config, run.initial_params, segments) for _ in range(n)]
-        rings = [SnapshotRing(delays.max_lag + 1) for _ in range(n)]
+        rings = [SnapshotRing(delays.max_lag + 2) for _ in range(n)]
         next_iteration, start_times, progress = [0] * n, [0.0] * n, [0] * n
         periods = [StepPeriod() for _ in range(n)]
     clock = clock_for(run)
@@ -72,8 +79,8 @@ def simulate_decentralized(run: EngineRun, schedule: Schedule, segments: Sequenc
             return max(delays.step_slowdown(j, k) for j in range(n))
         return delays.step_slowdown(i, k)
 
-    def read(j: int, lag: int) -> Snapshot:
-        return rings[j].behind_newest(lag)
+    def read(j: int, lag: int) -> tuple[Snapshot, Latest]:
+        return rings[j].read(lag, before=time if config.overlap else None)
 
     def view() -> tuple[list[Tensor], Tensor, list[int]]:
         params = [agent.params for agent in agents]
@@ -104,17 +111,23 @@ def simulate_decentralized(run: EngineRun, schedule: Schedule, segments: Sequenc
             clock.stats.add_loss(loss)
             displacement = agent.last_step if config.publishes_displacement else None
             progress[i] = max(progress[i], k)
-            snapshot = Snapshot(agent.params, grads[i], k, time, periods[i].period, progress[i], displacement)
+            published_grad = agent.last_grad if config.overlap else grads[i]
+            if "grad" not in config.snapshot_vectors:  # as in an MPI window: nobody reads it
+                published_grad = None
+            snapshot = Snapshot(agent.params, published_grad, k, time, periods[i].period, progress[i], displacement)
             rings[i].publish(snapshot)
         for i in group:
             k = next_iteration[i]
-            gathered = gather_reads(i, k, schedule.at(k), config, delays, read, time, periods[i].period)
+            topology = schedule.at(k)
+            fetched = fetch_reads(i, k, topology, config, delays, read)
+            gathered = assemble_reads(i, k, topology, fetched, time, periods[i].period)
             progress[i] = max(progress[i], gathered.progress)
             epoch = progress[i] / run.iterations_per_epoch
             report = agents[i].step(grads[i], gathered.reads, gathered.self_weight, epoch)
             check_finite(agents[i].params, f"agent {i}", k)
             clock.record_staleness(report.staleness)
             clock.record_ages(report.ages)
+            clock.record_predictions(report.prediction_ratios)
             if report.decision in ("predict", "clip"):
                 clock.stats.add_predict_share(report.predict_share)
             next_iteration[i] += 1
@@ -124,4 +137,13 @@ def simulate_decentralized(run: EngineRun, schedule: Schedule, segments: Sequenc
     decisions: Counter[str] = Counter()
     for agent in agents:
         decisions.update(agent.decisions)
-    return EngineResult(params, reference, iterations, clock.total_staleness, decisions, clock.budget, clock.total_ages)
+    return EngineResult(
+        params,
+        reference,
+        iterations,
+        clock.total_staleness,
+        decisions,
+        clock.budget,
+        clock.total_ages,
+        prediction_ratios=clock.total_predictions,
+    )

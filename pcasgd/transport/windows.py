@@ -2,9 +2,11 @@
 
 Layout of a :class:`SnapshotWindow` (bytes, all fields 8-byte aligned)::
 
-    header  float64[2 + V]    latest stamp (-1: none yet), flags, then V values the owner publishes
-    slot 0  float64[4] stamp, publish time, step period, run progress; params[n], grad[n]
-            (and displacement[n] when the window carries it: the extrapolate predictor's d_j)
+    header  float64[5 + V]    latest stamp (-1: none yet), flags, the latest's publish time and
+                              step period, when the owner paused (FLAG_PAUSED), then V values the
+                              owner publishes
+    slot 0  float64[4] stamp, publish time, step period, run progress; params[n], and grad[n]
+            and displacement[n] where the window carries them (the predictors' g_j and d_j)
     ...
     slot D-1
 
@@ -31,28 +33,33 @@ import torch
 from mpi4py import MPI
 
 from pcasgd.algorithms.consensus import Snapshot
+from pcasgd.errors import RingTooShortError, UsageError
+from pcasgd.protocol.ages import Latest
 from pcasgd.transport.staging import HostStaging
 
-#: The header's fixed part (float64 each): the newest stamp and the flags. The values after it
-#: (integers stay exact below 2**53) mean what the code that publishes them says.
-HEADER_FIXED = 2
+#: The header's fixed part (float64 each): the newest stamp, the flags, the newest snapshot's
+#: publish time and step period, and when the owner paused. The values after it (integers stay
+#: exact below 2**53) mean what the code that publishes them says.
+HEADER_FIXED = 5
 
 #: A slot's metadata (float64 each): stamp, publish time, step period, run progress.
 SLOT_META = 4
 
 FLAG_FINISHED = 1
-FLAG_FAILED = 2
+FLAG_PAUSED = 2  # the owner has stopped training for a while (a record, an evaluation, a checkpoint)
 
 
 @dataclass(frozen=True)
 class Read:
     """A neighbour's snapshot (``None``: nothing published yet), and its header: newest stamp,
-    flags and published values."""
+    flags and published values; ``latest``: the newest snapshot the read considered, from which
+    the snapshot's age is counted (:func:`~pcasgd.protocol.ages.snapshot_age`)."""
 
     snapshot: Snapshot | None
     stamp: int
     flags: int
     values: np.ndarray
+    latest: Latest | None = None
 
 
 def header_bytes(values: int) -> int:
@@ -66,9 +73,9 @@ def window_bytes(numel: int, itemsize: int, slots: int, values: int = 0, vectors
 
 
 class SnapshotWindow:
-    """A ring of ``slots`` snapshots per rank (``slots = max_lag + 2`` makes injected lags exact),
-    and a header of ``values`` numbers the owner publishes with each snapshot; ``displacement``:
-    the snapshots carry the publisher's last local step."""
+    """A ring of ``slots`` snapshots per rank (pcasgd.protocol.ring sizes it), and a header of
+    ``values`` numbers the owner publishes with each snapshot; ``vectors``: what a snapshot
+    carries (``params`` first, then any of ``grad`` and ``displacement``, in that order)."""
 
     def __init__(
         self,
@@ -79,7 +86,7 @@ class SnapshotWindow:
         shared: bool = False,
         staging: HostStaging | None = None,
         values: int = 0,
-        displacement: bool = False,
+        vectors: tuple[str, ...] = ("params", "grad"),
     ) -> None:
         self.comm = comm
         self.staging = staging if staging is not None else HostStaging(torch.device("cpu"), active=False)
@@ -88,7 +95,9 @@ class SnapshotWindow:
         self.dtype = dtype
         self.np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
         self.slots = slots
-        self.vectors = ("params", "grad", "displacement") if displacement else ("params", "grad")
+        if vectors[0] != "params" or not set(vectors) <= {"params", "grad", "displacement"}:
+            raise ValueError(f"a snapshot window holds the parameters, then the gradient or displacement: {vectors}")
+        self.vectors = vectors
         self._payload_bytes = numel * self.np_dtype.itemsize
         self.slot_bytes = 8 * SLOT_META + len(self.vectors) * self._payload_bytes
         self._header_bytes = header_bytes(values)
@@ -100,6 +109,8 @@ class SnapshotWindow:
         self._meta = np.zeros(SLOT_META)
         self._read_header = np.zeros(HEADER_FIXED + values)
         self._read_meta = np.zeros(SLOT_META)
+        self._base_meta = np.zeros(SLOT_META)
+        self._check_base = np.zeros(1)
         self._invalid_stamp = np.full(1, -1.0)
         self._check_stamp = np.zeros(1)
         self._write_header()
@@ -113,13 +124,14 @@ class SnapshotWindow:
         The payload goes straight from the tensors' memory (no copy on the CPU; a pinned host copy
         of GPU tensors unless MPI reads GPU memory: :class:`~pcasgd.transport.staging.HostStaging`).
         """
-        if (snapshot.displacement is not None) != ("displacement" in self.vectors):
-            raise ValueError("a snapshot carries a displacement exactly when its window was made to hold one")
+        if any(getattr(snapshot, name) is None for name in self.vectors):
+            raise ValueError(f"a snapshot published in this window carries {', '.join(self.vectors)}")
         payloads = [
             self.staging.to_host(getattr(snapshot, name).contiguous(), f"publish.{name}") for name in self.vectors
         ]
         self._meta[:] = (snapshot.stamp, snapshot.published, snapshot.period, snapshot.progress)
-        self._header[0] = snapshot.stamp
+        self._header[:3] = (snapshot.stamp, int(self._header[1]) & ~FLAG_PAUSED, snapshot.published)
+        self._header[3] = snapshot.period
         self._set_values(values)
         offset = self._slot_offset(snapshot.stamp)
         win = self._lock(self.rank)
@@ -140,12 +152,21 @@ class SnapshotWindow:
         self._set_values(values)
         self._write_header()
 
+    def pause(self, since: float) -> None:
+        """Say that the owner stopped training at time ``since`` (its snapshot then ages by
+        nothing); the next publish clears it."""
+        self._header[4] = since
+        self.set_flags(FLAG_PAUSED)
+
     # -- reader side ----------------------------------------------------------------------------
 
     def read(self, source: int, lag: int = 0, newest: int | None = None) -> Read:
         """Snapshot ``max(0, n - lag)`` of ``source``, with ``n`` its latest stamp or ``newest`` if
         given (lock-step readers name the iteration, since a faster rank may be one ahead);
-        clamped to what the ring still holds.
+        clamped to what the ring still holds, except that a named snapshot the ring no longer
+        holds is an error (:class:`RingTooShortError`: the ring was sized too small).
+        The read's ``latest`` is snapshot ``n`` (its publish time and period; paused only if it
+        is the owner's newest).
 
         The snapshot's tensors are this window's buffers for ``source``, reused (not reallocated:
         fresh pages cost more than the copy) and overwritten by the next read of ``source``:
@@ -161,30 +182,48 @@ class SnapshotWindow:
         win = self._lock(source)
         win.Get([self._read_header, MPI.BYTE], source, target=(0, self._header_bytes, MPI.BYTE))
         win.Flush(source)
-        latest = int(self._read_header[0])
-        snapshot = None
+        header = self._read_header
+        latest = int(header[0])
+        snapshot = newest_seen = None
         if latest >= 0:
             base = latest if newest is None else min(newest, latest)
             stamp = max(0, base - lag, latest - self.slots + 1)
+            if newest is not None and stamp > base - lag and base - lag >= 0:
+                raise RingTooShortError(
+                    f"rank {self.rank}: snapshot {base - lag} of rank {source} is no longer in its ring of "
+                    f"{self.slots} slots (it has published {latest})"
+                )
             offset = self._slot_offset(stamp)
             buffers = [
                 self.staging.host_buffer(f"read.{source}.{name}", (self.numel,), self.dtype) for name in self.vectors
             ]
             win.Get([self._read_meta, MPI.BYTE], source, target=(offset, 8 * SLOT_META, MPI.BYTE))
+            if base != latest:  # the newest the reader considers is not the owner's: read its time
+                win.Get([self._base_meta, MPI.BYTE], source, target=(self._slot_offset(base), 8 * SLOT_META, MPI.BYTE))
             for index, buffer in enumerate(buffers):
                 target = (self._vector_offset(offset, index), self._payload_bytes, MPI.BYTE)
                 win.Get([buffer, MPI.BYTE], source, target=target)
             win.Flush(source)
             win.Get([self._check_stamp, MPI.BYTE], source, target=(offset, 8, MPI.BYTE))
+            if base != latest:
+                win.Get([self._check_base, MPI.BYTE], source, target=(self._slot_offset(base), 8, MPI.BYTE))
         win.Unlock(source)
         if latest >= 0:
             slot_stamp, published, period, progress = self._read_meta.tolist()
             if not (int(slot_stamp) == int(self._check_stamp[0]) == stamp):
                 return None  # the owner rewrote the slot meanwhile
+            if base == latest:
+                paused = header[4] if int(header[1]) & FLAG_PAUSED else None
+                newest_seen = Latest(latest, float(header[2]), float(header[3]), paused)
+            else:
+                base_stamp, base_published, base_period, _ = self._base_meta.tolist()
+                if not (int(base_stamp) == int(self._check_base[0]) == base):
+                    return None
+                newest_seen = Latest(base, base_published, base_period)
             vectors = dict(zip(self.vectors, (self.staging.to_device(b) for b in buffers), strict=True))
+            vectors.setdefault("grad", None)
             snapshot = Snapshot(stamp=stamp, published=published, period=period, progress=int(progress), **vectors)
-        header = self._read_header
-        return Read(snapshot, latest, int(header[1]), header[HEADER_FIXED:].copy())
+        return Read(snapshot, latest, int(header[1]), header[HEADER_FIXED:].copy(), newest_seen)
 
     def header(self, source: int) -> tuple[int, int]:
         """``source``'s newest stamp and flags, without its snapshot."""
@@ -203,7 +242,7 @@ class SnapshotWindow:
 
     def _open(self) -> MPI.Win:
         if self.win is None:
-            raise RuntimeError("snapshot window used after close()")
+            raise UsageError("snapshot window used after close()")
         return self.win
 
     def _slot_offset(self, stamp: int) -> int:

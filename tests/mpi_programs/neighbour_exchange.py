@@ -28,9 +28,9 @@ def vector(value: float) -> torch.Tensor:
     return torch.full((4,), value, dtype=torch.float64)
 
 
-def case(mode: str, final_snapshots: bool = False) -> tuple[SnapshotWindow, NeighbourExchange]:
-    window = SnapshotWindow(comm, 4, torch.float64, slots=2)
-    config = AlgorithmConfig(mode=mode, lr=0.1)
+def case(mode: str, final_snapshots: bool = False, overlap: bool = False) -> tuple[SnapshotWindow, NeighbourExchange]:
+    window = SnapshotWindow(comm, 4, torch.float64, slots=4)
+    config = AlgorithmConfig(mode=mode, lr=0.1, overlap=overlap)
     clock = RunClock(lock_step=False)
     exchange = NeighbourExchange(
         comm, window, ring, delays.parse("none"), config, deadline, False, clock, final_snapshots
@@ -72,6 +72,23 @@ comm.Barrier()
 if rank == 0:
     results["dsgd_neighbour_ahead"] = [stamps(exchange.exchange(k, vector(0.0), vector(0.0)).reads) for k in range(2)]
 comm.Barrier()
+window.close()
+
+# With overlap, dsgd mixes exactly the neighbour's snapshot of the iteration before (read on the
+# reader thread while this rank would compute), even when the neighbour is further ahead.
+window, exchange = case("dsgd", overlap=True)
+if rank == 1:
+    for k in range(3):
+        window.publish(Snapshot(vector(k), vector(0.0), k))
+comm.Barrier()
+if rank == 0:
+    overlapped = []
+    for k in range(3):
+        exchange.start(k, vector(0.0), vector(0.0))
+        overlapped.append(stamps(exchange.finish().reads))
+    results["dsgd_overlap_neighbour_ahead"] = overlapped
+comm.Barrier()
+exchange.close()
 window.close()
 
 # A neighbour that publishes nothing new for the deadline, and has not finished, has stalled.
@@ -127,6 +144,25 @@ if rank == 0:
         "progress": exchange.progress,
     }
 comm.Barrier()
+window.close()
+
+# A rank paused for a record or an evaluation says so: its newest snapshot, published just before
+# the pause, stays fresh (age about 0) however long the pause lasts, instead of a whole step.
+window, exchange = case("asgd")
+if rank == 1:
+    for k in range(3):
+        time.sleep(0.1)
+        exchange.publish(k, vector(k), vector(0.0))
+    with exchange.pause():
+        comm.Barrier()
+        time.sleep(0.6)
+        comm.Barrier()
+else:
+    comm.Barrier()
+    time.sleep(0.4)
+    (read,) = exchange.exchange(0, vector(0.0), vector(0.0)).reads
+    results["paused"] = {"age": read.age, "period": read.snapshot.period}
+    comm.Barrier()
 window.close()
 
 deadline.close()

@@ -1,6 +1,6 @@
 """DecentralizedOptimizer wrapping torch.optim.SGD, deterministic, against the simulator on the
 quadratic problem of tests/reference.py; with delay 'none', also a state_dict round trip at
-iteration 15. Rank 0 prints one JSON line."""
+iteration 15; the third argument, 'overlap' or 'blocking', says how they exchange. Rank 0 prints one JSON line."""
 
 import json
 import sys
@@ -16,6 +16,7 @@ from tests.reference import Quadratic, QuadraticPoint
 
 ITERATIONS, PER_EPOCH, LR, MU = 30, 10, 0.05, 0.9
 mode, delay = sys.argv[1], sys.argv[2]
+OVERLAP = sys.argv[3] == "overlap"
 comm = pcasgd.init()
 rank, size = comm.Get_rank(), comm.Get_size()
 problem = Quadratic(size)
@@ -24,7 +25,14 @@ problem = Quadratic(size)
 def wrapped(model: QuadraticPoint) -> pcasgd.DecentralizedOptimizer:
     sgd = torch.optim.SGD(model.parameters(), lr=LR, momentum=MU)
     return pcasgd.DecentralizedOptimizer(
-        sgd, model, mode=mode, delay=delay, deterministic=True, iterations_per_epoch=PER_EPOCH, pv_warmup_epochs=1.0
+        sgd,
+        model,
+        mode=mode,
+        delay=delay,
+        deterministic=True,
+        iterations_per_epoch=PER_EPOCH,
+        pv_warmup_epochs=1.0,
+        overlap=OVERLAP,
     )
 
 
@@ -41,7 +49,7 @@ with wrapped(model) as opt:
 finals = comm.gather(model.x.detach().clone(), root=0)
 
 resumed_diff = None
-if delay == "none":
+if delay == "none" and not OVERLAP:  # the API's resumed overlap reads x^k first: not the same weights
     first = QuadraticPoint(problem, rank)
     with wrapped(first) as opt:
         train(first, opt, 0, 15)
@@ -53,7 +61,7 @@ if delay == "none":
     resumed_diff = comm.allreduce(float((second.x.detach() - model.x.detach()).abs().max()), op=MPI.MAX)
 
 if rank == 0:
-    config = AlgorithmConfig(mode=mode, lr=LR, momentum=MU, pv_warmup_epochs=1.0)
+    config = AlgorithmConfig(mode=mode, lr=LR, momentum=MU, pv_warmup_epochs=1.0, overlap=OVERLAP)
     sim = simulate(
         config,
         size,
