@@ -80,6 +80,7 @@ def consensus(problem: Quadratic, W: np.ndarray, lag, iterations: int, opts: dic
     D: list[list[np.ndarray]] = []  # D[s][j]: j's last local step when it published snapshot s
     MS: dict[tuple[int, int], np.ndarray] = {}
     seen: dict[tuple[int, int], int] = {}
+    read: dict[tuple[int, int], list[int]] = {}  # the trajectory predictor: distinct stamps read, in order
     for k in range(iterations):
         G.append([problem.grad(i, X[k][i], k) for i in range(n)])
         D.append([v.copy() for v in V])
@@ -96,6 +97,9 @@ def consensus(problem: Quadratic, W: np.ndarray, lag, iterations: int, opts: dic
                 s = max(0, k - back - (0 if mode == "dsgd" else lag(i, j, k)))
                 tau = k - s
                 xs = X[s][j]
+                stamps = read.setdefault((i, j), [])
+                if not stamps or stamps[-1] != s:
+                    stamps.append(s)
                 gs = G[s - back][j] if s >= back else np.zeros_like(xs)
                 if adaptive and seen.get((i, j)) != s:
                     seen[(i, j)] = s
@@ -111,6 +115,10 @@ def consensus(problem: Quadratic, W: np.ndarray, lag, iterations: int, opts: dic
                     guess = xs - lr * lam_t * gs * gs * (xi - X[k - tau][i])
                 elif predictor == "taylor":
                     guess = xs - lr * age * (gs + lam_t * gs * gs * (xi - xs))
+                elif predictor == "trajectory":  # the mean step between the last two snapshots read
+                    older, newer = (stamps[-2], stamps[-1]) if len(stamps) > 1 else (s, s)
+                    step = (X[newer][j] - X[older][j]) / (newer - older) if newer != older else 0.0
+                    guess = xs + age * step
                 elif predictor == "momentum":  # the publisher's momentum steps, one by one (integer ages)
                     d, g_hat, guess = D[s][j], gs + lam_t * gs * gs * (xi - xs), xs.copy()
                     for m in range(1, int(age) + 1):

@@ -50,6 +50,8 @@ CONSENSUS_CASES = [
     ("pcasgd", {"theta": 0.6, "predictor": "momentum", "age_fresh": 0.5}, "fixed:3"),
     ("pcasgd", {"theta": 0.4, "predictor": "momentum", "lam": 0.0, "age_max": 3.0}, "uniform:0..4"),
     ("pcasgd", {"theta": 0.5, "predictor": "momentum", "lam_adaptive": True, "lam": 2.0}, "uniform:0..3"),
+    ("pcasgd", {"theta": 0.5, "predictor": "trajectory", "age_fresh": 0.5}, "uniform:0..3"),
+    ("predict", {"predictor": "trajectory", "age_max": 1.0}, "fixed:2"),
     # --overlap: every read one step older, snapshots with the gradient of the step before
     ("dsgd", {"overlap": True}, "none"),
     ("asgd", {"overlap": True}, "fixed:2"),
@@ -58,6 +60,7 @@ CONSENSUS_CASES = [
     ("pcasgd", {"overlap": True, "predictor": "draft", "age_fresh": 0.5}, "fixed:2"),
     ("pcasgd", {"overlap": True, "predictor": "extrapolate", "age_fresh": 0.5}, "edge:0-1=2"),
     ("pcasgd-pv", {"overlap": True, "pv_warmup_epochs": 0.0, "age_fresh": 0.5}, "fixed:1"),
+    ("pcasgd", {"overlap": True, "predictor": "trajectory", "age_fresh": 0.5}, "fixed:1"),
 ]
 
 

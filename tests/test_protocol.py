@@ -232,7 +232,7 @@ def test_an_agent_state_without_weights_resumes_the_counters_and_keeps_the_weigh
     for _ in range(3):
         agent.step(torch.ones(3), [read], 0.5)
     light, full = agent.state_dict(weights=False), agent.state_dict()
-    assert set(full) - set(light) == {"params", "velocity", "last_step", "last_grad", "history"}
+    assert set(full) - set(light) == {"params", "velocity", "last_step", "last_grad", "history", "seen"}
     other = ConsensusAgent(config, torch.full((3,), 7.0))
     other.load_state_dict(light)
     assert torch.equal(other.params, torch.full((3,), 7.0)) and other.iteration == 3

@@ -21,7 +21,7 @@ DEFAULT_LAMBDA = {"dcasgd-c": 0.04, "dcasgd-a": 2.0, "pcasgd": 1.0, "pcasgd-pv":
 ADAPTIVE_LAMBDA_MODES = ("pcasgd", "pcasgd-pv", "predict", "dcasgd-a")
 
 CHOICES = {
-    "predictor": ("draft", "taylor", "extrapolate", "momentum"),
+    "predictor": ("draft", "taylor", "extrapolate", "momentum", "trajectory"),
     "clip_weights": ("rescale", "uniform"),
     "pv_scope": ("model", "tensor"),
     "sasgd_lr": ("inverse", "average", "constant"),
@@ -86,6 +86,8 @@ class AlgorithmConfig:
             raise ConfigError(
                 f"--lam-adaptive applies to {', '.join(ADAPTIVE_LAMBDA_MODES)}; {self.mode} would ignore it{hint}"
             )
+        if self.lam_adaptive and self.predictor == "trajectory":
+            raise ConfigError("--lam-adaptive: the trajectory predictor uses no gradient, and no lambda")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.momentum is not None and not 0 <= self.momentum < 1:

@@ -23,6 +23,7 @@ from pcasgd.algorithms.prediction import (
     predict_extrapolate,
     predict_momentum,
     predict_taylor,
+    predict_trajectory,
     update_mean_square,
 )
 from pcasgd.algorithms.quality import PredictionQuality
@@ -111,6 +112,7 @@ class ConsensusAgent:
             raise ConfigError("segments must start at 0 and end at the parameter count")
         self._history: deque[tuple[int, Tensor]] = deque(maxlen=config.history + 1)  # draft only
         self.quality = PredictionQuality()
+        self._seen: dict[int, deque[tuple[int, Tensor]]] = {}  # trajectory: the last two snapshots read
         self._mean_square: dict[int, Tensor] = {}
         self._last_stamp: dict[int, int] = {}
         self.decisions: Counter[str] = Counter()
@@ -143,6 +145,7 @@ class ConsensusAgent:
             self.velocity = momentum_velocity(self.velocity, grad, self._lr, config.effective_momentum)
         step_vector = self.velocity if local_update is None else local_update
         self._track_mean_squares(reads)
+        self._track_trajectories(reads)
         ratios = [self.quality.score(r.source, r.snapshot.stamp, r.snapshot.params) for r in reads]
         delayed = [r for r in reads if r.age > config.age_fresh]
         fresh = [r for r in reads if r.age <= config.age_fresh]
@@ -197,6 +200,23 @@ class ConsensusAgent:
                     self._mean_square.get(read.source), read.snapshot.grad, self.config.effective_ms_decay
                 )
 
+    def _track_trajectories(self, reads: Sequence[NeighbourRead]) -> None:
+        """The trajectory predictor: keep each neighbour's last two distinct snapshots read."""
+        if not (self.config.predicts and self.config.predictor == "trajectory"):
+            return
+        for read in reads:
+            seen = self._seen.setdefault(read.source, deque(maxlen=2))
+            if not seen or seen[-1][0] != read.snapshot.stamp:
+                seen.append((read.snapshot.stamp, read.snapshot.params.clone()))
+
+    def _trajectory_step(self, source: int) -> Tensor:
+        """The neighbour's mean step between the last two of its snapshots read (zeros before)."""
+        seen = self._seen[source]
+        if len(seen) < 2:
+            return torch.zeros_like(self.params)
+        (older, before), (newer, after) = seen
+        return torch.sub(after, before, out=self._buffer("trajectory")).div_(newer - older)
+
     def _lambda_for(self, source: int) -> float | Tensor:
         config = self.config
         if config.lam_adaptive:
@@ -234,6 +254,8 @@ class ConsensusAgent:
             return predict_draft(snapshot.params, snapshot.grad, own, then, self._lr, lam, out=out)
         if predictor == "taylor":
             return predict_taylor(snapshot.params, snapshot.grad, own, age, self._lr, lam, out=out)
+        if predictor == "trajectory":
+            return predict_trajectory(snapshot.params, self._trajectory_step(read.source), age, out=out)
         if snapshot.displacement is None:
             raise ConfigError(f"the {predictor} predictor needs neighbour {read.source}'s displacement")
         if predictor == "momentum":
@@ -289,12 +311,14 @@ class ConsensusAgent:
         self._mean_square = {numbers[j]: v for j, v in self._mean_square.items() if j in numbers}
         self._last_stamp = {numbers[j]: stamp for j, stamp in self._last_stamp.items() if j in numbers}
         self.quality.renumber(numbers)
+        self._seen = {numbers[j]: seen for j, seen in self._seen.items() if j in numbers}
 
     # -- state for checkpoints ------------------------------------------------------------------
 
     def state_dict(self, weights: bool = True) -> dict:
         """What resumes this agent: counters, the neighbours' MeanSquares and, with ``weights``,
-        its parameters, momentum, last local step and own-parameter history (without them, a caller that keeps the
+        its parameters, momentum, last local step, own-parameter history and the neighbours'
+        snapshots the trajectory predictor keeps (without them, a caller that keeps the
         weights elsewhere, such as the optimizer API, saves several model-sized vectors; the draft
         predictor's history then refills over ``history`` steps, using the oldest snapshot kept
         meanwhile, as for a lag beyond the history)."""
@@ -312,6 +336,7 @@ class ConsensusAgent:
                 last_step=self.last_step.clone(),
                 last_grad=self.last_grad.clone(),
                 history=history,
+                seen={j: [(stamp, v.clone()) for stamp, v in seen] for j, seen in self._seen.items()},
             )
         return state
 
@@ -322,6 +347,9 @@ class ConsensusAgent:
             self.velocity = state["velocity"].clone()
             self.last_step = state["last_step"].clone()
             self.last_grad = state["last_grad"].clone()
+            self._seen = {
+                int(j): deque(((s, v.clone()) for s, v in seen), maxlen=2) for j, seen in state["seen"].items()
+            }
             self._history = deque(((s, p.clone()) for s, p in state["history"]), maxlen=self.config.history + 1)
         self.iteration = int(state["iteration"])
         self._mean_square = {int(k): v.clone() for k, v in state["mean_square"].items()}

@@ -107,6 +107,13 @@ def predict_momentum(
     return result.add_(velocity, alpha=velocity_sum)
 
 
+def predict_trajectory(stale_params: Tensor, velocity: Tensor, age: float, out: Tensor | None = None) -> Tensor:
+    """[choice] ``x_hat = x_j^s + age * u_j``, with ``u_j`` the neighbour's mean step between the
+    last two of its snapshots this agent read (its whole motion: its local steps and its own
+    mixing). Nothing beyond the parameters travels: on a slow link it reads what asgd reads."""
+    return torch.add(stale_params, velocity, alpha=age, out=out)
+
+
 def adaptive_lambda(lam0: float, mean_square: Tensor, eps: float) -> Tensor:
     """DC-ASGD-a's per-coordinate factor ``lam0 / sqrt(MeanSquare + eps)``."""
     return lam0 / torch.sqrt(mean_square + eps)
