@@ -5,7 +5,8 @@
 One real ``mpirun`` job of ``--ranks`` ranks (one thread each) trains torchvision's model on
 random CIFAR-sized images (the cost of a step does not depend on the pixel values) with
 ``torch.optim.SGD(momentum=0.9)`` wrapped in :class:`pcasgd.DecentralizedOptimizer`
-(``pcasgd`` mode, ring). Per rank it times forward+backward and ``step()`` for every step after
+(``pcasgd`` mode, ring; ``--overlap``: the reads fly during the next forward and backward pass).
+Per rank it times forward+backward and ``step()`` for every step after
 the first two (first touch of memory), and reports medians over steps and ranks, their ratio,
 and the size of ``torch.save(opt.state_dict())`` against the weights'.
 
@@ -25,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def worker(model_name: str, steps: int, batch_size: int, mode: str) -> None:
+def worker(model_name: str, steps: int, batch_size: int, mode: str, overlap: bool) -> None:
     """Runs inside the MPI job."""
     import torch
     import torchvision
@@ -40,7 +41,8 @@ def worker(model_name: str, steps: int, batch_size: int, mode: str) -> None:
     sgd = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     images, labels = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
     compute, stepping = [], []
-    with pcasgd.DecentralizedOptimizer(sgd, model, mode=mode, topology="ring", deadline=600.0) as opt:
+    options = {"mode": mode, "topology": "ring", "deadline": 600.0, "overlap": overlap}
+    with pcasgd.DecentralizedOptimizer(sgd, model, **options) as opt:
         for _ in range(steps):
             started = time.perf_counter()
             opt.zero_grad()
@@ -76,21 +78,23 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--mode", default="pcasgd")
+    parser.add_argument("--overlap", action="store_true", help="overlap=True: reads during the next forward+backward")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.model, args.steps, args.batch_size, args.mode)
+        worker(args.model, args.steps, args.batch_size, args.mode, args.overlap)
         return 0
     from pcasgd.runtime.launch import run_json_job
 
     command = [sys.executable, __file__, "--worker", "--model", args.model, "--steps", str(args.steps)]
-    command += ["--batch-size", str(args.batch_size), "--mode", args.mode]
+    command += ["--batch-size", str(args.batch_size), "--mode", args.mode, *(["--overlap"] if args.overlap else [])]
     result, errors = run_json_job(args.ranks, command, ROOT)
     if result is None:
         print(f"failed: {errors[-2000:]}", file=sys.stderr)
         return 1
     print(
-        f"{result['model']} ({result['parameters']:,} parameters), {args.ranks} ranks, batch {args.batch_size}: "
+        f"{result['model']} ({result['parameters']:,} parameters), {args.ranks} ranks, batch {args.batch_size}"
+        f"{', overlap' if args.overlap else ''}: "
         f"forward+backward {result['forward_backward_s']:.3f} s, step() {result['step_s']:.3f} s, "
         f"step / forward+backward {result['step_over_forward_backward']:.2f}; "
         f"state_dict {result['state_dict_bytes'] / 2**20:.1f} MiB "

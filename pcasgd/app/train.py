@@ -8,19 +8,22 @@ are written atomically at the end.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from pcasgd import __version__, delays, topology
 from pcasgd.app import checkpoint as checkpoints
@@ -43,6 +46,7 @@ from pcasgd.engines import EngineInputs, ranks_needed, run_engine
 from pcasgd.errors import ConfigError, PcasgdError
 from pcasgd.flat import flatten_parameters, load_flat_parameters, segment_offsets
 from pcasgd.runtime.device import select_device, stage_through_host
+from pcasgd.transport.jobs import JobThread
 from pcasgd.transport.staging import HostStaging
 
 if TYPE_CHECKING:
@@ -271,9 +275,17 @@ class _Recording:
         directory: RunDirectory | None,
         on_epoch,
         rank: int,
+        background: bool = False,
     ) -> None:
         self.config, self.out, self.rank = config, out, rank
         self.model, self.data, self.oracle = prepared.model, prepared.data, oracle
+        # Asynchronous decentralized runs: rank 0 evaluates on a thread of its own, on a copy of the
+        # model, and goes on training meanwhile (its neighbours would otherwise read it as stopped,
+        # and it would fall behind: on 4 test hosts its evaluations left rank 0 a quarter of the
+        # others' iterations). The records stay in order; a checkpoint waits for them.
+        self._background = JobThread("pcasgd-records") if background else None
+        self._evaluated = copy.deepcopy(prepared.model) if background else prepared.model
+        self._last_record: Future | None = None
         self.agent_test = prepared.data.test_subset(AGENT_EVAL_SAMPLES)
         # rank 0 (which alone records) holds the directory and writes the metrics
         self.directory, self.on_epoch = directory, on_epoch
@@ -294,6 +306,7 @@ class _Recording:
     def save_checkpoint(self, epoch: int, engine_state: dict[str, Any]) -> None:
         if epoch % self.config.checkpoint_every:
             return
+        self.drain()  # the checkpoint holds the records made so far
         state = {
             "config": self.config.record(),
             "engine": engine_state,
@@ -307,9 +320,46 @@ class _Recording:
         checkpoints.save(self.out, self.rank, epoch, state)
 
     def record_epoch(self, view: EpochView) -> None:
-        now, config = time.perf_counter(), self.config
-        accuracy, loss = evaluate(self.model, view.reference_params, self.data)
-        agent_accuracy = [evaluate(self.model, p, self.agent_test)[0] for p in view.agent_params]
+        """Make the record of ``view``: here, or on the recording thread (times are taken now)."""
+        now = time.perf_counter()
+        if self._background is None:
+            self._record(view, now)
+            return
+        kept = replace(
+            view,
+            agent_params=[p.detach().clone() for p in view.agent_params],
+            reference_params=view.reference_params.detach().clone(),
+            iterations=list(view.iterations),
+        )
+        buffers = [b.detach().clone() for b in self.model.buffers()]  # BatchNorm statistics, as they are now
+        self.drain_finished()
+        self._last_record = self._background.submit(partial(self._record_later, kept, now, buffers))
+
+    def _record_later(self, view: EpochView, now: float, buffers: list[Tensor]) -> None:
+        for evaluated, buffer in zip(self._evaluated.buffers(), buffers, strict=True):
+            evaluated.copy_(buffer)
+        self._record(view, now)
+
+    def drain_finished(self) -> None:
+        """Raise what a finished background record raised (a full disk, say)."""
+        if self._last_record is not None and self._last_record.done():
+            self._last_record.result()
+
+    def drain(self) -> None:
+        """Wait for the records handed to the recording thread (raising what one raised)."""
+        if self._last_record is not None:
+            self._last_record.result()
+
+    def close(self) -> None:
+        if self._background is not None:
+            self._background.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    def _record(self, view: EpochView, now: float) -> None:
+        config = self.config
+        accuracy, loss = evaluate(self._evaluated, view.reference_params, self.data)
+        agent_accuracy = [evaluate(self._evaluated, p, self.agent_test)[0] for p in view.agent_params]
         distance_mean, distance_max = consensus_distance(view.agent_params)
         elapsed = max(now - self.last_time, 1e-9)
         record = {
@@ -408,7 +458,10 @@ def _train(config: RunConfig, out: Path, prepared: _Prepared, on_epoch, comm, de
     oracle = BatchOracle(model, prepared.data, shards, config.batch_size, config.seed, config.algorithm.weight_decay)
     per_epoch = math.ceil(min(len(shard) for shard in shards) / config.batch_size)
     rank = 0 if comm is None else comm.Get_rank()
-    recording = _Recording(config, out, prepared, oracle, directory, on_epoch, rank)
+    asynchronous = comm is not None and not config.deterministic and config.algorithm.family == "decentralized"
+    recording = _Recording(
+        config, out, prepared, oracle, directory, on_epoch, rank, background=asynchronous and rank == 0
+    )
     payload = prepared.payload
     run = EngineRun(
         config.algorithm,
@@ -431,12 +484,15 @@ def _train(config: RunConfig, out: Path, prepared: _Prepared, on_epoch, comm, de
         inputs.mpi = MpiOptions(
             config.deterministic, config.shared_windows, config.progress_thread, staging, config.fault_tolerant
         )
-    result = run_engine(config.backend, inputs)
+    try:
+        result = run_engine(config.backend, inputs)
+        recording.drain()
+    finally:
+        recording.close()
     if result is None:
         return None
     load_flat_parameters(model, result.reference_params)
     write_atomically(out / "model.pt", lambda path: torch.save(model.state_dict(), path))
     summary = _summary(config, prepared, result, recording.records, per_epoch)
-    recording.writer.close()
     write_atomically(out / "summary.json", lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"))
     return summary

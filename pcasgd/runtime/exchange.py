@@ -7,7 +7,7 @@ An iteration's exchange is :meth:`NeighbourExchange.start` (publish, and start t
 :meth:`NeighbourExchange.finish` (complete them; the reads the mix takes). Blocking, the reads are
 made in ``start``, after the gradient. With ``--overlap`` (ALGORITHMS.md, "Revision 2") the
 caller starts before it computes the gradient, publishing its previous one, and the reads fly on
-a :class:`~pcasgd.transport.reader.ReaderThread` while it computes.
+a :class:`~pcasgd.transport.jobs.JobThread` while it computes.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from pcasgd.runtime.faults import notice_failures
 from pcasgd.topology import Schedule, Topology
 from pcasgd.transport.clock import RunClock, offset_to_root
 from pcasgd.transport.deadline import Deadline
+from pcasgd.transport.jobs import JobThread, require_thread_multiple
 from pcasgd.transport.progress import MpiProgress
-from pcasgd.transport.reader import ReaderThread
 from pcasgd.transport.staging import HostStaging
 from pcasgd.transport.windows import FLAG_FINISHED, SnapshotWindow
 
@@ -108,7 +108,9 @@ class NeighbourExchange:
         self.period = StepPeriod()
         self.progress = 0  # the largest iteration count of any rank this rank has heard of
         self.overlap = config.overlap
-        self._reader = ReaderThread() if self.overlap else None
+        if self.overlap:
+            require_thread_multiple("--overlap")
+        self._reader = JobThread("pcasgd-reads") if self.overlap else None
         self._pending: tuple[int, Topology, Future] | None = None  # reads started, not yet finished
         # the first snapshot this rank published here: exact overlapped reads name k - 1 only after
         # it (before, the neighbours have no k - 1 in their windows: a fresh start or the API resumed)

@@ -1,15 +1,19 @@
-"""A thread that makes a rank's reads of its neighbours' windows while the rank computes.
+"""A thread that runs jobs one at a time beside a rank's training: the reads of its neighbours'
+windows while it computes (``--overlap``), and rank 0's evaluations for records in an
+asynchronous run.
 
-Why a thread and not ``MPI_Rget``: a non-blocking read moves only while its *origin* is inside
+Why a thread for the reads and not ``MPI_Rget``: a non-blocking read moves only while its *origin* is inside
 MPI. Measured on two test hosts (``launch/hosts.sh up 2 --rate 100mbit``, osc/rdma over tcp,
 4 MB read, 0.5 s of compute; ../shared/PLATFORM.md): ``Rget``, compute, ``Wait`` took as long as
 the read and the compute one after the other (the ``Wait`` alone 1.0-1.1 s), while a thread that
 reads (``Get`` + ``Flush``) as the main thread computes hid the read (total 1.0-1.2 s, the
 transfer time). torch releases the GIL inside its kernels and mpi4py inside MPI calls, so the
-two threads do run together. It needs ``MPI_THREAD_MULTIPLE``, which mpi4py asks for by default.
+two threads do run together. Reads from a thread need ``MPI_THREAD_MULTIPLE``, which mpi4py asks
+for by default (:func:`require_thread_multiple`).
 
-The thread is a daemon: a read that never returns (a neighbour's host gone, without
-``--fault-tolerant``) cannot keep the process alive; the caller waits for it under a deadline.
+The thread is a daemon: a job that never returns (a read from a neighbour whose host is gone,
+without ``--fault-tolerant``) cannot keep the process alive; the caller waits for it under a
+deadline.
 """
 
 from __future__ import annotations
@@ -20,23 +24,27 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from mpi4py import MPI
-
 from pcasgd.errors import ConfigError
 
 
-class ReaderThread:
-    """Runs submitted jobs one at a time on a thread of its own; :meth:`close` it."""
+def require_thread_multiple(what: str) -> None:
+    """Refuse ``what`` (a flag) unless MPI was initialised with ``MPI_THREAD_MULTIPLE``."""
+    from mpi4py import MPI  # here: the recording thread of a simulator run needs no MPI
 
-    def __init__(self) -> None:
-        level = MPI.Query_thread()
-        if level != MPI.THREAD_MULTIPLE:
-            raise ConfigError(
-                "--overlap reads from a second thread and needs an MPI initialised with MPI_THREAD_MULTIPLE "
-                f"(this one granted level {level}); leave --overlap off, or use an MPI built with thread support"
-            )
+    level = MPI.Query_thread()
+    if level != MPI.THREAD_MULTIPLE:
+        raise ConfigError(
+            f"{what} makes MPI calls from a second thread and needs an MPI initialised with MPI_THREAD_MULTIPLE "
+            f"(this one granted level {level}); leave {what} off, or use an MPI built with thread support"
+        )
+
+
+class JobThread:
+    """Runs submitted jobs one at a time, in order, on a daemon thread named ``name``; :meth:`close` it."""
+
+    def __init__(self, name: str) -> None:
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = threading.Thread(target=self._run, name="pcasgd-reads", daemon=True)
+        self._thread: threading.Thread | None = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, job: Callable[[], Any]) -> Future:
