@@ -92,13 +92,19 @@ def real_compute_figure(rows: list[dict], path: Path) -> None:
 
 
 def tta_results(paths: list[Path]) -> dict:
-    """Several time-to-accuracy results (one per straggler setting, say) as one: their settings
-    together; they must share the target, or the panels would not compare."""
+    """Several time-to-accuracy results (one per straggler setting, or per link speed) as one:
+    their settings together, keyed by panel title (the results' folder names tell apart the same
+    setting measured in several); they must share the target, or the panels would not compare."""
     results = [json.loads(path.read_text()) for path in paths]
     targets = {result["target"] for result in results}
     if len(targets) != 1:
         raise SystemExit(f"figures.py: --tta results have different targets {sorted(targets)}")
-    settings = {straggler: setting for result in results for straggler, setting in result["settings"].items()}
+    keys = [straggler for result in results for straggler in result["settings"]]
+    settings = {}
+    for path, result in zip(paths, results, strict=True):
+        for straggler, setting in result["settings"].items():
+            title = f"straggler {straggler}x" if straggler != "1" else "no straggler"
+            settings[f"{path.parent.name}, {title}" if keys.count(straggler) > 1 else title] = setting
     return {**results[0], "settings": settings}
 
 
@@ -109,7 +115,7 @@ def time_to_accuracy_figure(results: dict, path: Path) -> None:
     settings = results["settings"]
     figure, all_axes = plt.subplots(1, len(settings), figsize=(6.4 * len(settings), 4.2), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for axes, (straggler, setting) in zip(all_axes[0], settings.items(), strict=True):
+    for axes, (title, setting) in zip(all_axes[0], settings.items(), strict=True):
         for index, (method, row) in enumerate(setting.items()):
             for seed, curve in enumerate(row["curves"]):
                 if curve:
@@ -117,7 +123,7 @@ def time_to_accuracy_figure(results: dict, path: Path) -> None:
                     label = f"{method} (lr {row['lr']:g})" if seed == 0 else None
                     axes.plot(seconds, accuracy, color=colours[index % len(colours)], alpha=0.75, label=label)
         axes.axhline(results["target"], color="black", linewidth=0.7, linestyle=":")
-        axes.set_title(f"straggler {straggler}x" if straggler != "1" else "no straggler", fontsize=10, loc="left")
+        axes.set_title(title, fontsize=10, loc="left")
         axes.set_xlabel("wall time (s)")
         axes.set_ylabel("test accuracy (averaged model)")
         axes.set_ylim(0.6, None)

@@ -135,18 +135,6 @@ class NeighbourExchange:
         """Whether reads were started and not finished."""
         return self._pending is not None
 
-    def exchange(
-        self,
-        k: int,
-        params: Tensor,
-        grad: Tensor,
-        values: np.ndarray | None = None,
-        displacement: Tensor | None = None,
-    ) -> Reads:
-        """:meth:`start` then :meth:`finish`: the whole exchange of iteration ``k`` at once."""
-        self.start(k, params, grad, values, displacement)
-        return self.finish()
-
     def start(
         self,
         k: int,

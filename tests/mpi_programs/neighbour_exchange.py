@@ -38,6 +38,12 @@ def case(mode: str, final_snapshots: bool = False, overlap: bool = False) -> tup
     return window, exchange
 
 
+def exchanged(exchange: NeighbourExchange, k: int, params: torch.Tensor, grad: torch.Tensor):
+    """One whole exchange of iteration ``k``: publish and read."""
+    exchange.start(k, params, grad)
+    return exchange.finish()
+
+
 def stamps(reads) -> list[int]:
     return [read.snapshot.stamp for read in reads]
 
@@ -52,9 +58,9 @@ for final_snapshots in (False, True):
             window.publish(Snapshot(vector(k), vector(0.0), k))
         window.set_flags(FLAG_FINISHED)
     else:
-        got = [stamps(exchange.exchange(k, vector(0.0), vector(0.0)).reads) for k in range(3)]
+        got = [stamps(exchanged(exchange, k, vector(0.0), vector(0.0)).reads) for k in range(3)]
         try:
-            reads = exchange.exchange(3, vector(0.0), vector(0.0)).reads
+            reads = exchanged(exchange, 3, vector(0.0), vector(0.0)).reads
             after = {"stamp": reads[0].snapshot.stamp, "staleness": reads[0].staleness}
         except NeighbourFinishedError as error:
             after = f"ended: {error}"
@@ -70,7 +76,7 @@ if rank == 1:
         window.publish(Snapshot(vector(k), vector(0.0), k))
 comm.Barrier()
 if rank == 0:
-    results["dsgd_neighbour_ahead"] = [stamps(exchange.exchange(k, vector(0.0), vector(0.0)).reads) for k in range(2)]
+    results["dsgd_neighbour_ahead"] = [stamps(exchanged(exchange, k, vector(0.0), vector(0.0)).reads) for k in range(2)]
 comm.Barrier()
 window.close()
 
@@ -102,7 +108,7 @@ else:
     started = time.monotonic()
     try:
         while time.monotonic() - started < 10:
-            exchange.exchange(0, vector(0.0), vector(0.0))
+            exchanged(exchange, 0, vector(0.0), vector(0.0))
             time.sleep(0.05)
         results["stall"] = "not detected in 10 s"
     except StallError as error:
@@ -116,7 +122,7 @@ if rank == 1:
     window.publish(Snapshot(vector(float("nan")), vector(0.0), 0))
 comm.Barrier()
 if rank == 0:
-    gathered = exchange.exchange(0, vector(0.0), vector(0.0))
+    gathered = exchanged(exchange, 0, vector(0.0), vector(0.0))
     reads, self_weight = gathered.reads, gathered.self_weight
     results["nan"] = {"reads": len(reads), "self_weight": self_weight, "reported": dict(exchange.poisoned)}
 comm.Barrier()
@@ -135,7 +141,7 @@ if rank == 1:
 comm.Barrier()
 if rank == 0:
     time.sleep(0.1)
-    (read,) = exchange.exchange(0, vector(0.0), vector(0.0)).reads
+    (read,) = exchanged(exchange, 0, vector(0.0), vector(0.0)).reads
     results["ages"] = {
         "offsets": offsets,
         "stamp": read.snapshot.stamp,
@@ -160,7 +166,7 @@ if rank == 1:
 else:
     comm.Barrier()
     time.sleep(0.4)
-    (read,) = exchange.exchange(0, vector(0.0), vector(0.0)).reads
+    (read,) = exchanged(exchange, 0, vector(0.0), vector(0.0)).reads
     results["paused"] = {"age": read.age, "period": read.snapshot.period}
     comm.Barrier()
 window.close()
