@@ -91,15 +91,21 @@ def run_mode(comm, mode: str, step: float, factor: float, seconds: float, numel:
         from pcasgd.runtime.exchange import MpiOptions
 
         agent = DecentralizedRank(comm, run, topology.build("ring", size), None, MpiOptions(), deadline)
-        exchange = agent.exchange.exchange
+        start, finish = agent.exchange.start, agent.exchange.finish
+        started_for = [0.0]  # seconds start() took, for this step
 
-        def timed_exchange(*args, **kwargs):
+        def timed_start(*args, **kwargs):
             started = time.perf_counter()
-            result = exchange(*args, **kwargs)
-            exchange_seconds.append(time.perf_counter() - started)
+            start(*args, **kwargs)
+            started_for[0] = time.perf_counter() - started
+
+        def timed_finish():
+            started = time.perf_counter()
+            result = finish()
+            exchange_seconds.append(started_for[0] + time.perf_counter() - started)
             return result
 
-        agent.exchange.exchange = timed_exchange
+        agent.exchange.start, agent.exchange.finish = timed_start, timed_finish
         agent.train()
     elif server:
         from pcasgd.runtime.parameter_server import run_parameter_server
