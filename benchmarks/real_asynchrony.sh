@@ -2,14 +2,19 @@
 # PC-ASGD's options under real asynchrony (docs/RESULTS.md): asynchronous `mpirun` jobs of 4
 # ranks, ring, 3 seeds, each delay setting of issue 13: a 2x and a 4x straggler, transient
 # stragglers, every read 8 snapshots late.
-#   bash benchmarks/real_asynchrony.sh GRID [OUT]
+#   bash benchmarks/real_asynchrony.sh GRID [OUT [PREDICTOR]]
 # GRID: fmnist-options    Fashion-MNIST LeNet-5, IID: every predictor and option, theta (2 epochs)
 #       fmnist-noniid     the same, dirichlet:0.1 shards: asgd against default pcasgd
 #       cifar             CIFAR-10 ResNet-20 (short: a fixed 8,000-image subset, 2 epochs,
 #                         1,000 test images), IID and dirichlet:0.1: asgd against default pcasgd
+#       overlap-predictors  Fashion-MNIST, every mode --overlap: asgd and each predictor, on the
+#                           tuning seed 3 only
+#       overlap-options P   the same seed, predictor P: age-fresh, age-max, theta, lambda one at a time
+#       overlap-report P    seeds 0 1 2: asgd --overlap, pcasgd --overlap --predictor P, blocking
+#                           asgd and blocking default pcasgd
 # Each grid is a `pcasgd compare` run; cells already finished with the same flags are read back.
 set -euo pipefail
-grid="${1:?usage: real_asynchrony.sh fmnist-options|fmnist-noniid|cifar [OUT]}"
+grid="${1:?usage: real_asynchrony.sh GRID [OUT [PREDICTOR]] (see its header)}"
 out="${2:-runs}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -45,8 +50,34 @@ cifar)
             --delays "${delays[@]}" --seeds 0 1 2 --out "$out/cifar-${partition/:/-}"
     done
     ;;
+overlap-predictors)
+    variants=(--variant "asgd=--mode asgd --overlap")
+    for predictor in taylor momentum trajectory extrapolate draft; do
+        variants+=(--variant "$predictor=--mode pcasgd --overlap --predictor $predictor")
+    done
+    python -m pcasgd.cli compare "${fmnist[@]}" "${variants[@]}" --delays "${delays[@]}" --seeds 3 \
+        --out "$out/overlap-predictors"
+    ;;
+overlap-options)
+    predictor="${3:?usage: real_asynchrony.sh overlap-options OUT PREDICTOR}"
+    base="--mode pcasgd --overlap --predictor $predictor"
+    variants=()
+    for option in "--age-fresh 1" "--age-fresh 4" "--age-max 4" "--age-max 8" "--theta 0.25" \
+        "--theta 0.75" "--lam 0.5" "--lam 2"; do
+        variants+=(--variant "$option=$base $option")
+    done
+    python -m pcasgd.cli compare "${fmnist[@]}" "${variants[@]}" --delays "${delays[@]}" --seeds 3 \
+        --out "$out/overlap-options-$predictor"
+    ;;
+overlap-report)
+    predictor="${3:?usage: real_asynchrony.sh overlap-report OUT PREDICTOR}"
+    python -m pcasgd.cli compare "${fmnist[@]}" --variant "asgd=--mode asgd" \
+        --variant "pcasgd=--mode pcasgd" --variant "asgd --overlap=--mode asgd --overlap" \
+        --variant "pcasgd --overlap $predictor=--mode pcasgd --overlap --predictor $predictor" \
+        --delays "${delays[@]}" --seeds 0 1 2 --out "$out/overlap-report-$predictor"
+    ;;
 *)
-    echo "real_asynchrony.sh: unknown grid $grid (fmnist-options, fmnist-noniid or cifar)" >&2
+    echo "real_asynchrony.sh: unknown grid $grid (fmnist-options, fmnist-noniid, cifar, overlap-predictors, overlap-options, overlap-report)" >&2
     exit 2
     ;;
 esac
