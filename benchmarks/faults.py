@@ -1,8 +1,10 @@
-"""Killing ranks of a running ``pcasgd train --fault-tolerant`` job from outside, with SIGKILL:
-what the fault-tolerance tests and benchmarks/fault_tolerance.py do to a job."""
+"""Killing ranks of a running ``pcasgd train --fault-tolerant`` job from outside, with SIGKILL
+(or stopping them with SIGSTOP, ending them with SIGTERM): what the fault-tolerance tests and
+benchmarks/fault_tolerance.py do to a job."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -73,6 +75,7 @@ def train_and_kill(
     launch_flags: list[str] | None = None,
     recorded: bool = False,
     program: list[str] | None = None,
+    signal_number: int = signal.SIGKILL,
 ) -> KilledRun:
     """Run ``pcasgd train --fault-tolerant`` on ``ranks`` ranks with ``launcher`` (mpirun, or
     launch/hosts.sh mpirun) under ULFM; once the fastest rank has done ``after_epochs`` epochs,
@@ -81,7 +84,8 @@ def train_and_kill(
     :class:`subprocess.TimeoutExpired` (the job killed) past ``timeout`` seconds. ``launch_flags``
     replace mpirun's (ULFM's flags and ``-n ranks``) for another launcher; ``recorded``: kill once
     rank 0 has recorded ``after_epochs`` epochs; ``program`` replaces ``python -m pcasgd.cli train
-    --backend mpi`` (empty for launch/mpirun.sh, which adds it)."""
+    --backend mpi`` (empty for launch/mpirun.sh, which adds it); ``signal_number``: what is sent
+    instead of SIGKILL."""
     command = [
         *launcher,
         *(launch_flags if launch_flags is not None else [*FAULT_TOLERANT_FLAGS, "-n", str(ranks)]),
@@ -117,10 +121,16 @@ def train_and_kill(
                 ended = "" if job.poll() is None else f"; the job ended ({job.returncode}): {job.stderr.read()[-3000:]}"
                 raise RuntimeError(f"no process of rank {rank} writing {out} to kill{ended}")
             killed_at.append(time.time())
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signal_number)
         stdout, stderr = job.communicate(timeout=max(1.0, timeout - (time.monotonic() - started)))
     except BaseException:
         job.kill()
         job.communicate()
         raise
+    finally:
+        for rank, _ in kills:  # a stopped rank outlives its job otherwise
+            pid = rank_pid(out, rank)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
     return KilledRun(job.returncode, stdout, stderr, killed_at)

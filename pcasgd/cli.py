@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, fields
+from functools import partial
 from pathlib import Path
 from typing import NoReturn
 
@@ -31,7 +32,7 @@ from pcasgd.delays import parse as parse_delays
 from pcasgd.engines import BACKENDS, agents_in
 from pcasgd.errors import ConfigError, PcasgdError, RunFilesError, TrainingFailedError
 from pcasgd.runtime.device import DEVICES, HOST_STAGING
-from pcasgd.runtime.launch import launcher_rank
+from pcasgd.runtime.launch import failure_detector_settings, launcher_rank
 from pcasgd.topology import TOPOLOGY_FORMS, WEIGHT_SCHEMES
 
 
@@ -349,9 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     status = _train(args)
     if args.backend == "mpi" and args.fault_tolerant:
-        from pcasgd.runtime.faults import leave_if_abandoned
+        from pcasgd.runtime.faults import leave_without_finalize
 
-        leave_if_abandoned(status)
+        leave_without_finalize(status)
     return status
 
 
@@ -362,7 +363,11 @@ def _train(args: argparse.Namespace) -> int:
             # A native crash (inside MPI or torch) prints the rank's Python stack before Open MPI's
             # report: under ULFM the job goes on, and mpirun then exits 0 even if every rank crashed.
             faulthandler.enable()
-            signal.signal(signal.SIGTERM, lambda signum, _: _stopped_by_launcher(launcher_rank(), signum))
+            stopped = partial(_stopped_by_launcher, fault_tolerant=args.fault_tolerant)
+            if args.fault_tolerant and args.comm == "mpi":  # read by Open MPI when it starts: now
+                for name, value in failure_detector_settings(args.deadline).items():
+                    os.environ.setdefault(name, value)
+            signal.signal(signal.SIGTERM, lambda signum, _: stopped(launcher_rank(), signum))
             deadline = start_mpi_under_deadline(args.comm, args.deadline, args.startup_deadline)[1]
             rank = _world(args).Get_rank()
             where = f" (rank {rank})"
@@ -467,16 +472,25 @@ STOP_LOG = "stopped.log"
 _run_directory: list[Path] = []
 
 
-def _stopped_by_launcher(rank: int, signum: int) -> None:
+def _stopped_by_launcher(rank: int, signum: int, fault_tolerant: bool) -> None:
+    """Say why this rank ends and end it. Under ``--fault-tolerant`` it ends as a killed rank
+    does (SIGKILL): Open MPI's ULFM runtime survives a rank's death by a signal, but one that
+    exits with a status makes mpirun exit at once and leaves the survivors running as orphans
+    (measured: launch/mpirun.sh exited 143 while rank 0 had yet to write summary.json)."""
     line = (
         f"pcasgd: error (rank {rank}): stopped by the launcher (signal {signum}): the job was cancelled, "
         "or another rank failed (see its message)"
     )
+    if fault_tolerant:
+        line = f"pcasgd: rank {rank} got signal {signum}: under --fault-tolerant it ends as a dead rank does"
+
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
     for out in _run_directory:
         with contextlib.suppress(OSError), (out / STOP_LOG).open("a") as log:
             log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+    if fault_tolerant:
+        os.kill(os.getpid(), signal.SIGKILL)
     os._exit(128 + signum)
 
 

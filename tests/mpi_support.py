@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,7 @@ def train_and_kill(
     launch_flags: list[str] | None = None,
     recorded: bool = False,
     program: list[str] | None = None,
+    signal_number: int = signal.SIGKILL,
 ) -> KilledRun:
     """:func:`benchmarks.faults.train_and_kill` with this environment; a job past ``timeout``
     fails the test."""
@@ -106,6 +108,7 @@ def train_and_kill(
             launch_flags,
             recorded,
             program,
+            signal_number,
         )
     except subprocess.TimeoutExpired as expired:
         pytest.fail(f"a fault-tolerant run in {out} did not finish in {timeout} s:\n{expired.stderr}")

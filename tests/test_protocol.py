@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,12 +17,12 @@ from pcasgd import delays, topology
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.consensus import ConsensusAgent, NeighbourRead, Snapshot
 from pcasgd.engine import RecordSchedule, all_finite
-from pcasgd.errors import ConfigError
+from pcasgd.errors import ConfigError, TrainingFailedError
 from pcasgd.optim import DistributedOptimizer
 from pcasgd.protocol.ages import Latest
 from pcasgd.protocol.reads import Reads, assemble_reads, fetch_reads
 from pcasgd.protocol.server import VersionedServer
-from pcasgd.runtime.world_changes import WorldChanges
+from pcasgd.runtime.recovery import ProcessIdentity, Recovery
 
 
 def snapshot_of(j: int, stamp: int, value: float = 1.0, period: float = 1.0) -> Snapshot:
@@ -251,16 +256,50 @@ def test_the_optimizer_api_says_how_to_pass_horovods_named_parameters():
         DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model.named_parameters(), mode="ssgd")
 
 
-def test_deaths_faster_than_a_step_are_each_reported_once_at_the_next_step():
+def test_deaths_faster_than_a_step_are_each_reported_once_at_the_next_step(capsys):
     reported = []
-    changes = WorldChanges(reported.append)
-    changes.recovered([1], [0, 2, 3], 122, time.time(), "server")
-    changes.recovered([3], [0, 2], 122, time.time(), "server")
+    changes = Recovery(0, 4, reported.append)
+    changes.lose([0, 2, 3], 122, time.time(), "server", "died", "3 go on")
+    changes.lose([0, 2], 122, time.time(), "server", "died", "2 go on")
     assert reported == []  # no step yet: neither event is complete
     changes.stepped()
     changes.stepped()
     assert [event["lost"] for event in reported] == [[1], [3]] and reported == changes.events
     assert all(e["noticed_at"] <= e["recovered_at"] <= e["first_step_at"] for e in reported)
-    changes.recovered([2], [0], 130, time.time(), "server")
+    changes.lose([0], 130, time.time(), "server", "died", "1 goes on")
     changes.ended()  # the run ended before another step: reported as it is
     assert reported[-1]["lost"] == [2] and reported[-1]["first_step_at"] is None and len(reported) == 3
+    assert changes.ids == [0]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("pcasgd: rank(s) [1] died; 3 go on (noticed and recovered in ") and len(lines) == 3
+
+
+def test_a_rank_that_does_not_record_logs_the_recovery_silently(capsys):
+    changes = Recovery(2, 4, None)
+    changes.lose([0, 2, 3], 10, time.time(), "ring", "died", "3 go on")
+    changes.stepped()
+    assert capsys.readouterr().err == "" and changes.events[0]["lost"] == [1]
+
+
+def test_the_loss_of_rank_0_is_not_survived_by_the_recording_seam():
+    with pytest.raises(TrainingFailedError, match="rank 0, which records the run, died"):
+        Recovery(1, 3, None).lose([1, 2], 10, time.time(), "ring", "died", "")
+
+
+def test_a_declared_dead_process_that_still_runs_here_is_killed_and_no_other_is():
+    """A stopped rank (SIGSTOP) declared dead still holds mpirun: the seam ends it. A process of
+    the same pid but another start time (the pid reused) is left alone."""
+    stopped = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.kill(stopped.pid, signal.SIGSTOP)
+        identity = ProcessIdentity.of(stopped.pid)
+        assert identity is not None
+        assert not replace(identity, started=str(int(identity.started) + 1)).end()
+        assert stopped.poll() is None
+        assert not replace(identity, namespace="pid:[0]").end()  # another process namespace: unreachable
+        Recovery(0, 2, None, [None, identity]).lose([0], 5, time.time(), "ring", "died", "")
+        assert stopped.wait(timeout=10) == -signal.SIGKILL
+        assert not identity.end()  # gone: nothing to kill
+    finally:
+        stopped.kill()
+        stopped.wait()

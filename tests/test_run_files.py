@@ -64,6 +64,26 @@ def test_overwrite_replaces_the_earlier_run_once_the_new_one_has_started(tmp_pat
     assert epochs == [1, 2] and not (run / REPLACED).exists() and not (run / LOCK).exists()
 
 
+def test_a_resume_that_fails_before_its_first_record_leaves_the_finished_run_as_it_was(tmp_path):
+    """A resume cuts the metrics back to its checkpoint and drops the summary and the model; a
+    resume that failed there had destroyed a finished run's results (issue 23)."""
+    run = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "3", "--out", str(run)]) == 0
+    before = files_of(run)
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    resumed = RunDirectory(run)
+    resumed.open(overwrite=False, resumed_records=[first])
+    assert not (run / "summary.json").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    resumed.close(succeeded=False)
+    assert files_of(run) == before and not (run / REPLACED).exists()
+    # once the resumed run has recorded, what it replaced is gone
+    resumed = RunDirectory(run)
+    resumed.open(overwrite=False, resumed_records=[first])
+    resumed.started()
+    resumed.close(succeeded=False)
+    assert not (run / "summary.json").exists() and not (run / REPLACED).exists()
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 200 KB tmpfs: room for the metrics of an epoch, not for a checkpoint."""

@@ -5,7 +5,9 @@ One run at a time holds a directory: :class:`RunDirectory` takes an exclusive lo
 ``OUT/.pcasgd.lock`` before it touches anything, so a second run started on the same ``--out``
 is refused instead of mixing its records into the first one's. ``--overwrite`` moves the
 earlier run's files aside (``OUT/.replaced/``) and deletes them only once the new run has
-written its first record; a run that fails before that puts them back. Writes that fail (a full
+written its first record; a run that fails before that puts them back. ``--resume`` does the
+same with the files it changes (the metrics past the checkpoint, the finished run's summary and
+model): a resume that fails at once leaves the run as it was. Writes that fail (a full
 disk) keep what was written before and raise :class:`~pcasgd.errors.RunFilesError`.
 """
 
@@ -35,6 +37,7 @@ class RunDirectory:
         self.out = out
         self._lock: IO[str] | None = None
         self._replaced: Path | None = None
+        self._renewed: tuple[str, ...] = ()  # what the new run writes that a restore removes
 
     def open(self, overwrite: bool, resumed_records: list[dict[str, Any]] | None) -> None:
         """Lock ``out`` and prepare it: fresh (an earlier run refused unless ``overwrite``), or
@@ -102,29 +105,39 @@ class RunDirectory:
                 f"{self.out} already holds a run ({', '.join(existing)}); pass --overwrite, --resume, "
                 "or choose another --out"
             )
-        replaced = self.out / REPLACED
-        if replaced.exists():
-            raise ConfigError(
-                f"{replaced} holds the files of a run that an interrupted --overwrite replaced: move them back "
-                "into the run directory, or delete the folder"
-            )
-        if existing:
-            replaced.mkdir()
-            for name in existing:
-                os.replace(self.out / name, replaced / name)
-            self._replaced = replaced
+        self._put_aside(existing, copied=(), renewed=(*RUN_FILES, *RUN_FOLDERS))
 
     def _prepare_resumed(self, records: list[dict[str, Any]]) -> None:
-        """Keep the metrics of the epochs the checkpoint covers; drop the rest and the final files."""
+        """Keep the metrics of the epochs the checkpoint covers; drop the rest and the final files
+        (kept aside until the resumed run's first record)."""
+        changed = [name for name in (*METRICS_FILES, "summary.json", "model.pt") if (self.out / name).exists()]
+        self._put_aside(changed, copied=METRICS_FILES, renewed=(*METRICS_FILES, "summary.json", "model.pt"))
         text = "".join(json.dumps(record) + "\n" for record in records)
         write_atomically(self.out / "metrics.jsonl", lambda path: path.write_text(text))
         MetricsWriter.rewrite_csv(self.out, records)
-        for name in ("summary.json", "model.pt"):
-            (self.out / name).unlink(missing_ok=True)
+
+    def _put_aside(self, names: list[str], copied: tuple[str, ...], renewed: tuple[str, ...]) -> None:
+        """Move ``names`` (copy those in ``copied``, which the new run goes on writing) into
+        ``OUT/.replaced/``; a restore removes ``renewed`` and puts them back."""
+        replaced = self.out / REPLACED
+        if replaced.exists():
+            raise ConfigError(
+                f"{replaced} holds the files of a run that an interrupted --overwrite or --resume replaced: move "
+                "them back into the run directory, or delete the folder"
+            )
+        if not names:
+            return
+        replaced.mkdir()
+        for name in names:
+            if name in copied:
+                shutil.copy2(self.out / name, replaced / name)
+            else:
+                os.replace(self.out / name, replaced / name)
+        self._replaced, self._renewed = replaced, renewed
 
     def _restore(self) -> None:
         replaced = self._replaced
-        for name in (*RUN_FILES, *RUN_FOLDERS):
+        for name in self._renewed:
             new = self.out / name
             if new.is_dir():
                 shutil.rmtree(new)

@@ -33,8 +33,6 @@ rank 0 records the run and must survive.
 
 from __future__ import annotations
 
-import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -50,9 +48,9 @@ from pcasgd.errors import ConfigError
 from pcasgd.protocol.pacing import StragglerPacing
 from pcasgd.runtime import totals as header_totals
 from pcasgd.runtime.exchange import ExchangeEndpoint, MpiOptions, NeighbourFinishedError
-from pcasgd.runtime.faults import ProcessFailedError, abandon, is_process_failure, notice_failures, shrink
+from pcasgd.runtime.faults import ProcessFailedError, abandon, is_process_failure, notice_failures
 from pcasgd.runtime.recording import RankState, Recorder
-from pcasgd.runtime.world_changes import WorldChanges, lost_ranks
+from pcasgd.runtime.recovery import Recovery
 from pcasgd.topology import Schedule, survivors
 from pcasgd.transport.deadline import Deadline
 from pcasgd.transport.progress import MpiProgress
@@ -96,7 +94,8 @@ class DecentralizedRank:
         # This agent's name for good: its rank in the world it started in (its data shard, its
         # straggler term, its name in the metrics); ``ids`` names the agent of each current rank.
         self.agent_id = self.rank
-        self.ids = list(range(self.size))
+        report = run.world_change if self.rank == 0 else None
+        self.recovery = Recovery.on(comm, report, deadline, options.fault_tolerant)
         self.run = run
         self.schedule = schedule
         self.options = options
@@ -109,7 +108,8 @@ class DecentralizedRank:
         self.overall = EpochStats()
         self.staleness: Counter[int] = Counter()
         self.ages: dict[int, Counter[float]] = {}  # per in-neighbour agent, over the run
-        self._last_totals: dict[int, dict[str, float]] = {j: {} for j in self.ids}  # per agent
+        # per agent: its running totals when rank 0 last recorded (None: not known)
+        self._last_totals: dict[int, dict[str, float] | None] = {j: {} for j in self.ids}
         # lock-step ranks wait for each other: a straggler's slowness then costs everyone time alike
         slowdown = (lambda _: 1.0) if options.deterministic else partial(run.delays.step_slowdown, self.agent_id)
         self.pacing = StragglerPacing(slowdown, lambda seconds: self.progress.sleep(seconds))
@@ -117,7 +117,6 @@ class DecentralizedRank:
         self.stopped = False  # this rank has left the training loop (the run is over for it)
         self.records = run.records()
         self._due: list[tuple[float, bool]] = []  # records due and not yet made (a failure may interrupt one)
-        self.world_changes = WorldChanges(run.world_change if comm.Get_rank() == 0 else None)
         if run.resume is not None:
             self._restore(run.resume)
         # Every rank, resumed or not: neighbours read restored snapshots only after this.
@@ -132,6 +131,11 @@ class DecentralizedRank:
         self.window, self.progress, self.exchange = endpoint.window, endpoint.progress, endpoint.exchange
         with deadline.guard("allocating the control window (collective)"):
             self.control = ControlWindow(comm)
+
+    @property
+    def ids(self) -> list[int]:
+        """The agent (first rank) of each current rank."""
+        return self.recovery.ids
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -172,7 +176,7 @@ class DecentralizedRank:
                     self._stop_early(budget)
                     continue
                 self.k += 1
-                self.world_changes.stepped()
+                self.recovery.stepped()
         if not self.options.deterministic:
             # every rank that stops says so (one word each on rank 0, kept through recoveries)
             with self.deadline.guard("signalling the end of training to rank 0"):
@@ -184,7 +188,7 @@ class DecentralizedRank:
         # Freed only after a clean run: a failed rank ends the job (the CLI aborts it), and a
         # collective MPI_Win_free would wait for ranks that may be dead or stopped; the windows of
         # a run that lost ranks span the dead ones.
-        if self.world_changes.events:
+        if self.recovery.events:
             abandon(self.window, self.control)
         else:
             with self.deadline.guard("freeing the windows (collective)"):
@@ -231,30 +235,23 @@ class DecentralizedRank:
         """A rank died: agree with the survivors on who is left, rebuild the graph over them and
         go on over the windows as they are (the caller re-enters the loop at the iteration this
         rank reached). Only the shrink talks: no window is made, no other message sent."""
-        noticed = time.time()
         self.progress.close()
         with self.deadline.guard("agreeing with the survivors on which ranks died (MPI_Comm_shrink)"):
-            comm, alive = shrink(self.comm)  # alive: the survivors' ranks in the old world, in new order
-        abandon(self.comm)  # freeing it would wait for the dead
+            comm, alive, noticed = self.recovery.agree(self.comm)  # alive: old ranks, in new order
         self.comm = comm
         ids = [self.ids[rank] for rank in alive]
-        lost = lost_ranks(self.agent_id, self.ids, ids, "died")
+        lost = sorted(set(self.ids) - set(ids))
         self.schedule = survivors(self.schedule, alive)
         self.exchange.enter(comm, self.schedule, ids)  # an agent's number is its window rank
         self.progress = MpiProgress(comm, thread=self.options.progress_thread)
         self.recorder.comm = comm
         self.agent.renumber_neighbours({old: new for new, old in enumerate(alive)})
-        self.ids, self.rank, self.size = ids, comm.Get_rank(), comm.Get_size()
-        self.recorder.samples_of_lost += sum(int(self._last_totals.get(agent, {}).get("samples", 0)) for agent in lost)
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        for agent in lost:
+            self.recorder.lost_samples[agent] = int((self._last_totals.get(agent) or {}).get("samples", 0))
         self._last_totals = {agent: self._last_totals.get(agent, {}) for agent in ids}
-        event = self.world_changes.recovered(lost, ids, self.k, noticed, self.schedule.name)
-        if self.rank == 0:
-            print(
-                f"pcasgd: rank(s) {lost} died; {len(ids)} ranks go on from iteration {self.k} over "
-                f"'{self.schedule.name}' (noticed and recovered in {event['recovered_at'] - noticed:.2f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
+        goes_on = f"{len(ids)} ranks go on from iteration {self.k} over '{self.schedule.name}'"
+        self.recovery.lose(ids, self.k, noticed, self.schedule.name, "died", goes_on)
 
     def _totals(self, k: int) -> np.ndarray:
         """What this rank publishes in its header for rank 0's records (runtime/totals.py)."""
@@ -327,6 +324,7 @@ class DecentralizedRank:
             "staleness": self.staleness,
             "ages": self.ages,
             "last_totals": self._last_totals,
+            "lost_samples": self.recorder.lost_samples,
             "period": self.exchange.period,
             "progress": self.exchange.progress,
             "ring": ring,
@@ -338,7 +336,12 @@ class DecentralizedRank:
         self.records.skip_to(state["recorded"])
         self.agent = state["agent"]
         self.overall, self.staleness = state["overall"], state["staleness"]
-        self._last_totals = state["last_totals"]
+        # Agents lost before the checkpoint are back (this world is whole again): they count their
+        # own samples, and rank 0 learns their totals afresh at its next record.
+        self._last_totals = {agent: state["last_totals"].get(agent) for agent in self.ids}
+        self.recorder.lost_samples = {
+            agent: samples for agent, samples in state.get("lost_samples", {}).items() if agent not in self.ids
+        }
         self.ages = state["ages"]
         self.exchange.period, self.exchange.progress = state["period"], state["progress"]
         self.exchange.first_stamp = 0  # the ring below is restored: overlapped reads may name k - 1
@@ -361,18 +364,21 @@ class DecentralizedRank:
         return states
 
     def _with_remote_stats(self, states: list[RankState]) -> list[RankState]:
-        """Each rank's statistics since rank 0 last looked, from the difference of its running totals."""
+        """Each rank's statistics since rank 0 last looked, from the difference of its running
+        totals; none for a rank rank 0 had not looked at since the run resumed (an agent lost
+        before the checkpoint: its totals then are not known), only its totals from now on."""
         for j, state in enumerate(states):
             agent = self.ids[j]
-            state.stats = header_totals.stats_between(state.totals, self._last_totals[agent])
+            before = self._last_totals.get(agent)
+            state.stats = EpochStats() if before is None else header_totals.stats_between(state.totals, before)
             self._last_totals[agent] = state.totals
         return states
 
     def _finish(self, k: int) -> EngineResult | None:
         states = self.recorder.gather(self._state(k), "gathering the final weights")
-        self.world_changes.ended()
+        self.recovery.ended()
         if self.rank != 0:
             return None
         if not self.options.deterministic:
             states = self._with_remote_stats(states)
-        return replace(self.recorder.result(states), world_changes=self.world_changes.events)
+        return replace(self.recorder.result(states), world_changes=self.recovery.events)

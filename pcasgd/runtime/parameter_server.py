@@ -24,7 +24,6 @@ dead. The server's own death ends the run: every worker stops with a message nam
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from dataclasses import replace
@@ -41,7 +40,7 @@ from pcasgd.protocol.pacing import StragglerPacing
 from pcasgd.protocol.server import VersionedServer, serve_in_simulated_time
 from pcasgd.runtime.faults import ProcessFailedError, abandon, is_process_failure
 from pcasgd.runtime.recording import RankState, Recorder
-from pcasgd.runtime.world_changes import WorldChanges
+from pcasgd.runtime.recovery import Recovery
 from pcasgd.transport.deadline import POLL_SECONDS, Deadline
 from pcasgd.transport.progress import MpiProgress
 
@@ -181,14 +180,16 @@ def _serve_deterministic(comm: MPI.Comm, run: EngineRun, link: _Link) -> EngineR
 
 
 class _AsynchronousServer:
-    def __init__(self, comm: MPI.Comm, run: EngineRun, link: _Link, deadline: Deadline, fault_tolerant: bool) -> None:
+    def __init__(
+        self, comm: MPI.Comm, run: EngineRun, link: _Link, deadline: Deadline, recovery: Recovery | None
+    ) -> None:
         self.comm = comm
         self.run = run
         self.link = link
-        self.fault_tolerant = fault_tolerant
+        self.fault_tolerant = recovery is not None
         self.workers = comm.Get_size() - 1
         self.live = list(range(self.workers))  # the workers alive (all but under --fault-tolerant)
-        self.world_changes = WorldChanges(run.world_change)
+        self.recovery = recovery or Recovery(0, comm.Get_size(), run.world_change)
         self.served = VersionedServer(run.config, run.delays, run.initial_params, self.workers)
         self.recorder = Recorder(comm, run, deadline)
         self.samples = 0
@@ -226,7 +227,7 @@ class _AsynchronousServer:
                     self.pull(other)
                 stopped &= set(self.live)
                 continue
-            self.world_changes.stepped()  # a gradient taken in: the server's step
+            self.recovery.stepped()  # a gradient taken in: the server's step
             self.samples += samples
             self.stats.add_loss(loss)
             report, answer = served.push(worker, grad, max(served.done) / run.iterations_per_epoch)
@@ -237,7 +238,7 @@ class _AsynchronousServer:
                 answer += served.release_all()
             for other in answer:
                 if finishing:
-                    self.link.send_stop(other + 1, after_failures=bool(self.world_changes.events))
+                    self.link.send_stop(other + 1, after_failures=bool(self.recovery.events))
                     stopped.add(other)
                 else:
                     self.pull(other)
@@ -247,9 +248,9 @@ class _AsynchronousServer:
                 if is_epoch and run.checkpoint is not None:
                     self._checkpoint(int(epoch))
         self.link.flush()
-        self.world_changes.ended()
+        self.recovery.ended()
         result = self.recorder.result(self._states(), served.params)
-        return replace(result, world_changes=self.world_changes.events)
+        return replace(result, world_changes=self.recovery.events)
 
     def _remove_dead_workers(self) -> list[int]:
         """Acknowledge the failed processes, forget the workers among them; return the workers to
@@ -267,13 +268,11 @@ class _AsynchronousServer:
         epoch = max(self.served.done) / self.run.iterations_per_epoch
         answer = [other for worker in lost for other in self.served.remove(worker, epoch)]
         world = [0, *(worker + 1 for worker in self.live)]
-        event = self.world_changes.recovered([w + 1 for w in lost], world, max(self.served.done), noticed, "server")
-        print(
-            f"pcasgd: rank(s) {event['lost']} died; the server goes on with {len(self.live)} workers from update "
-            f"{self.served.server.version} (their shards are dropped)",
-            file=sys.stderr,
-            flush=True,
+        goes_on = (
+            f"the server goes on with {len(self.live)} workers from update {self.served.server.version} "
+            "(their shards are dropped)"
         )
+        self.recovery.lose(world, max(self.served.done), noticed, "server", "died", goes_on)
         return [other for other in answer if other in self.live]
 
     def _states(self) -> list[RankState]:
@@ -324,6 +323,7 @@ def run_parameter_server(
 ) -> EngineResult | None:
     """Rank 0 serves, the others work; rank 0 gets the result, the others None."""
     link = _Link(comm, deadline, run.initial_params)
+    recovery = Recovery.on(comm, run.world_change, deadline, fault_tolerant) if fault_tolerant else None
     if comm.Get_rank() != 0:
         try:
             after_failures = _work(comm, run, link, deadline, asynchronous=not deterministic)
@@ -339,7 +339,7 @@ def run_parameter_server(
     if deterministic:
         result = _serve_deterministic(comm, run, link)
     else:
-        result = _AsynchronousServer(comm, run, link, deadline, fault_tolerant).serve()
+        result = _AsynchronousServer(comm, run, link, deadline, recovery).serve()
     _end(comm, deadline, bool(result.world_changes))
     return result
 

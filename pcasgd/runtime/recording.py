@@ -39,9 +39,10 @@ class Recorder:
         self.comm = comm
         self.run = run
         self.deadline = deadline
-        # --fault-tolerant: what the ranks lost so far had trained on when last recorded, so a
-        # record's sample count (and the throughput from it) does not drop with them
-        self.samples_of_lost = 0
+        # --fault-tolerant: what each agent lost so far had trained on when last recorded, so a
+        # record's sample count (and the throughput from it) does not drop with them; an agent
+        # that comes back (--resume) counts its own samples again and leaves this
+        self.lost_samples: dict[int, int] = {}
 
     def gather(self, state: RankState, what: str) -> list[RankState] | None:
         """Every rank's state on rank 0 (None elsewhere); the barrier first makes the gather safe.
@@ -67,7 +68,7 @@ class Recorder:
             [state.iterations for state in states],
             stats,
             float(epoch * self.run.iterations_per_epoch),
-            sum(state.samples for state in states) + self.samples_of_lost,
+            sum(state.samples for state in states) + sum(self.lost_samples.values()),
         )
         self.run.hook(view)
 

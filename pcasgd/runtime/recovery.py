@@ -1,0 +1,177 @@
+"""The one recovery seam of a ``--fault-tolerant`` run: every runtime that survives a death
+(decentralized, parameter server, Horovod Elastic) keeps its world changes here.
+
+:class:`Recovery` owns what is the same whatever survives:
+
+* the **identity** of each rank (its rank in the world it started in, which names its data
+  shard and its metrics) and the world now (``ids``: the identity of each current rank);
+* the **verdict** on the ranks lost (:meth:`Recovery.agree` for the MPI runtimes: ULFM's revoke
+  and shrink; :meth:`Recovery.lose` for a runtime that learns the survivors another way);
+* **ending a declared-dead process** that still exists: Open MPI's failure detector (its
+  heartbeats, armed by :func:`pcasgd.runtime.launch.failure_detector_settings`) declares a
+  stopped (SIGSTOP) or frozen rank dead after ``--deadline`` seconds, and the survivors go on
+  without it; but mpirun waits for every process, so a survivor that can reach the process (the
+  same kernel and process namespace: one host, or the test bed's hosts) kills it;
+* the **event log**: an event is complete once the first step after it is taken; only then is it
+  reported (one line of ``events.jsonl`` on the recording rank). Deaths can follow each other
+  faster than a step: a second recovery before the first one's first step leaves both waiting,
+  and that step completes both (the time from each death to training again is what the event
+  measures). A recovery after which this rank takes no step (another rank had finished the run
+  meanwhile) is reported at the end with ``first_step_at`` null;
+* the **line** that says what happened, printed once, by the recording rank.
+
+What each runtime rebuilds on the new world (graph, windows, server's worker list, Horovod's
+rings) is the runtime's own: it calls the seam and then rebuilds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pcasgd.errors import TrainingFailedError
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """Enough to find a rank's process again, and never another: the kernel (boot id), the
+    process namespace, the pid and the process's start time (pids are reused)."""
+
+    boot: str
+    namespace: str
+    pid: int
+    started: str
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessIdentity | None:
+        try:
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+            namespace = os.readlink(f"/proc/{pid}/ns/pid")
+            # the start time is field 22 of stat; the command name before it may hold spaces
+            started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        except OSError:
+            return None
+        return cls(boot, namespace, pid, started)
+
+    def end(self) -> bool:
+        """SIGKILL this process if it still runs where this process can reach it; whether it did."""
+        mine = ProcessIdentity.of(os.getpid())
+        reachable = mine is not None and (mine.boot, mine.namespace) == (self.boot, self.namespace)
+        if not reachable or ProcessIdentity.of(self.pid) != self:
+            return False
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def lost_ranks(identity: int, before: list[int], now: list[int], how: str) -> list[int]:
+    """The ranks of ``before`` missing from ``now`` (first ranks, in order), as rank ``identity``
+    sees them after a recovery. Rank 0 writes the run's files: if it is gone (``how``: how it was
+    lost), the survivors stop with a message."""
+    lost = sorted(set(before) - set(now))
+    if now[0] != 0:
+        raise TrainingFailedError(
+            f"rank {identity}: rank 0, which records the run, {how} (lost: ranks {lost}); the survivors stop "
+            "(--fault-tolerant survives the loss of any rank but 0; every rank's last checkpoint is in the run "
+            "directory, for --resume)"
+        )
+    return lost
+
+
+class Recovery:
+    """One rank's view of its world and of every recovery so far.
+
+    ``identity``: this rank's first rank; ``size``: the first world's; ``report``: the recording
+    rank's callback for a complete event (None elsewhere); ``processes``: each first rank's
+    process (gathered at the start), for ending a declared-dead one that still runs."""
+
+    def __init__(
+        self,
+        identity: int,
+        size: int,
+        report: Callable[[dict[str, Any]], None] | None,
+        processes: list[ProcessIdentity | None] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.ids = list(range(size))
+        self.events: list[dict[str, Any]] = []
+        self._report = report
+        self._processes = processes or []
+        self._waiting: list[dict[str, Any]] = []  # recovered from, no step taken since
+
+    @classmethod
+    def on(cls, comm: Any, report: Callable[[dict[str, Any]], None] | None, deadline: Any, fault_tolerant: bool):
+        """The recovery of this rank of MPI's ``comm`` (collective: under ``fault_tolerant`` the
+        ranks exchange their process identities)."""
+        processes = None
+        if fault_tolerant:
+            with deadline.guard("exchanging the ranks' process identities (collective)"):
+                processes = comm.allgather(ProcessIdentity.of(os.getpid()))
+        return cls(comm.Get_rank(), comm.Get_size(), report, processes)
+
+    def agree(self, comm: Any) -> tuple[Any, list[int], float]:
+        """ULFM: revoke ``comm`` and agree with the survivors on who is left; return their
+        communicator, the old rank of each of its ranks, and when the failure was noticed. The
+        old communicator is abandoned (freeing it would wait for the dead)."""
+        from pcasgd.runtime.faults import abandon, shrink
+
+        noticed = time.time()
+        survivors, alive = shrink(comm)
+        abandon(comm)
+        return survivors, alive, noticed
+
+    def lose(
+        self, world: list[int], iteration: int, noticed: float, topology: str, how: str, goes_on: str
+    ) -> dict[str, Any]:
+        """The world is now ``world`` (first ranks, in the new order) from ``iteration`` on: log
+        the event, end the lost processes that still run here, and (recording rank) say so."""
+        lost = lost_ranks(self.identity, self.ids, world, how)
+        for identity in lost:
+            if identity < len(self._processes) and self._processes[identity] is not None:
+                self._processes[identity].end()
+        self.ids = list(world)
+        event = {
+            "lost": lost,
+            "world": list(world),
+            "iteration": iteration,
+            "noticed_at": noticed,
+            "recovered_at": time.time(),
+            "first_step_at": None,
+            "topology": topology,
+        }
+        self.events.append(event)
+        self._waiting.append(event)
+        if self._report is not None:
+            took = event["recovered_at"] - noticed
+            print(
+                f"pcasgd: rank(s) {lost} {how}; {goes_on} (noticed and recovered in {took:.2f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+        return event
+
+    def stepped(self) -> None:
+        """A step was taken: stamp and report the recoveries that waited for one."""
+        if not self._waiting:
+            return
+        now = time.time()
+        for event in self._waiting:
+            event["first_step_at"] = now
+            if self._report is not None:
+                self._report(dict(event))
+        self._waiting = []
+
+    def ended(self) -> None:
+        """Training is over for this rank: report the recoveries no step followed, as they are."""
+        for event in self._waiting:
+            if self._report is not None:
+                self._report(dict(event))
+        self._waiting = []
