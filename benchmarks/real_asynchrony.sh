@@ -64,7 +64,7 @@ overlap-options)
     variants=()
     for option in "--age-fresh 1" "--age-fresh 4" "--age-max 4" "--age-max 8" "--theta 0.25" \
         "--theta 0.75" "--lam 0.5" "--lam 2"; do
-        variants+=(--variant "$option=$base $option")
+        variants+=(--variant "${option#--}=$base $option")
     done
     python -m pcasgd.cli compare "${fmnist[@]}" "${variants[@]}" --delays "${delays[@]}" --seeds 3 \
         --out "$out/overlap-options-$predictor"
