@@ -29,18 +29,25 @@ class KilledRun:
     killed_at: list[float]  # time.time() of each kill
 
 
+#: An environment variable that names a job for :func:`rank_pid` when its command line does not
+#: (a training script of your own, which takes no ``--out``).
+JOB_TAG = "PCASGD_JOB_TAG"
+
+
 def rank_pid(out: Path, rank: int) -> int | None:
     """The pid of the training process of rank ``rank`` writing into ``out`` (on any host of
-    launch/hosts.sh's bed too: its hosts share this machine's processes)."""
+    launch/hosts.sh's bed too: its hosts share this machine's processes): ``out`` on its command
+    line, or as its :data:`JOB_TAG`."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             command = (entry / "cmdline").read_bytes().split(b"\0")
-            if b"pcasgd.cli" not in command or str(out).encode() not in command:
-                continue
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
+            continue
+        named = b"pcasgd.cli" in command and str(out).encode() in command
+        if not (named or f"{JOB_TAG}={out}".encode() in environ) or b"python" not in command[0]:
             continue
         if f"OMPI_COMM_WORLD_RANK={rank}".encode() in environ or f"HOROVOD_RANK={rank}".encode() in environ:
             return int(entry.name)

@@ -66,6 +66,13 @@ def init(deadline: float = 600.0):
     return _world.comm
 
 
+def world_changed(old: Any, new: Any) -> None:
+    """A dead rank was survived (``fault_tolerant``): the world of :func:`init` was ``old`` and is
+    ``new`` (the survivors) from now on, for :func:`rank`, :func:`size` and the helpers here."""
+    if _world is not None and _world.comm is old:
+        _world.comm = new
+
+
 def _initialised() -> _World:
     if _world is None:
         raise UsageError("pcasgd has not been initialised: call pcasgd.init() first, on every rank")

@@ -76,6 +76,9 @@ class EngineRun:
     # world_change(event): under --fault-tolerant, rank 0 reports each recovery from a dead rank
     # (who died, the new world, when it was noticed, recovered, and first stepped on)
     world_change: Callable[[dict[str, Any]], None] | None = None
+    # take_over(): under --fault-tolerant, the recording rank died and this rank records from now
+    # on, in the same files; returns the last epoch recorded (None: none yet) and its samples
+    take_over: Callable[[], tuple[float | None, int]] | None = None
 
     def records(self) -> RecordSchedule:
         return RecordSchedule(self.iterations_per_epoch, self.epochs, self.record_every)

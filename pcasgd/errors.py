@@ -44,3 +44,8 @@ class DivergenceError(TrainingFailedError, FloatingPointError):
 class RingTooShortError(TrainingFailedError):
     """A reader named a snapshot that its owner's ring of snapshots no longer holds: the ring was
     sized for less lead than the owner took (a bug in the sizing, not a timing accident)."""
+
+
+class ProcessFailedError(PcasgdError, RuntimeError):
+    """A process of the communicator has failed, or a survivor revoked the communicator
+    (``--fault-tolerant``: the runtime recovers; without it the run fails)."""

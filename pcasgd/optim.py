@@ -299,10 +299,12 @@ class DecentralizedOptimizer(_RankOptimizer):
         host_staging: str = "auto",
         named_parameters: NamedTensors | None = None,
         mix_buffers: bool = False,
+        fault_tolerant: bool = False,
         **options: Any,
     ) -> None:
         from pcasgd.runtime.device import stage_through_host
         from pcasgd.runtime.exchange import ExchangeEndpoint, MpiOptions
+        from pcasgd.runtime.recovery import DecentralizedWorld, Recovery
         from pcasgd.transport.staging import HostStaging
 
         options.setdefault("momentum", float(optimizer.param_groups[0].get("momentum", 0.0)))
@@ -314,6 +316,12 @@ class DecentralizedOptimizer(_RankOptimizer):
                 raise ConfigError("pcasgd-pv counts its warm-up in epochs: pass iterations_per_epoch")
             if mix_buffers and model is None:
                 raise ConfigError("mix_buffers mixes the model's buffers: pass the model")
+            if fault_tolerant:
+                from pcasgd.runtime.faults import check_enabled
+
+                if deterministic:
+                    raise ConfigError("fault_tolerant needs the asynchronous mode: lock-step ranks wait for a dead one")
+                check_enabled()
             self.iterations_per_epoch = iterations_per_epoch
             self.deterministic = deterministic
             buffers = [b for b in model.buffers() if b.is_floating_point()] if mix_buffers else []
@@ -327,14 +335,20 @@ class DecentralizedOptimizer(_RankOptimizer):
             )
             flat = _flat(self.mixed)
             self.agent = ConsensusAgent(config, flat, parameter_offsets(self.mixed))
-            mpi = MpiOptions(deterministic, progress_thread=progress_thread, staging=staging)
+            mpi = MpiOptions(
+                deterministic, progress_thread=progress_thread, staging=staging, fault_tolerant=fault_tolerant
+            )
             endpoint = ExchangeEndpoint(
                 self.comm, flat, schedule, lags, config, mpi, self.deadline, final_snapshots=True
             )
+            self.recovery = Recovery.on(self.comm, None, self.deadline, fault_tolerant)
         except BaseException:
             self.deadline.close()
             raise
-        self.window, self.progress, self.exchange = endpoint.window, endpoint.progress, endpoint.exchange
+        self.window, self.exchange = endpoint.window, endpoint.exchange
+        self.world = DecentralizedWorld(self.comm, schedule, endpoint.exchange, endpoint.progress, self.agent)
+        self.fault_tolerant, self.progress_thread = fault_tolerant, progress_thread
+        self._reset_callbacks: list[Callable[[], None]] = []
         trained = sum(p.numel() for p in params)
         self._grad = torch.zeros_like(flat)  # buffers' part stays zero
         self._trained_grad = self._grad[:trained]
@@ -350,11 +364,10 @@ class DecentralizedOptimizer(_RankOptimizer):
         lr = self.lr
         if not self.exchange.pending:  # blocking, or the first step with overlap: publish and read now
             published = self.agent.last_grad if self.config.overlap else grad  # overlap: the previous one
-            self.exchange.start(self.iteration, before, published, displacement=self._displacement())
+            self._surviving(lambda: self.exchange.start(self.iteration, before, published, self._displacement()))
         self.optimizer.step()
         local_update = _flat(self.mixed, out=self._update).sub_(before)
-        self.progress.poke()
-        gathered = self.exchange.finish()
+        gathered = self._surviving(self._finish_reads, lambda: self._read_again(before, grad))
         epoch = gathered.progress / self.iterations_per_epoch if self.iterations_per_epoch else 0.0
         self.agent.params = before
         self.last_report = self.agent.step(
@@ -366,6 +379,67 @@ class DecentralizedOptimizer(_RankOptimizer):
         if self.config.overlap:  # the next step's reads fly during its forward and backward pass
             self.exchange.start(self.iteration, self.agent.params, grad, displacement=self._displacement())
         return loss
+
+    def _finish_reads(self):
+        self.world.progress.poke()
+        if self.fault_tolerant:
+            from pcasgd.runtime.faults import notice_failures
+
+            notice_failures(self.comm)
+        return self.exchange.finish()
+
+    def _read_again(self, before: Tensor, grad: Tensor):
+        """After a recovery: publish and read in the new world (blocking)."""
+        self.exchange.start(self.iteration, before, grad, self._displacement())
+        return self._finish_reads()
+
+    def _surviving(self, call: Callable[[], Any], after_recovery: Callable[[], Any] | None = None) -> Any:
+        """``call()``; under ``fault_tolerant``, a rank's death there is survived: the world is
+        rebuilt (:class:`~pcasgd.runtime.recovery.DecentralizedWorld`, as ``pcasgd train`` does),
+        the reset callbacks run, and ``after_recovery()`` (default: nothing) is returned instead,
+        retried through every further death."""
+        from mpi4py import MPI
+
+        from pcasgd.errors import ProcessFailedError
+        from pcasgd.runtime.faults import is_process_failure
+
+        while True:
+            try:
+                return call()
+            except (ProcessFailedError, MPI.Exception) as error:
+                if not (self.fault_tolerant and is_process_failure(error, self.comm)):
+                    raise
+            self._survive()
+            if after_recovery is None:
+                return None
+            call = after_recovery
+
+    def _survive(self) -> None:
+        from pcasgd import collectives
+
+        old = self.comm
+        ids, noticed = self.world.survive(self.recovery, self.deadline, self.progress_thread)
+        self.comm, self.rank = self.world.comm, self.world.comm.Get_rank()
+        collectives.world_changed(old, self.comm)
+        goes_on = f"{len(ids)} ranks go on from step {self.iteration} over '{self.world.schedule.name}'"
+        # no files to write: rank 0 of the new world says what happened on stderr, and every rank
+        # keeps the events (world_changes)
+        self.recovery.report = (lambda _event: None) if self.rank == 0 else None
+        self.recovery.lose(ids, self.iteration, noticed, self.world.schedule.name, "died", goes_on, True)
+        self.recovery.stepped()
+        for callback in self._reset_callbacks:
+            callback()
+
+    def register_reset_callbacks(self, callbacks: list[Callable[[], None]]) -> None:
+        """Horovod Elastic's name: ``callbacks`` run on every rank after a dead rank was survived
+        (``fault_tolerant=True``), when :func:`pcasgd.rank` and :func:`pcasgd.size` already answer
+        for the new world: re-shard your data there, rescale the learning rate."""
+        self._reset_callbacks.extend(callbacks)
+
+    @property
+    def world_changes(self) -> list[dict[str, Any]]:
+        """Every recovery so far (who died, the new world, when), as ``events.jsonl`` has them."""
+        return self.recovery.events
 
     def _displacement(self) -> Tensor | None:
         """The last local step, for predictors that continue it (published with the weights)."""
@@ -413,8 +487,15 @@ class DecentralizedOptimizer(_RankOptimizer):
         return self.window.win is None
 
     def _free(self) -> None:
-        self.progress.close()
+        self.world.progress.close()
         self.exchange.close()
+        if self.recovery.events:  # freeing is collective over the dead ranks too, and would hang
+            from pcasgd.runtime.faults import abandon, end_without_finalize_at_exit
+
+            abandon(self.window.win)
+            self.window.win = None
+            end_without_finalize_at_exit()
+            return
         with self.deadline.guard("freeing the windows (collective)"):
             self.window.close()
 

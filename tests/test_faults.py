@@ -4,14 +4,17 @@ killed with SIGKILL from outside while they train."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 
 import pytest
 
+from benchmarks.faults import JOB_TAG, rank_pid
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.app.run_config import RunConfig
 from pcasgd.errors import ConfigError
-from tests.mpi_support import needs_mpirun, train, train_and_kill
+from tests.mpi_support import ROOT, mpi_env, needs_mpirun, train, train_and_kill
 
 pytestmark = needs_mpirun
 
@@ -145,6 +148,33 @@ def test_a_run_that_lost_a_rank_resumes_whole_and_keeps_its_records(tmp_path):
     assert summary["config"]["epochs"] == 10 and summary["final"]["test_accuracy"] > 0.8
 
 
+def test_your_own_training_loop_survives_a_dead_rank_inside_step(tmp_path):
+    """examples/digits_own_loop.py --fault-tolerant on 4 ranks: rank 2 is killed once rank 0 has
+    trained 3 of 20 epochs; the DecentralizedOptimizer of the others survives it in step(), their
+    reset callback re-shards the data over 3 ranks (pcasgd.rank/size answer for the new world),
+    and the three finish with the script's own accuracy print well above chance (0.1)."""
+    env = {**mpi_env(), JOB_TAG: str(tmp_path)}
+    command = ["bash", "launch/mpirun.sh", "-n", "4", "examples/digits_own_loop.py", "--epochs", "20"]
+    job = subprocess.Popen(
+        [*command, "--fault-tolerant"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    lines = []
+    try:
+        for line in job.stdout:
+            lines.append(line)
+            if line.startswith("rank 0 epoch 3:"):
+                os.kill(rank_pid(tmp_path, 2), signal.SIGKILL)
+                break
+        stdout, stderr = job.communicate(timeout=300)
+    finally:
+        job.kill()
+    lines += stdout.splitlines()
+    assert job.returncode == 0, stderr[-3000:]
+    assert "rank(s) [2] died; 3 ranks go on from step" in stderr
+    final = {line.split()[1]: float(line.split()[-1]) for line in lines if " epoch 20: " in line}
+    assert sorted(final) == ["0", "1", "3"] and min(final.values()) > 0.8, lines[-6:]
+
+
 def test_one_of_eight_ranks_killed_is_survived(tmp_path):
     out = tmp_path / "run"
     flags = [*FLAGS, "--topology", "exp"]
@@ -179,16 +209,23 @@ def test_a_death_during_the_recovery_from_another_is_survived(tmp_path):
     assert events[-1]["world"] == [0, 1]
 
 
-@pytest.mark.parametrize(
-    ("mode", "message"),
-    [("pcasgd", "rank 0, which records the run, died"), ("dcasgd-a", "the parameter server (rank 0) died")],
-)
-def test_the_death_of_rank_0_ends_the_run_with_a_message_and_keeps_the_metrics(tmp_path, mode, message):
-    """Rank 0 records the run (and in a parameter-server mode it is the server)."""
+def test_the_death_of_rank_0_is_survived_and_the_lowest_survivor_records_on(tmp_path):
+    """Rank 0 records the run; killed at 40 % (3 of 8 epochs recorded), rank 1 takes over the
+    same files: every epoch recorded once, in order, with the samples growing, then the summary
+    and the model."""
     out = tmp_path / "run"
-    flags = [*FLAGS[:1], mode, *FLAGS[2:]]
+    run = train_and_kill(4, out, FLAGS, kills=[(0, 0.0)], after_epochs=3, recorded=True)
+    (event,) = assert_survived(run, out, lost=[0], ranks=4)
+    assert event["world"] == [1, 2, 3] and (out / "model.pt").is_file()
+    assert "final test accuracy" in run.stdout
+
+
+def test_the_death_of_the_parameter_server_ends_the_run_with_a_message_and_keeps_the_metrics(tmp_path):
+    """In a parameter-server mode rank 0 is the server: its state dies with it."""
+    out = tmp_path / "run"
+    flags = [*FLAGS[:1], "dcasgd-a", *FLAGS[2:]]
     run = train_and_kill(4, out, flags, kills=[(0, 0.0)], after_epochs=2, timeout=120, recorded=True)
-    assert message in run.stderr
+    assert "the parameter server (rank 0) died" in run.stderr
     assert len(_records(out)) >= 2
     assert not (out / "summary.json").exists()
 

@@ -53,6 +53,20 @@ class RunDirectory:
             self._release_lock()
             raise
 
+    def take_over(self) -> list[dict[str, Any]]:
+        """Hold ``out`` as it is for a rank that records from now on (the recording rank died,
+        ``--fault-tolerant``; the kernel released its lock) and return the records written so far.
+        A line the dead rank left half-written is cut, and metrics.csv made to match."""
+        self._take_lock()
+        metrics = self.out / "metrics.jsonl"
+        text = metrics.read_text() if metrics.exists() else ""
+        whole = text[: text.rfind("\n") + 1]
+        records = [json.loads(line) for line in whole.splitlines()]
+        if whole != text:
+            write_atomically(metrics, lambda path: path.write_text(whole))
+        MetricsWriter.rewrite_csv(self.out, records)
+        return records
+
     def started(self) -> None:
         """The new run has written its first record: the run it replaced is deleted now."""
         if self._replaced is not None:

@@ -283,8 +283,10 @@ class _Recording:
         # model, and goes on training meanwhile (its neighbours would otherwise read it as stopped,
         # and it would fall behind: on 4 test hosts its evaluations left rank 0 a quarter of the
         # others' iterations). The records stay in order; a checkpoint waits for them.
-        self._background = JobThread("pcasgd-records") if background else None
-        self._evaluated = copy.deepcopy(prepared.model) if background else prepared.model
+        self._background: JobThread | None = None
+        self._evaluated = prepared.model
+        if background:
+            self._record_in_background()
         self._last_record: Future | None = None
         self.agent_test = prepared.data.test_subset(AGENT_EVAL_SAMPLES)
         # rank 0 (which alone records) holds the directory and writes the metrics
@@ -293,6 +295,7 @@ class _Recording:
         self.started = time.perf_counter()
         self.last_time, self.last_samples = self.started, 0
         self.records: list[dict[str, Any]] = []
+        self._took_over = False
         payload = prepared.payload
         if payload is not None:
             oracle.load_state_dict(payload["oracle"])
@@ -302,6 +305,23 @@ class _Recording:
             self.records = list(payload["records"])
             self.started -= payload["wall_seconds"]
             self.last_time, self.last_samples = time.perf_counter(), payload["samples"]
+
+    def _record_in_background(self) -> None:
+        self._background = JobThread("pcasgd-records")
+        self._evaluated = copy.deepcopy(self.model)
+
+    def take_over(self) -> tuple[float | None, int]:
+        """Record from now on (the recording rank died, ``--fault-tolerant``): hold the run
+        directory as it is and go on with its records; return the last epoch recorded (None:
+        none yet) and its samples."""
+        self.directory = RunDirectory(self.out)
+        self.records = self.directory.take_over()
+        self.writer = MetricsWriter(self.out, self.config.tensorboard)
+        self._record_in_background()
+        last = self.records[-1] if self.records else None
+        self.last_time, self.last_samples = time.perf_counter(), (last["samples"] if last else 0)
+        self._took_over = True
+        return (last["epoch"] if last else None), self.last_samples
 
     def save_checkpoint(self, epoch: int, engine_state: dict[str, Any]) -> None:
         if epoch % self.config.checkpoint_every:
@@ -355,6 +375,8 @@ class _Recording:
             self._background.close()
         if self.writer is not None:
             self.writer.close()
+        if self._took_over:  # the directory this rank took over (nothing put aside: nothing to put back)
+            self.directory.close(succeeded=True)
 
     def _record(self, view: EpochView, now: float) -> None:
         config = self.config
@@ -475,6 +497,7 @@ def _train(config: RunConfig, out: Path, prepared: _Prepared, on_epoch, comm, de
         resume=payload["engine"] if payload is not None else None,
         record_every=config.eval_every,
         world_change=recording.record_world_change,
+        take_over=recording.take_over,
     )
     inputs = EngineInputs(run, config.agents, prepared.schedule, segment_offsets(model), comm, deadline)
     if comm is not None:
@@ -487,12 +510,12 @@ def _train(config: RunConfig, out: Path, prepared: _Prepared, on_epoch, comm, de
     try:
         result = run_engine(config.backend, inputs)
         recording.drain()
+        if result is None:
+            return None
+        load_flat_parameters(model, result.reference_params)
+        write_atomically(out / "model.pt", lambda path: torch.save(model.state_dict(), path))
+        summary = _summary(config, prepared, result, recording.records, per_epoch)
+        write_atomically(out / "summary.json", lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"))
+        return summary
     finally:
         recording.close()
-    if result is None:
-        return None
-    load_flat_parameters(model, result.reference_params)
-    write_atomically(out / "model.pt", lambda path: torch.save(model.state_dict(), path))
-    summary = _summary(config, prepared, result, recording.records, per_epoch)
-    write_atomically(out / "summary.json", lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"))
-    return summary

@@ -44,16 +44,15 @@ from torch import Tensor
 
 from pcasgd.algorithms.consensus import ConsensusAgent, Snapshot
 from pcasgd.engine import EngineResult, EngineRun, EpochStats, add_ages_by_source, check_finite, make_due_records
-from pcasgd.errors import ConfigError
+from pcasgd.errors import ConfigError, ProcessFailedError
 from pcasgd.protocol.pacing import StragglerPacing
 from pcasgd.runtime import totals as header_totals
 from pcasgd.runtime.exchange import ExchangeEndpoint, MpiOptions, NeighbourFinishedError
-from pcasgd.runtime.faults import ProcessFailedError, abandon, is_process_failure, notice_failures
+from pcasgd.runtime.faults import abandon, is_process_failure, notice_failures
 from pcasgd.runtime.recording import RankState, Recorder
-from pcasgd.runtime.recovery import Recovery
-from pcasgd.topology import Schedule, survivors
+from pcasgd.runtime.recovery import DecentralizedWorld, Recovery
+from pcasgd.topology import Schedule
 from pcasgd.transport.deadline import Deadline
-from pcasgd.transport.progress import MpiProgress
 from pcasgd.transport.windows import FLAG_FINISHED, ControlWindow
 
 if TYPE_CHECKING:
@@ -117,6 +116,7 @@ class DecentralizedRank:
         self.stopped = False  # this rank has left the training loop (the run is over for it)
         self.records = run.records()
         self._due: list[tuple[float, bool]] = []  # records due and not yet made (a failure may interrupt one)
+        self._passed: list[float] = []  # the records this rank has passed (made, if it recorded them)
         if run.resume is not None:
             self._restore(run.resume)
         # Every rank, resumed or not: neighbours read restored snapshots only after this.
@@ -178,9 +178,9 @@ class DecentralizedRank:
                 self.k += 1
                 self.recovery.stepped()
         if not self.options.deterministic:
-            # every rank that stops says so (one word each on rank 0, kept through recoveries)
-            with self.deadline.guard("signalling the end of training to rank 0"):
-                self.control.add_finished()
+            # every rank that stops says so, in the window of every rank alive
+            with self.deadline.guard("signalling the end of training to the other ranks"):
+                self.control.add_finished(self.ids)
         k = self.k
         self.window.set_flags(FLAG_FINISHED, self._totals(k))
         self.deadline.wait(self.comm.Ibarrier(), "the end-of-training barrier")
@@ -235,23 +235,39 @@ class DecentralizedRank:
         """A rank died: agree with the survivors on who is left, rebuild the graph over them and
         go on over the windows as they are (the caller re-enters the loop at the iteration this
         rank reached). Only the shrink talks: no window is made, no other message sent."""
-        self.progress.close()
-        with self.deadline.guard("agreeing with the survivors on which ranks died (MPI_Comm_shrink)"):
-            comm, alive, noticed = self.recovery.agree(self.comm)  # alive: old ranks, in new order
-        self.comm = comm
-        ids = [self.ids[rank] for rank in alive]
+        world = DecentralizedWorld(self.comm, self.schedule, self.exchange, self.progress, self.agent)
+        ids, noticed = world.survive(self.recovery, self.deadline, self.options.progress_thread)
+        self.comm, self.schedule, self.progress = world.comm, world.schedule, world.progress
         lost = sorted(set(self.ids) - set(ids))
-        self.schedule = survivors(self.schedule, alive)
-        self.exchange.enter(comm, self.schedule, ids)  # an agent's number is its window rank
-        self.progress = MpiProgress(comm, thread=self.options.progress_thread)
-        self.recorder.comm = comm
-        self.agent.renumber_neighbours({old: new for new, old in enumerate(alive)})
-        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.recorder.comm = self.comm
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         for agent in lost:
             self.recorder.lost_samples[agent] = int((self._last_totals.get(agent) or {}).get("samples", 0))
         self._last_totals = {agent: self._last_totals.get(agent, {}) for agent in ids}
+        recorder_died = self.ids[0] in lost  # the ids are still the old world's
+        if recorder_died and self.rank == 0:
+            self.recovery.report = self.run.world_change
         goes_on = f"{len(ids)} ranks go on from iteration {self.k} over '{self.schedule.name}'"
-        self.recovery.lose(ids, self.k, noticed, self.schedule.name, "died", goes_on)
+        self.recovery.lose(ids, self.k, noticed, self.schedule.name, "died", goes_on, recording_may_die=True)
+        if recorder_died and self.rank == 0:
+            self._take_over_recording(lost[0])
+
+    def _take_over_recording(self, dead: int) -> None:
+        """The recording rank (``dead``) died and this rank is the lowest survivor: it records the
+        run from now on, in the same files. The records it had passed and the dead rank had not
+        written are made now (with the weights as they are); the others' statistics count from
+        now (the dead rank's view of their totals is lost); the samples the dead rank knew of stay
+        counted (at least the last record's)."""
+        last, recorded = self.run.take_over()
+        made = [] if last is None else [last]
+        self.records.skip_to(max([0, *made]) * self.run.iterations_per_epoch)  # none is made twice
+        missed = [(epoch, False) for epoch in self._passed if last is None or epoch > last]
+        self._due = missed + [(epoch, is_epoch) for epoch, is_epoch in self._due if last is None or epoch > last]
+        states = self._remote_states(self.k, "taking over the records")
+        for agent, state in zip(self.ids, states, strict=True):
+            self._last_totals[agent] = state.totals
+        alive = sum(state.samples for state in states) + sum(self.recorder.lost_samples.values())
+        self.recorder.lost_samples[dead] = max(0, recorded - alive)
 
     def _totals(self, k: int) -> np.ndarray:
         """What this rank publishes in its header for rank 0's records (runtime/totals.py)."""
@@ -284,14 +300,15 @@ class DecentralizedRank:
             elif self.rank == 0:
                 self._fire_from_windows(epoch, k)
             self.epoch_stats = EpochStats()
+            self._passed.append(epoch)
             if is_epoch and self.run.checkpoint is not None:
                 self.run.checkpoint(int(epoch), self._checkpoint_state(k, int(epoch)))
 
     def _fire_from_windows(self, epoch: float, k: int) -> None:
-        self.recorder.fire(epoch, self._with_remote_stats(self._remote_states(k, epoch)))
+        self.recorder.fire(epoch, self._with_remote_stats(self._remote_states(k, f"the epoch {epoch} metrics")))
 
     def _another_rank_finished(self) -> bool:
-        with self.deadline.guard("reading the end-of-run words on rank 0"):
+        with self.deadline.guard("reading the end-of-run words in this rank's window"):
             return self.control.finished() > 0
 
     def _stop_early(self, budget: int) -> None:
@@ -352,11 +369,11 @@ class DecentralizedRank:
             with self.deadline.guard(f"republishing snapshot {snapshot.stamp} from the checkpoint"):
                 self.window.publish(snapshot, self._totals(snapshot.stamp + 1))
 
-    def _remote_states(self, k: int, epoch: int) -> list[RankState]:
+    def _remote_states(self, k: int, why: str) -> list[RankState]:
         """Asynchronous mode: every rank's newest snapshot and totals, read without stopping it."""
         states = [self._state(k)]
         for j in range(1, self.size):
-            with self.deadline.guard(f"reading rank {self.ids[j]}'s window for the epoch {epoch} metrics"):
+            with self.deadline.guard(f"reading rank {self.ids[j]}'s window for {why}"):
                 read = self.window.read(self.ids[j])
             params = read.snapshot.params if read.snapshot is not None else self.run.initial_params
             totals = header_totals.decode(read.values)

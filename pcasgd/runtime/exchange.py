@@ -323,6 +323,10 @@ class ExchangeEndpoint:
     ``pcasgd train --backend mpi`` and
     :class:`pcasgd.DecentralizedOptimizer` build it the same way. Collective."""
 
+    def _notice_failures(self) -> None:
+        """Raise if a rank of the world the exchange reads in now died (it changes with recoveries)."""
+        notice_failures(self.exchange.comm)
+
     def __init__(
         self,
         comm: MPI.Comm,
@@ -346,6 +350,7 @@ class ExchangeEndpoint:
                 options.staging,
                 header_values,
                 config.snapshot_vectors,
+                self._notice_failures if options.fault_tolerant else None,
             )
         offset = 0.0 if options.deterministic else offset_to_root(comm, deadline)
         self.progress = MpiProgress(comm, thread=options.progress_thread)

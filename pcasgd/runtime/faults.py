@@ -21,13 +21,14 @@ refuses a run launched without them.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from typing import Any
 
 from mpi4py import MPI
 
-from pcasgd.errors import ConfigError
+from pcasgd.errors import ConfigError, ProcessFailedError
 from pcasgd.runtime.launch import FAULT_TOLERANT_MCA, FT_ENABLE_VARIABLE
 
 _FAILURE_CLASSES = frozenset(
@@ -38,10 +39,6 @@ _FAILURE_CLASSES = frozenset(
 # What recoveries left behind: the old communicators and windows. Freeing them is collective over
 # the dead ranks too and would hang, so they are kept (never garbage-collected) and never freed.
 _abandoned: list[Any] = []
-
-
-class ProcessFailedError(Exception):
-    """A process of the communicator has failed, or a survivor revoked the communicator."""
 
 
 def is_process_failure(error: BaseException, comm: MPI.Comm | None = None) -> bool:
@@ -131,3 +128,18 @@ def leave_without_finalize(status: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def end_without_finalize_at_exit() -> None:
+    """At the process's exit, end it without ``MPI_Finalize`` (your own loop after a recovery:
+    finalizing would free the abandoned windows with the dead ranks and hang): with status 1 if an
+    exception ended the program, else 0 (a ``sys.exit(N)`` status is not kept)."""
+    failed = []
+    previous = sys.excepthook
+
+    def remember(*info: Any) -> None:
+        failed.append(True)
+        previous(*info)
+
+    sys.excepthook = remember
+    atexit.register(lambda: leave_without_finalize(1 if failed else 0))

@@ -35,10 +35,10 @@ from mpi4py import MPI
 from torch import Tensor
 
 from pcasgd.engine import EngineResult, EngineRun, EpochStats
-from pcasgd.errors import TrainingFailedError
+from pcasgd.errors import ProcessFailedError, TrainingFailedError
 from pcasgd.protocol.pacing import StragglerPacing
 from pcasgd.protocol.server import VersionedServer, serve_in_simulated_time
-from pcasgd.runtime.faults import ProcessFailedError, abandon, is_process_failure
+from pcasgd.runtime.faults import abandon, is_process_failure
 from pcasgd.runtime.recording import RankState, Recorder
 from pcasgd.runtime.recovery import Recovery
 from pcasgd.transport.deadline import POLL_SECONDS, Deadline

@@ -103,7 +103,7 @@ class Recovery:
         self.identity = identity
         self.ids = list(range(size))
         self.events: list[dict[str, Any]] = []
-        self._report = report
+        self.report = report
         self._processes = processes or []
         self._waiting: list[dict[str, Any]] = []  # recovered from, no step taken since
 
@@ -129,11 +129,23 @@ class Recovery:
         return survivors, alive, noticed
 
     def lose(
-        self, world: list[int], iteration: int, noticed: float, topology: str, how: str, goes_on: str
+        self,
+        world: list[int],
+        iteration: int,
+        noticed: float,
+        topology: str,
+        how: str,
+        goes_on: str,
+        recording_may_die: bool = False,
     ) -> dict[str, Any]:
         """The world is now ``world`` (first ranks, in the new order) from ``iteration`` on: log
-        the event, end the lost processes that still run here, and (recording rank) say so."""
-        lost = lost_ranks(self.identity, self.ids, world, how)
+        the event, end the lost processes that still run here, and (recording rank) say so.
+        ``recording_may_die``: the runtime passes recording to the lowest survivor (which set
+        :attr:`report`); otherwise the loss of rank 0 ends the survivors."""
+        if recording_may_die:
+            lost = sorted(set(self.ids) - set(world))
+        else:
+            lost = lost_ranks(self.identity, self.ids, world, how)
         for identity in lost:
             if identity < len(self._processes) and self._processes[identity] is not None:
                 self._processes[identity].end()
@@ -149,7 +161,7 @@ class Recovery:
         }
         self.events.append(event)
         self._waiting.append(event)
-        if self._report is not None:
+        if self.report is not None:
             took = event["recovered_at"] - noticed
             print(
                 f"pcasgd: rank(s) {lost} {how}; {goes_on} (noticed and recovered in {took:.2f} s)",
@@ -165,13 +177,47 @@ class Recovery:
         now = time.time()
         for event in self._waiting:
             event["first_step_at"] = now
-            if self._report is not None:
-                self._report(dict(event))
+            if self.report is not None:
+                self.report(dict(event))
         self._waiting = []
 
     def ended(self) -> None:
         """Training is over for this rank: report the recoveries no step followed, as they are."""
         for event in self._waiting:
-            if self._report is not None:
-                self._report(dict(event))
+            if self.report is not None:
+                self.report(dict(event))
         self._waiting = []
+
+
+@dataclass
+class DecentralizedWorld:
+    """What a decentralized rank reads and mixes over (the engine's loop and
+    :class:`pcasgd.DecentralizedOptimizer` hold one each): after a death :meth:`survive` rebuilds
+    it the same way for both."""
+
+    comm: Any  # MPI.Comm
+    schedule: Any  # pcasgd.topology.Schedule
+    exchange: Any  # pcasgd.runtime.exchange.NeighbourExchange
+    progress: Any  # pcasgd.transport.progress.MpiProgress
+    agent: Any  # pcasgd.algorithms.consensus.ConsensusAgent
+
+    def survive(self, recovery: Recovery, deadline: Any, progress_thread: bool) -> tuple[list[int], float]:
+        """Agree with the survivors on who is left (twice the deadline: a survivor may be stuck in
+        a window operation until its own watchdog ends it, as the host-mates of a host's lowest
+        rank are, docs/mpi.md), then the graph over them, the exchange over the windows as they
+        are (an agent's number is its window rank), and the agent's neighbours renumbered. Returns
+        the first ranks of the new world and when the failure was noticed; the caller then logs
+        it with :meth:`Recovery.lose`."""
+        from pcasgd.topology import survivors
+        from pcasgd.transport.progress import MpiProgress
+
+        self.progress.close()
+        agreeing = "agreeing with the survivors on which ranks died (MPI_Comm_shrink)"
+        with deadline.guard(agreeing, 2 * deadline.seconds):
+            self.comm, alive, noticed = recovery.agree(self.comm)  # alive: old ranks, in new order
+        ids = [recovery.ids[rank] for rank in alive]
+        self.schedule = survivors(self.schedule, alive)
+        self.exchange.enter(self.comm, self.schedule, ids)
+        self.progress = MpiProgress(self.comm, thread=progress_thread)
+        self.agent.renumber_neighbours({old: new for new, old in enumerate(alive)})
+        return ids, noticed

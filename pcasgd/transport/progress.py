@@ -62,7 +62,10 @@ class MpiProgress:
 
     def _run(self) -> None:
         while not self._stop.wait(THREAD_PERIOD_SECONDS):
-            self.poke()
+            try:
+                self.poke()
+            except MPI.Exception:  # a rank died (--fault-tolerant): the rank's own loop notices and recovers
+                return
 
     def close(self) -> None:
         """Stop the helper thread (if any); call before the communicator is freed or MPI finalises."""

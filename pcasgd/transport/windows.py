@@ -27,6 +27,7 @@ one both times was torn by a rewrite and is retried, so a read is never torn. No
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,7 @@ SLOT_META = 4
 
 #: How often a read waiting for its transfers enters MPI (seconds).
 READ_POLL_SECONDS = 0.0001
+FAILURE_CHECK_SECONDS = 0.01
 
 FLAG_FINISHED = 1
 FLAG_PAUSED = 2  # the owner has stopped training for a while (a record, an evaluation, a checkpoint)
@@ -77,15 +79,26 @@ def window_bytes(numel: int, itemsize: int, slots: int, values: int = 0, vectors
 
 
 def _fetch(
-    win: MPI.Win, source: int, parts: list[tuple[np.ndarray | torch.Tensor, tuple[int, int, MPI.Datatype]]]
+    win: MPI.Win,
+    source: int,
+    parts: list[tuple[np.ndarray | torch.Tensor, tuple[int, int, MPI.Datatype]]],
+    interrupt: Callable[[], None] | None = None,
 ) -> None:
     """Get each ``(buffer, target)`` of ``parts`` from ``source`` and wait for all of them, entering
     MPI every ``READ_POLL_SECONDS`` rather than spinning in ``MPI_Win_flush``: a read across a slow
     link then leaves the core to the computation it overlaps (a flush busy-polls for the whole
-    transfer, and on a host whose cores all compute that stole the time the overlap should hide)."""
+    transfer, and on a host whose cores all compute that stole the time the overlap should hide).
+    ``interrupt`` (``--fault-tolerant``): called every ``FAILURE_CHECK_SECONDS`` of the wait, to
+    raise if a rank died: a read of a dead rank's window neither completes nor fails, and a read
+    of a live rank that is busy agreeing on a death with the others (on another host) waited
+    until the deadline ended the reader."""
     requests = [win.Rget([buffer, MPI.BYTE], source, target=target) for buffer, target in parts]
+    checked = time.monotonic()
     while not MPI.Request.Testall(requests):
         time.sleep(READ_POLL_SECONDS)
+        if interrupt is not None and time.monotonic() - checked > FAILURE_CHECK_SECONDS:
+            checked = time.monotonic()
+            interrupt()
 
 
 def _mpi_buffer(tensor: torch.Tensor) -> np.ndarray | torch.Tensor:
@@ -109,8 +122,10 @@ class SnapshotWindow:
         staging: HostStaging | None = None,
         values: int = 0,
         vectors: tuple[str, ...] = ("params", "grad"),
+        interrupt: Callable[[], None] | None = None,
     ) -> None:
         self.comm = comm
+        self._interrupt = interrupt  # called while a read waits (--fault-tolerant): see _fetch
         self.staging = staging if staging is not None else HostStaging(torch.device("cpu"), active=False)
         self.rank = comm.Get_rank()
         self.numel = numel
@@ -202,7 +217,7 @@ class SnapshotWindow:
     def _read_once(self, source: int, lag: int, newest: int | None) -> Read | None:
         """One try at :meth:`read`; None when the owner rewrote the slot during the read."""
         win = self._lock(source)
-        _fetch(win, source, [(self._read_header, (0, self._header_bytes, MPI.BYTE))])
+        _fetch(win, source, [(self._read_header, (0, self._header_bytes, MPI.BYTE))], self._interrupt)
         header = self._read_header
         latest = int(header[0])
         snapshot = newest_seen = None
@@ -224,11 +239,11 @@ class SnapshotWindow:
             for index, buffer in enumerate(buffers):
                 target = (self._vector_offset(offset, index), self._payload_bytes, MPI.BYTE)
                 parts.append((_mpi_buffer(buffer), target))
-            _fetch(win, source, parts)
+            _fetch(win, source, parts, self._interrupt)
             checks = [(self._check_stamp, (offset, 8, MPI.BYTE))]
             if base != latest:
                 checks.append((self._check_base, (self._slot_offset(base), 8, MPI.BYTE)))
-            _fetch(win, source, checks)
+            _fetch(win, source, checks, self._interrupt)
         win.Unlock(source)
         if latest >= 0:
             slot_stamp, published, period, progress = self._read_meta.tolist()
@@ -290,35 +305,35 @@ class SnapshotWindow:
 
 
 class ControlWindow:
-    """One int64 word per rank on rank 0: whether that rank has finished. Each rank writes only
-    its own word, with a plain ``Put``, and readers ``Get`` them all: no atomics. (An atomic
-    counter hung here: with osc/rdma over tcp, atomics on a target are serialised by a lock that a
-    rank killed in the middle of one never releases.) Access epochs take no lock, as the snapshot
-    windows'."""
+    """One int64 word per rank, in every rank's window: whether that rank has finished. A rank
+    that finishes ``Put``s its word into the window of every rank alive, and each rank reads its
+    own window: no rank holds the only copy, so a run outlives any rank's death (rank 0's too),
+    and the check each iteration makes is local. No atomics (an atomic counter hung: with
+    osc/rdma over tcp, atomics on a target are serialised by a lock that a rank killed in the
+    middle of one never releases). Access epochs take no lock, as the snapshot windows'."""
 
     def __init__(self, comm: MPI.Comm) -> None:
         self.comm = comm
         self.rank, size = comm.Get_rank(), comm.Get_size()
-        self.win: MPI.Win | None = MPI.Win.Allocate(8 * size if self.rank == 0 else 0, 8, comm=comm)
-        self._words = np.zeros(size, dtype=np.int64)
-        if self.rank == 0:
-            self.win.Lock(0, MPI.LOCK_SHARED, MPI.MODE_NOCHECK)
-            self.win.Put([self._words, MPI.INT64_T], 0)
-            self.win.Unlock(0)
+        self.win: MPI.Win | None = MPI.Win.Allocate(8 * size, 8, comm=comm)
+        if self.win.Get_attr(MPI.WIN_MODEL) != MPI.WIN_UNIFIED:
+            raise UsageError("the end-of-run words need a window of MPI's unified memory model")
+        # this rank's own words, read in place: an RMA call on this rank's own window, after a
+        # rank had died on another host, waited until the deadline ended the rank (osc/rdma)
+        self._words = np.frombuffer(self.win.tomemory(), dtype=np.int64)
+        self._words[:] = 0
         comm.Barrier()
         self._one = np.ones(1, dtype=np.int64)
 
-    def add_finished(self) -> None:
-        """Say that this rank has finished."""
-        self.win.Lock(0, MPI.LOCK_SHARED, MPI.MODE_NOCHECK)
-        self.win.Put([self._one, MPI.INT64_T], 0, target=(self.rank, 1, MPI.INT64_T))
-        self.win.Unlock(0)
+    def add_finished(self, ranks: Sequence[int]) -> None:
+        """Say that this rank has finished, in the windows of ``ranks`` (those alive)."""
+        for rank in ranks:
+            self.win.Lock(rank, MPI.LOCK_SHARED, MPI.MODE_NOCHECK)
+            self.win.Put([self._one, MPI.INT64_T], rank, target=(self.rank, 1, MPI.INT64_T))
+            self.win.Unlock(rank)
 
     def finished(self) -> int:
-        """How many ranks have said they finished."""
-        self.win.Lock(0, MPI.LOCK_SHARED, MPI.MODE_NOCHECK)
-        self.win.Get([self._words, MPI.INT64_T], 0)
-        self.win.Unlock(0)
+        """How many ranks have said they finished (in this rank's window: the others' Puts)."""
         return int(np.count_nonzero(self._words))
 
     def close(self) -> None:
