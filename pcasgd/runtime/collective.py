@@ -137,7 +137,7 @@ class CollectiveRank:
         try:
             if self.elastic is not None:
                 result = self.elastic.train()
-                return None if result is None else replace(result, world_changes=self.elastic.world_changes.events)
+                return None if result is None else replace(result, world_changes=self.elastic.recovery.events)
             return self.train_steps()
         finally:
             if self.progress is not None:
