@@ -23,6 +23,13 @@ fmnist=(--backend mpi --agents 4 --dataset fashion-mnist --model lenet5 --epochs
 cifar=(--backend mpi --agents 4 --dataset cifar10 --data-dir "$here/../shared/data/cifar10-jpeg.tar.gz"
     --model resnet20 --train-samples 8000 --test-samples 1000 --epochs 2 --checkpoint-every 0 --momentum 0.9)
 
+# tuning_grid NAME VARIANT_FLAGS...: Fashion-MNIST, every delay, the tuning seed 3 only, into $out/NAME
+tuning_grid() {
+    local name="$1"
+    shift
+    python -m pcasgd.cli compare "${fmnist[@]}" "$@" --delays "${delays[@]}" --seeds 3 --out "$out/$name"
+}
+
 case "$grid" in
 fmnist-options)
     # The predictor is named: the grid ran when extrapolate was the default, and reruns the same cells.
@@ -55,8 +62,7 @@ overlap-predictors)
     for predictor in taylor momentum trajectory extrapolate draft; do
         variants+=(--variant "$predictor=--mode pcasgd --overlap --predictor $predictor")
     done
-    python -m pcasgd.cli compare "${fmnist[@]}" "${variants[@]}" --delays "${delays[@]}" --seeds 3 \
-        --out "$out/overlap-predictors"
+    tuning_grid overlap-predictors "${variants[@]}"
     ;;
 overlap-options)
     predictor="${3:?usage: real_asynchrony.sh overlap-options OUT PREDICTOR}"
@@ -66,8 +72,7 @@ overlap-options)
         "--theta 0.75" "--lam 0.5" "--lam 2"; do
         variants+=(--variant "${option#--}=$base $option")
     done
-    python -m pcasgd.cli compare "${fmnist[@]}" "${variants[@]}" --delays "${delays[@]}" --seeds 3 \
-        --out "$out/overlap-options-$predictor"
+    tuning_grid "overlap-options-$predictor" "${variants[@]}"
     ;;
 overlap-report)
     predictor="${3:?usage: real_asynchrony.sh overlap-report OUT PREDICTOR}"

@@ -477,13 +477,13 @@ def _stopped_by_launcher(rank: int, signum: int, fault_tolerant: bool) -> None:
     does (SIGKILL): Open MPI's ULFM runtime survives a rank's death by a signal, but one that
     exits with a status makes mpirun exit at once and leaves the survivors running as orphans
     (measured: launch/mpirun.sh exited 143 while rank 0 had yet to write summary.json)."""
-    line = (
-        f"pcasgd: error (rank {rank}): stopped by the launcher (signal {signum}): the job was cancelled, "
-        "or another rank failed (see its message)"
-    )
     if fault_tolerant:
         line = f"pcasgd: rank {rank} got signal {signum}: under --fault-tolerant it ends as a dead rank does"
-
+    else:
+        line = (
+            f"pcasgd: error (rank {rank}): stopped by the launcher (signal {signum}): the job was cancelled, "
+            "or another rank failed (see its message)"
+        )
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
     for out in _run_directory:

@@ -377,7 +377,7 @@ class DecentralizedOptimizer(_RankOptimizer):
         copy_into_parameters(self.mixed, self.agent.params)
         self.iteration += 1
         if self.config.overlap:  # the next step's reads fly during its forward and backward pass
-            self.exchange.start(self.iteration, self.agent.params, grad, displacement=self._displacement())
+            self._surviving(lambda: self.exchange.start(self.iteration, self.agent.params, grad, self._displacement()))
         return loss
 
     def _finish_reads(self):
@@ -398,6 +398,8 @@ class DecentralizedOptimizer(_RankOptimizer):
         rebuilt (:class:`~pcasgd.runtime.recovery.DecentralizedWorld`, as ``pcasgd train`` does),
         the reset callbacks run, and ``after_recovery()`` (default: nothing) is returned instead,
         retried through every further death."""
+        if not self.fault_tolerant:
+            return call()
         from mpi4py import MPI
 
         from pcasgd.errors import ProcessFailedError
@@ -407,7 +409,7 @@ class DecentralizedOptimizer(_RankOptimizer):
             try:
                 return call()
             except (ProcessFailedError, MPI.Exception) as error:
-                if not (self.fault_tolerant and is_process_failure(error, self.comm)):
+                if not is_process_failure(error, self.comm):
                     raise
             self._survive()
             if after_recovery is None:
@@ -423,9 +425,9 @@ class DecentralizedOptimizer(_RankOptimizer):
         collectives.world_changed(old, self.comm)
         goes_on = f"{len(ids)} ranks go on from step {self.iteration} over '{self.world.schedule.name}'"
         # no files to write: rank 0 of the new world says what happened on stderr, and every rank
-        # keeps the events (world_changes)
-        self.recovery.report = (lambda _event: None) if self.rank == 0 else None
-        self.recovery.lose(ids, self.iteration, noticed, self.world.schedule.name, "died", goes_on, True)
+        # keeps the events (world_changes), stamped as stepped now: this step goes on at once
+        name = self.world.schedule.name
+        self.recovery.lose(ids, self.iteration, noticed, name, "died", goes_on, recording_may_die=True)
         self.recovery.stepped()
         for callback in self._reset_callbacks:
             callback()

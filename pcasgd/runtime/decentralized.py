@@ -27,8 +27,8 @@ windows they started with: those stay, addressed by each agent's first rank, sin
 died while the survivors created new windows crashed them inside Open MPI 5.0.11. After a
 failure the windows are never freed (freeing is collective over the dead ranks too). The dead
 agent's data shard is not trained on any more. Each agent keeps its identity (its rank in the
-world it started in, its window rank) for its data shard, its straggler term and the metrics;
-rank 0 records the run and must survive.
+world it started in, its window rank) for its data shard, its straggler term and the metrics.
+If rank 0, which records the run, dies, the lowest survivor records on in the same files.
 """
 
 from __future__ import annotations
@@ -259,10 +259,10 @@ class DecentralizedRank:
         now (the dead rank's view of their totals is lost); the samples the dead rank knew of stay
         counted (at least the last record's)."""
         last, recorded = self.run.take_over()
-        made = [] if last is None else [last]
-        self.records.skip_to(max([0, *made]) * self.run.iterations_per_epoch)  # none is made twice
-        missed = [(epoch, False) for epoch in self._passed if last is None or epoch > last]
-        self._due = missed + [(epoch, is_epoch) for epoch, is_epoch in self._due if last is None or epoch > last]
+        last = -1.0 if last is None else last
+        self.records.skip_to(max(last, 0.0) * self.run.iterations_per_epoch)  # none is made twice
+        missed = [(epoch, False) for epoch in self._passed if epoch > last]
+        self._due = missed + [(epoch, is_epoch) for epoch, is_epoch in self._due if epoch > last]
         states = self._remote_states(self.k, "taking over the records")
         for agent, state in zip(self.ids, states, strict=True):
             self._last_totals[agent] = state.totals

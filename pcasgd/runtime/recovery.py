@@ -18,7 +18,7 @@
   and that step completes both (the time from each death to training again is what the event
   measures). A recovery after which this rank takes no step (another rank had finished the run
   meanwhile) is reported at the end with ``first_step_at`` null;
-* the **line** that says what happened, printed once, by the recording rank.
+* the **line** that says what happened, printed once, by rank 0 of the new world.
 
 What each runtime rebuilds on the new world (graph, windows, server's worker list, Horovod's
 rings) is the runtime's own: it calls the seam and then rebuilds.
@@ -141,7 +141,8 @@ class Recovery:
         """The world is now ``world`` (first ranks, in the new order) from ``iteration`` on: log
         the event, end the lost processes that still run here, and (recording rank) say so.
         ``recording_may_die``: the runtime passes recording to the lowest survivor (which set
-        :attr:`report`); otherwise the loss of rank 0 ends the survivors."""
+        :attr:`report`); otherwise the loss of rank 0 ends the survivors. Rank 0 of the new world
+        (``world[0]``) prints the line."""
         if recording_may_die:
             lost = sorted(set(self.ids) - set(world))
         else:
@@ -161,7 +162,7 @@ class Recovery:
         }
         self.events.append(event)
         self._waiting.append(event)
-        if self.report is not None:
+        if world[0] == self.identity:
             took = event["recovered_at"] - noticed
             print(
                 f"pcasgd: rank(s) {lost} {how}; {goes_on} (noticed and recovered in {took:.2f} s)",
