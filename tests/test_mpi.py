@@ -18,7 +18,17 @@ import torch
 from pcasgd.app import checkpoint as checkpoints
 from pcasgd.runtime.launch import FAULT_TOLERANT_MCA, OSC_UCX_ENV
 from tests.conftest import FASHION_MNIST
-from tests.mpi_support import MPIRUN, PYTHON, ROOT, assert_reproduces_simulator, mpi_env, mpirun, needs_mpirun, train
+from tests.mpi_support import (
+    LEARNING_EPOCHS,
+    MPIRUN,
+    PYTHON,
+    ROOT,
+    assert_reproduces_simulator,
+    mpi_env,
+    mpirun,
+    needs_mpirun,
+    train,
+)
 
 pytestmark = needs_mpirun
 
@@ -74,7 +84,7 @@ def test_deterministic_mpi_reproduces_the_simulator_with_every_predictor():
 def test_asynchronous_run_with_a_straggler(tmp_path):
     """Rank 2 three times slower: it does fewer iterations, the others see it stale, all learn."""
     out = tmp_path / "run"
-    result = train(4, "--mode", "pcasgd", "--delay", "straggler:2=3.0", "--epochs", "10", "--out", str(out))
+    result = train(4, "--mode", "pcasgd", "--delay", "straggler:2=3.0", "--epochs", LEARNING_EPOCHS, "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     iterations = summary["iterations"]
@@ -83,9 +93,9 @@ def test_asynchronous_run_with_a_straggler(tmp_path):
     # Acceptance (ALGORITHMS.md "Revision"): the straggler's snapshots are young in its own steps,
     # whatever their stamp staleness; the bound holds with a wide margin under load (measured: < 1).
     assert summary["ages"]["by_source"]["2"]["median_below"] <= 2.0, summary["ages"]
-    assert summary["final"]["test_accuracy"] >= 0.85  # digits: chance is 0.10; measured runs: 0.93-0.94
+    assert summary["final"]["test_accuracy"] >= 0.85  # digits: chance is 0.10
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1] == summary["final"] and records[-1]["epoch"] == 10
+    assert records[-1] == summary["final"] and records[-1]["epoch"] == int(LEARNING_EPOCHS)
 
 
 def test_an_asynchronous_straggler_follows_the_runs_epochs_for_the_pv_warm_up(tmp_path):
@@ -164,7 +174,7 @@ def test_deterministic_parameter_server_on_mpi_reproduces_the_simulator(modes, e
 
 def test_asynchronous_parameter_server_with_a_straggling_worker(tmp_path):
     out = tmp_path / "run"
-    flags = ("--mode", "dcasgd-a", "--delay", "straggler:2=3.0", "--epochs", "10", "--out", str(out))
+    flags = ("--mode", "dcasgd-a", "--delay", "straggler:2=3.0", "--epochs", LEARNING_EPOCHS, "--out", str(out))
     result = train(5, *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -342,7 +352,10 @@ def test_reads_of_a_busy_rank_complete_under_osc_ucx():
 
 def test_asynchronous_training_under_osc_ucx_with_the_progress_thread(tmp_path):
     out = tmp_path / "run"
-    flags = ["--mode", "pcasgd", "--delay", "straggler:2=3.0", "--epochs", "10", "--out", str(out), "--progress-thread"]
+    flags = [
+        *("--mode", "pcasgd", "--delay", "straggler:2=3.0", "--epochs", LEARNING_EPOCHS),
+        *("--out", str(out), "--progress-thread"),
+    ]
     result = train(4, *flags, timeout=240, env=OSC_UCX_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -435,11 +448,11 @@ def test_an_asynchronous_run_resumes_and_completes(tmp_path):
     flags = ["--mode", "pcasgd", "--delay", "straggler:2=2.0"]
     result = train(4, *flags, "--epochs", "3", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
-    result = train(4, *flags, "--epochs", "8", "--resume", str(out))
+    result = train(4, *flags, "--epochs", LEARNING_EPOCHS, "--resume", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == list(range(1, 9)) and summary["final"]["epoch"] == 8
+    assert epochs == list(range(1, int(LEARNING_EPOCHS) + 1)) and summary["final"]["epoch"] == int(LEARNING_EPOCHS)
     assert summary["final"]["test_accuracy"] >= 0.85
 
 
