@@ -148,6 +148,39 @@ def test_a_run_that_lost_a_rank_resumes_whole_and_keeps_its_records(tmp_path):
     assert summary["config"]["epochs"] == 10 and summary["final"]["test_accuracy"] > 0.8
 
 
+@pytest.mark.parametrize("ranks", [3, 5])
+def test_a_run_that_lost_a_rank_resumes_onto_another_number_of_ranks(tmp_path, ranks):
+    """Rank 2 of 4 dies at epoch 2 of 8; the finished run resumes to epoch 10 on 3 ranks (the
+    survivors 0, 1, 3 go on) or on 5 (the survivors, then copies of a lower in-neighbour on the
+    ring: agent 3 of agent 3's state through new agent 2, agent 4 of agent 0's). The data is
+    sharded anew and every record stays, none twice."""
+    out = tmp_path / "run"
+    assert_survived(train_and_kill(4, out, FLAGS, kills=[(2, 0.0)], after_epochs=2), out, lost=[2], ranks=4)
+    kept = _records(out)
+    flags = [*FLAGS, "--epochs", "10", "--resume", str(out)]
+    resumed = train_and_kill(ranks, out, flags, kills=[], after_epochs=0)
+    assert resumed.returncode == 0 and (out / "summary.json").is_file(), resumed.stderr[-3000:]
+    records = _records(out)
+    assert [r["epoch"] for r in records] == list(range(1, 11))
+    assert_samples_grow(records)
+    summary = json.loads((out / "summary.json").read_text())
+    resized = summary["resized"]
+    assert resized["from_agents"] == 4 and resized["to_agents"] == ranks and resized["alive"] == [0, 1, 3]
+    assert resized["sources"] == [0, 1, 3, 3, 0][:ranks]
+    assert records[: resized["epoch"]] == kept[: resized["epoch"]]  # the records before the resume stay
+    assert len(records[-1]["iterations"]) == ranks == len(summary["partition"]["samples_per_agent"])
+    assert summary["config"]["agents"] == ranks and summary["final"]["test_accuracy"] > 0.8
+
+
+def test_only_asynchronous_decentralized_runs_resume_onto_another_number_of_ranks(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--mode", "ssgd", "--dataset", "digits", "--model", "mlp", "--epochs", "2", "--out", str(out)]
+    assert train(2, *flags).returncode == 0
+    result = train(3, *flags[:-2], "--epochs", "3", "--resume", str(out))
+    assert result.returncode != 0
+    assert "only the asynchronous decentralized modes resume onto another number of ranks" in result.stderr
+
+
 def test_your_own_training_loop_survives_a_dead_rank_inside_step(tmp_path):
     """examples/digits_own_loop.py --fault-tolerant on 4 ranks: rank 2 is killed once rank 0 has
     trained 3 of 20 epochs; the DecentralizedOptimizer of the others survives it in step(), their

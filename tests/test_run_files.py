@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pcasgd import cli
+from pcasgd import cli, topology
+from pcasgd.app.resize import agent_sources
 from pcasgd.app.run_files import LOCK, REPLACED, RunDirectory
 from pcasgd.errors import ConfigError
 from tests.mpi_support import MPIRUN, PYTHON, ROOT, mpi_env, needs_mpirun
@@ -144,3 +145,10 @@ def test_two_runs_started_together_on_one_directory_never_mix_their_records(tmp_
     assert "another pcasgd run" in refusal or "already holds a run" in refusal, refusal
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_resized_run_keeps_its_survivors_in_order_and_copies_a_lower_in_neighbour():
+    """app/resize.py: ring of 6 from survivors 0, 1, 3 of 4; the same run shrunk to 2."""
+    ring = topology.build("ring", 6)
+    assert agent_sources([0, 1, 3], 6, ring) == [0, 1, 3, 3, 3, 0]
+    assert agent_sources([0, 1, 2, 3], 2, topology.build("ring", 2)) == [0, 1]

@@ -313,6 +313,16 @@ class ConsensusAgent:
         self.quality.renumber(numbers)
         self._seen = {numbers[j]: seen for j, seen in self._seen.items() if j in numbers}
 
+    def start_over_at(self, iteration: int) -> None:
+        """The run goes on with another number of agents (a resume onto a different size): keep
+        the weights, momentum and last step, continue at ``iteration``, and forget what was kept
+        per neighbour and per own iteration (those numbers no longer mean the same) and the
+        decision counts (a copied agent would count its source's twice)."""
+        self.iteration = iteration
+        self._history.clear()
+        self.renumber_neighbours({})
+        self.decisions = Counter()
+
     # -- state for checkpoints ------------------------------------------------------------------
 
     def state_dict(self, weights: bool = True) -> dict:

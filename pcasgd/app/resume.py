@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from pcasgd.app import checkpoint as checkpoints
+from pcasgd.app.resize import resized_payload, saved_agents
 from pcasgd.app.run_config import RunConfig
 from pcasgd.errors import ConfigError
+from pcasgd.topology import Schedule
 
 
 def _readable_checkpoints(out: Path, rank: int) -> tuple[dict[int, dict[str, Any]], str | None]:
@@ -49,13 +51,35 @@ def _resume_length_problem(out: Path, checkpoint_epoch: int, epochs: int) -> str
     return None
 
 
-def resume_payload(comm, deadline, config: RunConfig, out: Path) -> dict[str, Any] | None:
+def _agree(comm, deadline, problem: str | None) -> None:
+    """Raise the first rank's problem on every rank (None: no rank has one)."""
+    if comm is not None:
+        with deadline.guard("agreeing that every rank can resume (collective)"):
+            problems = [p for p in comm.allgather(problem) if p is not None]
+        problem = problems[0] if problems else None
+    if problem is not None:
+        raise ConfigError(problem)
+
+
+def resume_payload(
+    comm, deadline, config: RunConfig, out: Path, schedule: Schedule | None, per_epoch: int
+) -> dict[str, Any] | None:
     """This rank's checkpoint to resume from; a problem on any rank is raised on every rank.
 
     Asynchronous decentralized ranks each take their own newest checkpoint; a rank that wrote
-    none (a straggler stopped before its first epoch ended) starts again from the beginning.
+    none (a straggler stopped before its first epoch ended) starts again from the beginning. A
+    run checkpointed by another number of agents is resized (app/resize.py).
     """
     rank = 0 if comm is None else comm.Get_rank()
+    saved = None if comm is None else saved_agents(out)  # the simulator resumes as many agents
+    if saved is not None and saved != config.agents:
+        problem, payload = None, None
+        try:
+            payload = resized_payload(rank, config, out, saved, schedule, per_epoch)
+        except ConfigError as error:
+            problem = str(error)
+        _agree(comm, deadline, problem or _resume_length_problem(out, payload["epoch"], config.epochs))
+        return payload
     readable, unreadable = _readable_checkpoints(out, rank)
     epochs = sorted(readable)
     independent = comm is not None and not config.deterministic and config.algorithm.family == "decentralized"
@@ -85,10 +109,5 @@ def resume_payload(comm, deadline, config: RunConfig, out: Path) -> dict[str, An
         except ConfigError as error:
             problem = str(error)
         problem = problem or _resume_length_problem(out, payload["epoch"], config.epochs)
-    if comm is not None:
-        with deadline.guard("agreeing that every rank can resume (collective)"):
-            problems = [p for p in comm.allgather(problem) if p is not None]
-        problem = problems[0] if problems else None
-    if problem is not None:
-        raise ConfigError(problem)
+    _agree(comm, deadline, problem)
     return payload

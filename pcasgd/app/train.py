@@ -201,6 +201,7 @@ class _Prepared:
     spectral_gap: float | None
     data: Dataset
     model: nn.Module
+    per_epoch: int  # iterations per epoch: the smallest shard's batches
     payload: dict[str, Any] | None  # the checkpoint resumed from
 
 
@@ -258,8 +259,9 @@ def _prepare(config: RunConfig, out: Path, comm, deadline, resume: bool) -> _Pre
             check_window_memory(flatten_parameters(model).numel(), 4, delay_model.max_lag, slots, vectors)
         with deadline.guard("comparing the model with the other ranks (collective)"):
             check_same_everywhere(comm, "the model's parameter shapes and dtypes", model_signature(model))
-    payload = resume_payload(comm, deadline, config, out) if resume else None
-    return _Prepared(delay_model, device, labels, shards, schedule, spectral_gap, data, model, payload)
+    per_epoch = math.ceil(min(len(shard) for shard in shards) / config.batch_size)
+    payload = resume_payload(comm, deadline, config, out, schedule, per_epoch) if resume else None
+    return _Prepared(delay_model, device, labels, shards, schedule, spectral_gap, data, model, per_epoch, payload)
 
 
 class _Recording:
@@ -298,7 +300,8 @@ class _Recording:
         self._took_over = False
         payload = prepared.payload
         if payload is not None:
-            oracle.load_state_dict(payload["oracle"])
+            if payload["oracle"] is not None:  # None: resized, the data sharded anew (app/resize.py)
+                oracle.load_state_dict(payload["oracle"])
             for name, buffer in payload["buffers"].items():
                 self.model.get_buffer(name).copy_(buffer)
             torch.set_rng_state(payload["torch_rng"])
@@ -448,6 +451,7 @@ def _summary(config: RunConfig, prepared: _Prepared, result, records: list[dict[
         "prediction_quality": prediction_summary(result.prediction_ratios),
         "decisions": dict(result.decisions),
         "world_changes": result.world_changes,
+        "resized": None if prepared.payload is None else prepared.payload.get("resized"),
         "final": records[-1],
         "versions": versions(),
     }
@@ -478,7 +482,7 @@ def _train(config: RunConfig, out: Path, prepared: _Prepared, on_epoch, comm, de
     """Run the engine with the recording hooks; rank 0 writes the model and the summary."""
     model, shards = prepared.model, prepared.shards
     oracle = BatchOracle(model, prepared.data, shards, config.batch_size, config.seed, config.algorithm.weight_decay)
-    per_epoch = math.ceil(min(len(shard) for shard in shards) / config.batch_size)
+    per_epoch = prepared.per_epoch
     rank = 0 if comm is None else comm.Get_rank()
     asynchronous = comm is not None and not config.deterministic and config.algorithm.family == "decentralized"
     recording = _Recording(

@@ -49,7 +49,7 @@ from pcasgd.protocol.pacing import StragglerPacing
 from pcasgd.runtime import totals as header_totals
 from pcasgd.runtime.exchange import ExchangeEndpoint, MpiOptions, NeighbourFinishedError
 from pcasgd.runtime.faults import abandon, is_process_failure, notice_failures
-from pcasgd.runtime.recording import RankState, Recorder
+from pcasgd.runtime.recording import BEFORE_RESIZE, RankState, Recorder
 from pcasgd.runtime.recovery import DecentralizedWorld, Recovery
 from pcasgd.topology import Schedule
 from pcasgd.transport.deadline import Deadline
@@ -346,6 +346,7 @@ class DecentralizedRank:
             "progress": self.exchange.progress,
             "ring": ring,
             "recorded": epoch * self.run.iterations_per_epoch,
+            "ids": self.ids,
         }
 
     def _restore(self, state: dict) -> None:
@@ -361,7 +362,8 @@ class DecentralizedRank:
         }
         self.ages = state["ages"]
         self.exchange.period, self.exchange.progress = state["period"], state["progress"]
-        self.exchange.first_stamp = 0  # the ring below is restored: overlapped reads may name k - 1
+        # a restored ring holds k - 1, which overlapped reads may name; a resized state has none
+        self.exchange.first_stamp = 0 if state["ring"] else None
         device = self.run.initial_params.device
         now = self.exchange.clock.now(self.k)
         for kept in state["ring"]:
@@ -399,3 +401,15 @@ class DecentralizedRank:
         if not self.options.deterministic:
             states = self._with_remote_stats(states)
         return replace(self.recorder.result(states), world_changes=self.recovery.events)
+
+
+def resized_state(state: dict, iteration: int, carried_samples: int) -> dict:
+    """One agent's checkpoint (:meth:`DecentralizedRank._checkpoint_state`) carried into a run of
+    another size (app/resize.py): its weights, momentum and pace go on at ``iteration``; its ring,
+    counters and what it knew of other agents start over. ``carried_samples``: the samples the
+    run had trained on before (the recording rank counts them, once)."""
+    agent = state["agent"]
+    agent.start_over_at(iteration)
+    lost = {BEFORE_RESIZE: carried_samples} if carried_samples else {}
+    fresh = {"overall": EpochStats(), "staleness": Counter(), "ages": {}, "last_totals": {}, "lost_samples": lost}
+    return {**state, **fresh, "iteration": iteration, "progress": iteration, "recorded": iteration, "ring": []}

@@ -28,6 +28,10 @@ class RankState:
     predictions: Counter[float] | None = None  # prediction ratios over the run, binned (pcasgd family)
 
 
+#: The key of :attr:`Recorder.lost_samples` for the samples trained on before a resize (no agent's number).
+BEFORE_RESIZE = -1
+
+
 class Recorder:
     """Gathers the ranks' states on rank 0 and turns them into epoch views and the final result.
 
@@ -41,7 +45,8 @@ class Recorder:
         self.deadline = deadline
         # --fault-tolerant: what each agent lost so far had trained on when last recorded, so a
         # record's sample count (and the throughput from it) does not drop with them; an agent
-        # that comes back (--resume) counts its own samples again and leaves this
+        # that comes back (--resume) counts its own samples again and leaves this. A run resumed
+        # onto another size keeps the samples of the world before under BEFORE_RESIZE.
         self.lost_samples: dict[int, int] = {}
 
     def gather(self, state: RankState, what: str) -> list[RankState] | None:
