@@ -2,11 +2,13 @@
 
 The API for your own training loop (:mod:`pcasgd.collectives`: ``init``, ``rank``, ``size``,
 ``local_rank``, broadcasts, ``allreduce``, ``averaged_model``; :mod:`pcasgd.optim`: the optimizer
-wrappers) is imported on first use, so ``import pcasgd`` needs neither mpi4py nor an MPI library.
+wrappers; :mod:`pcasgd.elastic`: Horovod Elastic's names) is imported on first use, so
+``import pcasgd`` needs neither mpi4py nor an MPI library.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
@@ -34,4 +36,6 @@ def __getattr__(name: str) -> Any:
         from pcasgd import collectives
 
         return getattr(collectives, name)
+    if name == "elastic":  # Horovod Elastic's names: pcasgd.elastic.run, pcasgd.elastic.TorchState
+        return importlib.import_module("pcasgd.elastic")
     raise AttributeError(f"module 'pcasgd' has no attribute {name!r}")

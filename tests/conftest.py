@@ -7,6 +7,7 @@ Under CI a missing component fails the tests that need it; elsewhere they skip w
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import subprocess
@@ -39,6 +40,17 @@ def fashion_mnist():
     """Debian's dataset-fashion-mnist package (.ci/datasets.sh)."""
     if not FASHION_MNIST.is_file():
         missing(f"Fashion-MNIST is not installed ({FASHION_MNIST})")
+
+
+@pytest.fixture
+def torchvision_mnist(fashion_mnist, tmp_path) -> Path:
+    """A folder where torchvision's ``datasets.MNIST`` finds Fashion-MNIST (the same IDX files,
+    laid out as MNIST's), so Horovod's examples download nothing."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for packed in FASHION_MNIST.parent.glob("*-ubyte.gz"):
+        (raw / packed.name.removesuffix(".gz")).write_bytes(gzip.decompress(packed.read_bytes()))
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import os
 import re
@@ -17,7 +16,6 @@ import torch
 
 from pcasgd.app import checkpoint as checkpoints
 from pcasgd.runtime.launch import FAULT_TOLERANT_MCA, OSC_UCX_ENV
-from tests.conftest import FASHION_MNIST
 from tests.mpi_support import (
     LEARNING_EPOCHS,
     MPIRUN,
@@ -300,15 +298,11 @@ def test_example_of_an_own_training_loop_runs_and_learns():
 
 
 @pytest.mark.parametrize("mode", ["pcasgd", "ssgd"])
-def test_horovods_pytorch_mnist_example_ported_to_pcasgd_learns_on_four_ranks(mode, tmp_path, fashion_mnist):
+def test_horovods_pytorch_mnist_example_ported_to_pcasgd_learns_on_four_ranks(mode, torchvision_mnist):
     """examples/horovod_pytorch_mnist.py (Horovod's example, ported) for one epoch, on Fashion-MNIST
     laid out as torchvision's MNIST expects (the same IDX files), so nothing is downloaded."""
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for packed in FASHION_MNIST.parent.glob("*-ubyte.gz"):
-        (raw / packed.name.removesuffix(".gz")).write_bytes(gzip.decompress(packed.read_bytes()))
     command = ["bash", "launch/mpirun.sh", "-n", "4", "examples/horovod_pytorch_mnist.py", "--epochs", "1"]
-    command += ["--data-dir", str(tmp_path), "--mode", mode, "--log-interval", "100"]
+    command += ["--data-dir", str(torchvision_mnist), "--mode", mode, "--log-interval", "100"]
     env = {**mpi_env(), "PCASGD_VENV": str(Path(PYTHON).parents[1])}
     result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
