@@ -155,6 +155,20 @@ def command_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argum
     compare.add_argument("--delays", nargs="+", default=["none"], metavar="SPEC", help="delay specs to compare")
     compare.add_argument("--seeds", nargs="+", type=_number(int, 0, SEED_MAX), default=[0], metavar="SEED")
     _add_train_arguments(compare, grid=True)
+    supervise = commands.add_parser(
+        "supervise",
+        help="keep a `launch/mpirun.sh` training job at the size its hosts allow (launch/elastic.sh)",
+        formatter_class=formatter,
+    )
+    supervise.add_argument(
+        "--hosts-script",
+        required=True,
+        help="an executable printing one 'host:slots' (or 'host') line per host, as Horovod's host discovery",
+    )
+    supervise.add_argument("--min-ranks", type=_number(int, 2), default=2, help="start and restart with no fewer")
+    supervise.add_argument("--max-restarts", type=_number(int, 0), default=3, help="restarts after a failed job")
+    supervise.add_argument("--poll", type=_number(float, 0.1), default=1.0, help="seconds between looks")
+    supervise.add_argument("train_flags", nargs=argparse.REMAINDER, help="-- then the `pcasgd train` flags")
     plot = commands.add_parser("plot", help="PNG figures of finished runs", formatter_class=formatter)
     plot.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories (pcasgd train --out)")
     plot.add_argument("--out", type=Path, default=None, help="where the figures go (default: the first RUN_DIR)")
@@ -345,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plot(args)
         if args.command == "compare":
             return _compare(args, argv)
+        if args.command == "supervise":
+            return _supervise(args)
     except PcasgdError as error:
         print(f"pcasgd: error: {error}", file=sys.stderr)
         return 2
@@ -354,6 +370,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         leave_without_finalize(status)
     return status
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    from pcasgd.app.supervisor import Supervisor, script_slots
+
+    flags = args.train_flags[1:] if args.train_flags[:1] == ["--"] else args.train_flags
+    discover = script_slots(args.hosts_script)
+    if "--out" not in flags:  # the default depends on the number of agents: keep the first
+        flags += ["--out", str(run_directory([*flags, "--backend", "mpi"], max(discover(), args.min_ranks)))]
+    train_args, _ = _parse(["train", *flags, "--backend", "mpi"])  # launch/mpirun.sh adds --backend mpi
+    out = Path(train_args.out)
+    supervisor = Supervisor(discover, flags, out, train_args.epochs, args.min_ranks, args.max_restarts, args.poll)
+    return supervisor.run()
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -150,14 +150,24 @@ class RunDirectory:
         self._replaced, self._renewed = replaced, renewed
 
     def _restore(self) -> None:
-        replaced = self._replaced
         for name in self._renewed:
             new = self.out / name
             if new.is_dir():
                 shutil.rmtree(new)
             else:
                 new.unlink(missing_ok=True)
-        for old in replaced.iterdir():
-            os.replace(old, self.out / old.name)
-        replaced.rmdir()
+        put_back_replaced(self.out)
         self._replaced = None
+
+
+def put_back_replaced(out: Path) -> list[str]:
+    """Move the files an interrupted ``--overwrite`` or ``--resume`` put aside back into ``out``
+    (over what the interrupted run wrote in their place); return their names."""
+    replaced = out / REPLACED
+    if not replaced.is_dir():
+        return []
+    names = sorted(old.name for old in replaced.iterdir())
+    for name in names:
+        os.replace(replaced / name, out / name)
+    replaced.rmdir()
+    return names
