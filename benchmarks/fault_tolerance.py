@@ -1,10 +1,14 @@
 """What a dead rank costs ``pcasgd --fault-tolerant``, and Horovod Elastic: real jobs, one rank
 killed with SIGKILL at 40 % of the run, against uninterrupted runs of the surviving number of ranks.
 
-    python benchmarks/fault_tolerance.py [--cases 4 8 hosts hosts-horovod] [--seeds 0 1 2] [--out runs/faults]
+    python benchmarks/fault_tolerance.py [--cases 4 0 8 regrow hosts hosts-horovod] [--seeds 0 1 2] [--out runs/faults]
 
-Cases: ``4`` (4 ranks, rank 2 killed; baseline 3 ranks), ``8`` (8 ranks, rank 5 killed;
-baseline 7), ``hosts`` (4 ranks over launch/hosts.sh's two hosts, rank 3 on node2 killed;
+Cases: ``4`` (4 ranks, rank 2 killed; baseline 3 ranks), ``0`` (4 ranks, rank 0 killed: the
+lowest survivor records on; baseline 3), ``8`` (8 ranks, rank 5 killed; baseline 7),
+``regrow`` (4 ranks under launch/elastic.sh, rank 2 killed at 60 %: the supervisor restarts the
+job on 4 from the newest checkpoints, ``--checkpoint-every 1``; baseline: 4 ranks under the same
+supervisor, uninterrupted; its cell also gives the wall-time ratio), ``hosts`` (4 ranks over
+launch/hosts.sh's two hosts, rank 3 on node2 killed;
 baseline 3 ranks over the hosts): ``pcasgd`` under ULFM. ``hosts-horovod``: the baseline
 method's own recovery, ``ssgd --comm horovod`` under elastic ``horovodrun`` over the two hosts
 (``launch/hosts.sh horovodrun``), rank 2 killed, which removes its host's two workers; baseline
@@ -24,6 +28,7 @@ import json
 import shutil
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +43,8 @@ HOSTS = ["env", f"PCASGD_MPIRUN={mpirun_path()}", "bash", HOSTS_SCRIPT, "mpirun"
 HOROVODRUN = Path(sys.executable).parent / "horovodrun"
 HOSTS_HOROVOD = ["env", f"PCASGD_HOROVODRUN={HOROVODRUN}", "bash", HOSTS_SCRIPT, "horovodrun"]
 PCASGD = ["--mode", "pcasgd"]
+DISCOVER_4 = ["--hosts-script", str(ROOT / "benchmarks" / "four_slots.sh"), "--poll", "0.5", "--"]
+SUPERVISED = ["bash", str(ROOT / "launch" / "elastic.sh"), *DISCOVER_4]
 
 
 @dataclass(frozen=True)
@@ -48,14 +55,20 @@ class Case:
     launcher: list[str]
     mode: list[str]
     elastic: bool = False  # horovodrun in elastic mode: its own flags instead of mpirun's
+    regrows: bool = False  # under launch/elastic.sh, which restarts the job on as many ranks
+    kill_at: float = 0.4  # of the run's epochs
 
     def launch_flags(self, ranks: int) -> list[str] | None:
+        if self.regrows:
+            return []  # launch/mpirun.sh, run by the supervisor, sets ULFM's flags and -n
         return ["-np", str(ranks), "--min-np", "1"] if self.elastic else None
 
 
 CASES = {
     "4": Case(4, 2, 1, [mpirun_path()], PCASGD),
+    "0": Case(4, 0, 1, [mpirun_path()], PCASGD),
     "8": Case(8, 5, 1, [mpirun_path()], PCASGD),
+    "regrow": Case(4, 2, 0, SUPERVISED, PCASGD, regrows=True, kill_at=0.6),
     "hosts": Case(4, 3, 1, HOSTS, PCASGD),
     "hosts-horovod": Case(4, 2, 2, HOSTS_HOROVOD, ["--mode", "ssgd", "--comm", "horovod"], elastic=True),
 }
@@ -67,18 +80,34 @@ def run(case: str, seed: int, killed: bool, args: argparse.Namespace) -> dict:
     out = args.out / f"{case}-{'killed' if killed else 'baseline'}-seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
     flags = [*chosen.mode, "--dataset", "fashion-mnist", "--model", "lenet5", "--epochs", str(args.epochs)]
-    flags += ["--seed", str(seed), "--checkpoint-every", "0"]
-    kill_after = round(0.4 * args.epochs)
+    flags += ["--seed", str(seed), "--checkpoint-every", "1" if chosen.regrows else "0"]
+    kill_after = round(chosen.kill_at * args.epochs)
     kills = [(chosen.victim, 0.0)] if killed else []
     env = open_mpi_env(str(ROOT))
+    program = [] if chosen.regrows else None
+    started = time.monotonic()
     done = train_and_kill(
-        chosen.launcher, ranks, out, flags, kills, kill_after, env, args.timeout, chosen.launch_flags(ranks)
+        chosen.launcher,
+        ranks,
+        out,
+        flags,
+        kills,
+        kill_after,
+        env,
+        args.timeout,
+        chosen.launch_flags(ranks),
+        program=program,
     )
+    wall = time.monotonic() - started
     if done.returncode != 0:
         raise RuntimeError(f"{out}: exit {done.returncode}\n{done.stderr[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
-    result = {"case": case, "seed": seed, "ranks": ranks, "accuracy": summary["final"]["test_accuracy"]}
-    if killed:
+    result = {"case": case, "seed": seed, "ranks": ranks, "accuracy": summary["final"]["test_accuracy"], "wall_s": wall}
+    if killed and chosen.regrows:
+        restarts = [json.loads(line) for line in (out / "restarts.jsonl").read_text().splitlines()]
+        result.update(restarts=len(restarts), final_ranks=len(summary["iterations"]), kill_to_first_step_s=None)
+        result["recovery_s"] = None
+    elif killed:
         (event,) = summary["world_changes"]
         # None: the run ended (a rank reached its last epoch) before rank 0 stepped on the new world
         first_step = event["first_step_at"]
@@ -105,26 +134,29 @@ def main() -> None:
                 results.append(run(case, seed, killed, args))
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(
-        "| case | seed | killed run | baseline (the survivors' number of ranks) | difference | kill to first step (s) |"
+        "| case | seed | killed run | baseline (the survivors' number of ranks) | difference "
+        "| kill to first step (s) | wall-time ratio |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for case in args.cases:
-        differences, delays = [], []
+        differences, delays, ratios = [], [], []
         for seed in args.seeds:
             killed = next(r for r in results if r["case"] == case and r["seed"] == seed and "recovery_s" in r)
             baseline = next(r for r in results if r["case"] == case and r["seed"] == seed and "recovery_s" not in r)
             difference = killed["accuracy"] - baseline["accuracy"]
             differences.append(difference)
+            ratios.append(killed["wall_s"] / baseline["wall_s"])
             delay = killed["kill_to_first_step_s"]
             if delay is not None:
                 delays.append(delay)
-            shown = "run over" if delay is None else f"{delay:.2f}"
+            shown = "restarted" if CASES[case].regrows else "run over" if delay is None else f"{delay:.2f}"
             print(
                 f"| {case} | {seed} | {killed['accuracy']:.4f} | {baseline['accuracy']:.4f} | {difference:+.4f} "
-                f"| {shown} |"
+                f"| {shown} | {ratios[-1]:.2f} |"
             )
         median_delay = f"{statistics.median(delays):.2f}" if delays else "-"
-        print(f"| {case} | median | | | {statistics.median(differences):+.4f} | {median_delay} |")
+        median = f"{statistics.median(differences):+.4f} | {median_delay} | {statistics.median(ratios):.2f}"
+        print(f"| {case} | median | | | {median} |")
 
 
 if __name__ == "__main__":
