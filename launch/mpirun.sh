@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Launch `pcasgd train --backend mpi` on N local ranks with Open MPI:
 #   launch/mpirun.sh -n 4 [pcasgd train flags...]
-# or a Python script of your own (one process per rank):
-#   launch/mpirun.sh -n 4 examples/digits_own_loop.py [its flags...]
+# or a Python program of your own (one process per rank; `python` is this environment's):
+#   launch/mpirun.sh -n 4 [python] examples/digits_own_loop.py [its flags...]
+#   launch/mpirun.sh -n 4 python -m my_package.train [its flags...]
+# Anything else is refused before anything starts.
 # Sets what Open MPI 5 (the PyPI wheel) needs here: running as root when we are root, more ranks
 # than cores, the shared-memory one-sided component, and yielding instead of busy-polling while
 # a rank waits (busy-polling steals the CPU from the other ranks when they share cores).
@@ -14,7 +16,26 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${PCASGD_VENV:-$root/.venv}"
 ranks=4
-if [ "${1:-}" = "-n" ]; then ranks="$2"; shift 2; fi
+if [ "${1:-}" = "-n" ] || [ "${1:-}" = "-np" ]; then ranks="${2:?launch/mpirun.sh: $1 needs a number of ranks}"; shift 2; fi
+if ! [[ "$ranks" =~ ^[1-9][0-9]*$ ]]; then
+  echo "launch/mpirun.sh: -n $ranks: expected a number of ranks" >&2
+  exit 2
+fi
+# What runs on each rank: a Python program (script.py ..., python script.py ..., python -m module
+# ...; a bare python or python3 is this environment's) or `pcasgd train` flags (--mode ...).
+program=("$venv/bin/python")
+own=1
+case "${1:-}" in
+  "" | -*) program+=(-m pcasgd.cli train --backend mpi); own=0 ;;
+  *.py) ;;
+  python | python3) shift ;;
+  */python | */python3 | */python3.[0-9]*) program=("$1"); shift ;;
+  *)
+    echo "launch/mpirun.sh: does not know how to run '$1' on each rank: give a Python program" \
+      "(script.py ..., python script.py ..., python -m module ...) or pcasgd train flags (--mode ...)" >&2
+    exit 2
+    ;;
+esac
 mpirun="${PCASGD_MPIRUN:-$venv/bin/mpirun}"
 if [ "$(id -u)" = 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -31,11 +52,11 @@ for flag in "$@"; do
     export OMPI_MCA_btl=tcp,self OMPI_MCA_coll=basic,self,libnbc,ftagree OMPI_MCA_osc=rdma
   fi
 done
-if [[ "${1:-}" == *.py ]]; then
-  exec "$mpirun" "${ft[@]}" -n "$ranks" "$venv/bin/python" "$@"
+if [ "$own" = 1 ]; then
+  exec "$mpirun" "${ft[@]}" -n "$ranks" "${program[@]}" "$@"
 fi
 if [ ${#ft[@]} -eq 0 ]; then
-  exec "$mpirun" -n "$ranks" "$venv/bin/python" -m pcasgd.cli train --backend mpi "$@"
+  exec "$mpirun" -n "$ranks" "${program[@]}" "$@"
 fi
 # Under ULFM mpirun exits 0 whatever became of the ranks (outliving a death is the point; with
 # every rank crashed it still exits 0, measured): the run's summary.json says whether it ended.
@@ -44,7 +65,7 @@ out="$("$venv/bin/python" -c 'import sys; from pcasgd.cli import run_directory; 
   "$ranks" --backend mpi "$@" 2>/dev/null)" || out=""
 # shellcheck source=launch/forward.sh
 source "$root/launch/forward.sh"
-run_forwarding "$mpirun" "${ft[@]}" -n "$ranks" "$venv/bin/python" -m pcasgd.cli train --backend mpi "$@"
+run_forwarding "$mpirun" "${ft[@]}" -n "$ranks" "${program[@]}" "$@"
 if [ "$status" = 0 ] && [ -n "$out" ] && [ ! -f "$out/summary.json" ]; then
   echo "launch/mpirun.sh: mpirun exited 0 but the run wrote no $out/summary.json: it did not finish" \
     "(rank 0, or every rank, died or crashed: see the ranks' messages above)" >&2
