@@ -116,11 +116,22 @@ def test_resume_refuses_fewer_epochs_than_the_checkpoint_has_trained(tmp_path, c
     assert cli.main(["train", "--epochs", "3", "--out", str(run)]) == 0
     before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
     assert cli.main(["train", "--epochs", "1", "--resume", str(run)]) == 2
-    assert "has trained 2 epochs; --epochs 1 is fewer" in capsys.readouterr().err
+    assert "has trained 2 epochs; --epochs 1 goes no further" in capsys.readouterr().err
     for epochs in ("2", "3"):  # the checkpoint is at epoch 2, but the run finished 3
         assert cli.main(["train", "--epochs", epochs, "--resume", str(run)]) == 2
         assert "has finished its 3 epochs" in capsys.readouterr().err
     assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
+
+
+def test_resume_refuses_as_many_epochs_as_the_checkpoint_has_trained(tmp_path, capsys):
+    """Issue 24 (15): an interrupted run resumed with --epochs equal to its checkpoint's epoch
+    recorded that epoch twice; the old message itself suggested that value."""
+    run = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "3", "--out", str(run)]) == 0
+    (run / "summary.json").unlink()  # as if interrupted after the checkpoint of epoch 2
+    assert cli.main(["train", "--epochs", "2", "--resume", str(run)]) == 2
+    assert "--epochs 2 goes no further (resuming continues a run: pass --epochs 3 or more)" in capsys.readouterr().err
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
 
 
 def test_a_new_run_refuses_a_directory_with_checkpoints_and_overwrite_clears_them(tmp_path, capsys):

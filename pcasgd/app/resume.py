@@ -34,21 +34,22 @@ def _readable_checkpoints(out: Path, rank: int) -> tuple[dict[int, dict[str, Any
 def _resume_length_problem(out: Path, checkpoint_epoch: int, epochs: int) -> str | None:
     """Why resuming to ``epochs`` would cut a run short (its checkpoint, or its finished summary,
     is further on), or None."""
+    short = (
+        f"the checkpoint in {out} has trained {checkpoint_epoch} epochs; --epochs {epochs} goes no further "
+        f"(resuming continues a run: pass --epochs {checkpoint_epoch + 1} or more)"
+    )
     if checkpoint_epoch > epochs:
-        return (
-            f"the checkpoint in {out} has trained {checkpoint_epoch} epochs; --epochs {epochs} is fewer "
-            f"(resuming continues a run: pass --epochs {checkpoint_epoch} or more)"
-        )
+        return short
     try:
         finished = json.loads((out / "summary.json").read_text())["config"]["epochs"]
     except (OSError, ValueError, KeyError, TypeError):
-        return None  # not finished (or no summary this rank can read)
-    if epochs <= finished:
+        finished = None  # not finished (or no summary this rank can read)
+    if finished is not None and epochs <= finished:
         return (
             f"the run in {out} has finished its {finished} epochs; resuming it needs more: pass --epochs "
             f"{finished + 1} or more (or --overwrite without --resume to train it again)"
         )
-    return None
+    return short if checkpoint_epoch == epochs else None  # equal: the last record would be made twice
 
 
 def _agree(comm, deadline, problem: str | None) -> None:
