@@ -122,8 +122,10 @@ def broadcast_parameters(tensors: Broadcastable, root: int = 0, comm=None, *, ro
     """
     world = _world_for(comm)
     root = root if root_rank is None else root_rank
+    given = list(_tensors_of(tensors))
+    _check_same_tensors(world, given, root)
     by_dtype: dict[torch.dtype, list[Tensor]] = {}
-    for tensor in _tensors_of(tensors):
+    for tensor in given:
         by_dtype.setdefault(tensor.dtype, []).append(tensor)
     with torch.no_grad():
         for dtype, group in by_dtype.items():
@@ -131,6 +133,27 @@ def broadcast_parameters(tensors: Broadcastable, root: int = 0, comm=None, *, ro
             request = world.comm.Ibcast(flat.numpy(), root=root)
             world.deadline.wait(request, f"broadcasting the {dtype} tensors from rank {root} (collective)")
             copy_into_parameters(group, flat)
+
+
+def _check_same_tensors(world: _World, tensors: list[Tensor], root: int) -> None:
+    """Raise on every rank, before anything is overwritten, if a rank's tensors differ from
+    ``root``'s in number, shape or dtype (the broadcast would otherwise fill them in part)."""
+    mine = [(tuple(t.shape), str(t.dtype).removeprefix("torch.")) for t in tensors]
+    with world.deadline.guard("comparing the tensors to broadcast (collective)"):
+        everyone = world.comm.allgather(mine)
+    reference = everyone[root]
+    for rank, theirs in enumerate(everyone):
+        if theirs == reference:
+            continue
+        if len(theirs) != len(reference):
+            raise ConfigError(
+                f"broadcast_parameters: rank {rank} has {len(theirs)} tensors and rank {root} {len(reference)}"
+            )
+        index = next(i for i, (a, b) in enumerate(zip(theirs, reference, strict=True)) if a != b)
+        raise ConfigError(
+            f"broadcast_parameters: tensor {index} is {theirs[index][0]} {theirs[index][1]} on rank {rank} and "
+            f"{reference[index][0]} {reference[index][1]} on rank {root} (a different model on each rank?)"
+        )
 
 
 def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root: int = 0, *, root_rank: int | None = None) -> None:

@@ -32,3 +32,32 @@ def test_mpirun_sh_refuses_what_it_cannot_run_before_anything_starts():
         result = _launch(*args, timeout=30)
         assert result.returncode == 2 and said in result.stderr, result.stderr
         assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+SHAPES_DIFFER = """
+import torch
+import pcasgd
+from pcasgd.errors import ConfigError
+
+pcasgd.init()
+model = torch.nn.Linear(2, 2 + pcasgd.rank())  # rank 1's has another shape
+before = [p.clone() for p in model.parameters()]
+try:
+    pcasgd.broadcast_parameters(model)
+except ConfigError as error:
+    kept = all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    print(f"rank {pcasgd.rank()} refused, weights kept: {kept}: {error}", flush=True)
+"""
+
+
+@needs_mpirun
+def test_broadcast_parameters_refuses_tensors_that_differ_between_ranks(tmp_path):
+    """Issue 24 (16): it returned without error after overwriting the weights in part."""
+    script = tmp_path / "shapes.py"
+    script.write_text(SHAPES_DIFFER)
+    result = _launch("-n", "2", str(script))
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank"))
+    assert len(lines) == 2, result.stdout
+    for line in lines:
+        assert "refused, weights kept: True: broadcast_parameters: tensor 0 is (3, 2) float32 on rank 1" in line
