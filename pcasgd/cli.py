@@ -403,10 +403,10 @@ def _train(args: argparse.Namespace) -> int:
         config = run_config_from(args)
         out = _train_out(args, config)
         _run_directory[:] = [out]
-        if rank == 0:
-            print(f"pcasgd {__version__} -> {out}: {json.dumps(asdict(config))}", file=sys.stderr)
+        line = f"pcasgd {__version__} -> {out}: {json.dumps(asdict(config))}"
+        announce = partial(print, line, file=sys.stderr) if rank == 0 else None  # once the run's checks passed
         progress = EpochProgress(config.epochs)
-        summary = run_training(config, out, args.overwrite, progress, args.resume is not None, deadline)
+        summary = run_training(config, out, args.overwrite, progress, args.resume is not None, deadline, announce)
     except TrainingFailedError as error:
         print(f"pcasgd: run failed{where}: {error}; metrics so far are in the run directory", file=sys.stderr)
         _end_the_job(args, 1)

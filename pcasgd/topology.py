@@ -321,7 +321,9 @@ TOPOLOGY_FORMS = "ring, torus, torus:RxC, exponential (or exp), star, full, rand
 
 def build(spec: str, n: int, weights: str = "auto", seed: int = 0) -> Schedule:
     """Build and validate a topology from a spec such as ``ring``, ``torus:4x4``, ``one-peer-exp``."""
-    name, _, argument = spec.partition(":")
+    name, colon, argument = spec.partition(":")
+    if colon and name not in ("torus", "random"):  # the others take no argument: never ignore one
+        raise TopologyError(f"topology {spec!r}: {name!r} takes no ':' argument; accepted: {TOPOLOGY_FORMS}")
     if name == "one-peer-exp":
         if weights not in ("auto", "uniform"):
             raise TopologyError("one-peer-exp always uses uniform weights (1/2 self, 1/2 peer)")

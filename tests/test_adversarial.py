@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
+from pcasgd import cli, topology
+from pcasgd.algorithms.config import AlgorithmConfig
+from pcasgd.app.sources import cache_root
+from pcasgd.errors import ConfigError, TopologyError
 from tests.mpi_support import ROOT, mpi_env, needs_mpirun
 
 
@@ -61,3 +67,30 @@ def test_broadcast_parameters_refuses_tensors_that_differ_between_ranks(tmp_path
     assert len(lines) == 2, result.stdout
     for line in lines:
         assert "refused, weights kept: True: broadcast_parameters: tensor 0 is (3, 2) float32 on rank 1" in line
+
+
+@pytest.mark.parametrize("spec", ["ring:3", "star:2", "full:x", "exp:2", "exponential:", "one-peer-exp:4"])
+def test_a_topology_argument_that_would_be_ignored_is_refused(spec):
+    with pytest.raises(TopologyError, match="takes no ':' argument"):
+        topology.build(spec, 4)
+
+
+def test_an_infinite_schedule_point_is_refused():
+    with pytest.raises(ConfigError, match="unknown lr schedule 'step:1e400'"):
+        AlgorithmConfig(mode="pcasgd", lr_schedule="step:1e400")
+
+
+def test_an_empty_cache_variable_is_refused_instead_of_caching_into_the_working_directory(monkeypatch):
+    monkeypatch.setenv("PCASGD_CACHE", "")
+    with pytest.raises(ConfigError, match="PCASGD_CACHE is set but empty"):
+        cache_root()
+
+
+def test_a_refused_run_says_one_line_and_no_configuration(tmp_path, capsys):
+    """The configuration line came before every refusal made after parsing."""
+    assert cli.main(["train", "--topology", "ring:3", "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pcasgd: error") and err.count("\n") == 1, err
+    flags = ["--dataset", "digits", "--model", "mlp", "--epochs", "1", "--out", str(tmp_path / "s")]
+    assert cli.main(["train", *flags]) == 0
+    assert " -> " in capsys.readouterr().err  # a run that starts still names its directory and settings

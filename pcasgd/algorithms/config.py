@@ -125,7 +125,8 @@ class AlgorithmConfig:
             values = [float(point) for point in points.split(",")] if points else []
         except ValueError:
             values = [-1.0]
-        valid = (
+        finite = all(math.isfinite(v) for v in values)  # step:1e400 is inf: a decay that never comes
+        valid = finite and (
             (kind == "constant" and not values)
             or (kind == "step" and values and all(v > 0 for v in values))
             or (kind == "cosine" and len(values) == 1 and values[0] > 0)

@@ -43,7 +43,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("PCASGD_CACHE", Path.home() / ".cache" / "pcasgd"))
+    chosen = os.environ.get("PCASGD_CACHE")
+    if chosen is None:
+        return Path.home() / ".cache" / "pcasgd"
+    if not chosen.strip():  # Path("") is the working directory: the cache would land in ./datasets
+        raise ConfigError("PCASGD_CACHE is set but empty: unset it (for ~/.cache/pcasgd) or name a folder")
+    return Path(chosen)
 
 
 # -- the cache ---------------------------------------------------------------------------------

@@ -150,21 +150,23 @@ def run_training(
     on_epoch: Callable[[dict], None] | None = None,
     resume: bool = False,
     deadline: Deadline | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> dict[str, Any] | None:
     """Train as ``config`` says, write the run files into ``out``; return the summary (rank 0; others None).
 
     ``resume``: continue the run in ``out`` from its newest checkpoint (under MPI: the newest one
     every rank holds, except in asynchronous decentralized runs, where each rank takes its own).
     ``deadline``: under MPI, the watchdog the caller started before MPI (see
-    :func:`start_mpi_under_deadline`); one is started here if not given.
+    :func:`start_mpi_under_deadline`); one is started here if not given. ``on_start``: called once
+    every check has passed and the run directory is ready (a refusal comes before it).
     """
     if config.backend != "mpi":
-        return _run(config, out, overwrite, on_epoch, None, None, resume)
+        return _run(config, out, overwrite, on_epoch, None, None, resume, on_start)
     own = deadline is None
     if own:
         deadline = start_mpi_under_deadline(config.algorithm.comm, config.deadline, config.startup_deadline)[1]
     try:
-        return _run(config, out, overwrite, on_epoch, _world(config), deadline, resume)
+        return _run(config, out, overwrite, on_epoch, _world(config), deadline, resume, on_start)
     finally:
         if own:
             deadline.close()
@@ -457,7 +459,9 @@ def _summary(config: RunConfig, prepared: _Prepared, result, records: list[dict[
     }
 
 
-def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline, resume) -> dict[str, Any] | None:
+def _run(
+    config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline, resume, on_start
+) -> dict[str, Any] | None:
     """The body of :func:`run_training`; ``comm`` and ``deadline`` are None in the simulator."""
     prepared = _prepare(config, out, comm, deadline, resume)
     payload = prepared.payload
@@ -470,6 +474,8 @@ def _run(config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline
         directory = _open_run_directory_everywhere(comm, out, overwrite, resumed_records)
     succeeded = False
     try:
+        if on_start is not None:
+            on_start()
         summary = _train(config, out, prepared, on_epoch, comm, deadline, directory)
         succeeded = summary is not None
         return summary
