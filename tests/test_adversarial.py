@@ -94,3 +94,24 @@ def test_a_refused_run_says_one_line_and_no_configuration(tmp_path, capsys):
     flags = ["--dataset", "digits", "--model", "mlp", "--epochs", "1", "--out", str(tmp_path / "s")]
     assert cli.main(["train", *flags]) == 0
     assert " -> " in capsys.readouterr().err  # a run that starts still names its directory and settings
+
+
+def _alias_bomb(levels: int) -> str:
+    """One key whose value nests ``levels`` lists of nine references to the previous one."""
+    lists = ['&l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lists += [f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return f"lr: [{', '.join(lists)}]\n"
+
+
+def test_a_yaml_alias_bomb_is_one_short_error_line(tmp_path, capsys):
+    """A 347-byte file made a 351 MB error line: a list's str() became a flag value."""
+    config = tmp_path / "bomb.yaml"
+    config.write_text(_alias_bomb(9))  # 9**9 strings once expanded
+    assert cli.main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"pcasgd: error: config file {config}: lr takes one value, got a list\n"
+
+
+def test_a_config_that_is_not_a_settings_file_is_not_read_whole(capsys):
+    assert cli.main(["train", "--config", "/dev/zero"]) == 2
+    assert "larger than 64 KiB" in capsys.readouterr().err

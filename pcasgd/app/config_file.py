@@ -12,6 +12,15 @@ from pathlib import Path
 
 from pcasgd.errors import ConfigError
 
+MAX_BYTES = 64 * 1024  # a settings file is a few lines; /dev/zero or a wrong file is not read whole
+SCALARS = (str, int, float, bool)
+
+
+def _shown(value: object) -> str:
+    """``value`` for an error line, never longer than a line (an alias bomb expands to gigabytes)."""
+    text = repr(value) if isinstance(value, SCALARS) or value is None else f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
 
 def config_argv(path: Path, parser: argparse.ArgumentParser) -> list[str]:
     """The command-line arguments that ``path`` stands for, checked against ``parser``'s flags."""
@@ -20,7 +29,11 @@ def config_argv(path: Path, parser: argparse.ArgumentParser) -> list[str]:
     except ImportError as error:
         raise ConfigError(f"--config needs PyYAML ({error}); pip install 'pcasgd[config]'") from None
     try:
-        settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as file:
+            data = file.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise ConfigError(f"config file {path} is larger than {MAX_BYTES // 1024} KiB: not a settings file")
+        settings = yaml.safe_load(data.decode("utf-8"))
     except OSError as error:
         raise ConfigError(f"config file {path}: {error.strerror}") from None
     except UnicodeDecodeError as error:
@@ -39,14 +52,16 @@ def config_argv(path: Path, parser: argparse.ArgumentParser) -> list[str]:
     }
     argv: list[str] = []
     for key, value in settings.items():
-        name = str(key).replace("_", "-")
-        action = flags.get(name)
+        action = flags.get(str(key).replace("_", "-")) if isinstance(key, str) else None
         if action is None:
             known = ", ".join(sorted(flags))
-            raise ConfigError(f"config file {path}: unknown key {key!r} (known: {known})")
+            raise ConfigError(f"config file {path}: unknown key {_shown(key)} (known: {known})")
+        name = key.replace("_", "-")
+        if not isinstance(value, SCALARS) and value is not None:  # never a list's str() as a flag value
+            raise ConfigError(f"config file {path}: {key} takes one value, got {_shown(value)}")
         if action.nargs == 0:  # a switch
             if not isinstance(value, bool):
-                raise ConfigError(f"config file {path}: {key} is a switch: true or false, got {value!r}")
+                raise ConfigError(f"config file {path}: {key} is a switch: true or false, got {_shown(value)}")
             argv += [f"--{name}"] if value else []
         elif value is not None:
             argv += [f"--{name}", str(value)]
