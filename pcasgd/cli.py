@@ -343,6 +343,29 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, argv
 
 
+IGNORED_HINTS = {
+    "theta": "theta is pcasgd's tradeoff (predict fixes it at 1, clip at 0, pcasgd-pv picks per step)",
+    "predictor": "only pcasgd, pcasgd-pv and predict predict stale neighbours",
+    "lam": "lambda is read by the taylor, draft, extrapolate and momentum predictors, dcasgd and odsgd's dc "
+    "local optimizer",
+}
+
+
+def _refuse_ignored_options(config: RunConfig, train_argv: Sequence[str]) -> None:
+    """A ConfigError if ``train_argv`` sets an option the run's mode never reads."""
+    _, commands = command_parsers()
+    train = commands["train"]
+    for action in train._actions:  # only what the command line (or --config) gave remains
+        action.default = argparse.SUPPRESS
+    given, _ = train.parse_known_args(list(train_argv))
+    ignored = config.algorithm.ignored(vars(given))
+    if ignored:
+        name = ignored[0]
+        raise ConfigError(
+            f"--{name.replace('_', '-')} does nothing with --mode {config.algorithm.mode}: {IGNORED_HINTS[name]}"
+        )
+
+
 def run_directory(train_argv: Sequence[str], agents: int) -> Path:
     """The directory ``pcasgd train`` with these flags writes its run into, on ``agents`` agents,
     without starting anything (launch/mpirun.sh looks there for the summary after a
@@ -364,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PcasgdError as error:
         print(f"pcasgd: error: {error}", file=sys.stderr)
         return 2
-    status = _train(args)
+    status = _train(args, argv[argv.index("train") + 1 :])
     if args.backend == "mpi" and args.fault_tolerant:
         from pcasgd.runtime.faults import leave_without_finalize
 
@@ -385,7 +408,7 @@ def _supervise(args: argparse.Namespace) -> int:
     return supervisor.run()
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, train_argv: list[str]) -> int:
     rank, where, deadline = 0, "", None
     try:
         if args.backend == "mpi":
@@ -401,6 +424,7 @@ def _train(args: argparse.Namespace) -> int:
             rank = _world(args).Get_rank()
             where = f" (rank {rank})"
         config = run_config_from(args)
+        _refuse_ignored_options(config, train_argv)
         out = _train_out(args, config)
         _run_directory[:] = [out]
         line = f"pcasgd {__version__} -> {out}: {json.dumps(asdict(config))}"
@@ -480,7 +504,7 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     for variant in variants:
         cell_flags = [*base, *variant.flags, "--delay", args.delays[0]]
         try:
-            run_config_from(train_parser.parse_args(cell_flags))
+            _refuse_ignored_options(run_config_from(train_parser.parse_args(cell_flags)), cell_flags)
         except SystemExit:
             raise ConfigError(f"variant {variant.name!r}: pcasgd train refuses these flags (see above)") from None
     for delay in args.delays:

@@ -115,3 +115,29 @@ def test_a_yaml_alias_bomb_is_one_short_error_line(tmp_path, capsys):
 def test_a_config_that_is_not_a_settings_file_is_not_read_whole(capsys):
     assert cli.main(["train", "--config", "/dev/zero"]) == 2
     assert "larger than 64 KiB" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--mode", "clip", "--lam", "5", "--predictor", "draft"], "--lam does nothing with --mode clip"),
+        (["--mode", "predict", "--theta", "0.3"], "--theta does nothing with --mode predict"),
+        (["--mode", "clip", "--theta", "0.5"], "--theta does nothing with --mode clip"),
+        (["--mode", "asgd", "--predictor", "momentum"], "--predictor does nothing with --mode asgd"),
+        (["--mode", "pcasgd", "--predictor", "trajectory", "--lam", "2"], "--lam does nothing"),
+        (["--mode", "ssgd", "--lam", "1"], "--lam does nothing with --mode ssgd"),
+    ],
+)
+def test_an_option_the_mode_never_reads_is_refused(tmp_path, capsys, flags, said):
+    """`--mode clip --lam 5 --predictor draft` ran, and its summary reported lambda 5."""
+    assert cli.main(["train", *flags, "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_options_the_mode_reads_are_taken_from_a_config_file_too(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("mode: dsgd\ntheta: 0.25\n")
+    assert cli.main(["train", "--config", str(config), "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
+    assert "--theta does nothing with --mode dsgd" in capsys.readouterr().err

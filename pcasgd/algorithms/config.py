@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -186,6 +187,18 @@ class AlgorithmConfig:
     def local_lr_for(self, scheduled: float) -> float:
         """odsgd's local learning rate when the global one is ``scheduled`` (by a torch scheduler)."""
         return scheduled if self.odsgd_local_lr is None else scheduled * self.odsgd_local_lr / self.lr
+
+    def ignored(self, given: Iterable[str]) -> list[str]:
+        """Which of the options ``given`` (field names) this mode never reads: a user who sets
+        one expects an effect it cannot have (``--lam 5`` with ``clip`` reported lambda 5)."""
+        reads = {
+            "theta": self.mode == "pcasgd",
+            "predictor": self.predicts,
+            "lam": self.mode in ("dcasgd-c", "dcasgd-a")
+            or (self.mode == "odsgd" and self.odsgd_local_opt == "dc")
+            or (self.predicts and self.predictor != "trajectory"),
+        }
+        return [name for name in given if not reads.get(name, True)]
 
     @property
     def predicts(self) -> bool:
