@@ -27,10 +27,10 @@
 # line per host. The file system, processes and users stay shared: only the network and
 # the hostname differ, which is what MPI, PRRTE and a failure on "another host" need.
 # Needs root (ip netns, unshare, nsenter). See docs/cluster.md.
-set -euo pipefail
+set -Eeuo pipefail  # -E: the ERR trap of `up` fires inside the functions it calls too
 self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 prefix="${PCASGD_HOSTS_PREFIX:-pcasgd-node}"
-marker="# pcasgd test hosts"
+marker="# pcasgd test hosts $prefix"  # each bed's own lines: `down` removes no other bed's
 # shellcheck source=launch/forward.sh
 source "$(dirname "$self")/forward.sh"
 state="/run/$prefix"
@@ -74,11 +74,12 @@ up() {
     esac
   done
   [ "$n" -ge 2 ] && [ "$n" -le 16 ] || die "N must be 2..16, got $n"
+  [ "${#prefix}" -le 12 ] || die "PCASGD_HOSTS_PREFIX '$prefix' is longer than 12 characters (interface names)"
   [ "$(id -u)" = 0 ] || die "needs root (network namespaces)"
   [ "$(count)" = 0 ] || die "hosts are already up ($(count)); run 'launch/hosts.sh down' first"
   mkdir -p "$state"
   echo "$n" > "$state/count"
-  trap 'down >/dev/null 2>&1 || true' ERR
+  trap 'down >/dev/null 2>&1 || true; echo "launch/hosts.sh: up failed; what it had built is removed" >&2' ERR
   for k in $(seq 1 "$n"); do
     ip netns add "$(netns "$k")"
     touch "$(uts "$k")"
@@ -124,10 +125,10 @@ down() {
     umount "$(uts "$k")" 2>/dev/null || true
   done
   ip netns delete "$switch" 2>/dev/null || true
-  if grep -q "$marker" /etc/hosts; then
+  if grep -q -- " $marker\$" /etc/hosts; then
     # /etc/hosts may be a bind mount (containers): rewrite it in place, never replace the file
     local kept
-    kept="$(grep -v "$marker" /etc/hosts)"
+    kept="$(grep -v -- " $marker\$" /etc/hosts)"
     printf '%s\n' "$kept" > /etc/hosts
   fi
   rm -rf "$state"

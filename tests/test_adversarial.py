@@ -3,7 +3,9 @@ answered as the docs promise (the program runs, or one line says why not)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +13,7 @@ from pcasgd import cli, topology
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.app.sources import cache_root
 from pcasgd.errors import ConfigError, TopologyError
-from tests.mpi_support import ROOT, mpi_env, needs_mpirun
+from tests.mpi_support import HOSTS, ROOT, mpi_env, needs_mpirun
 
 
 def _launch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -141,3 +143,24 @@ def test_options_the_mode_reads_are_taken_from_a_config_file_too(tmp_path, capsy
     config.write_text("mode: dsgd\ntheta: 0.25\n")
     assert cli.main(["train", "--config", str(config), "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
     assert "--theta does nothing with --mode dsgd" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("hosts")
+def test_a_test_bed_that_fails_to_come_up_is_removed_and_leaves_other_beds_alone():
+    """`up 2 --rate bogus` failed in tc but left namespaces and /etc/hosts lines that `status`
+    reported as up; `down` removed every bed's /etc/hosts lines, not only its own."""
+    env = {**os.environ, "PCASGD_HOSTS_PREFIX": "pcasgd-adv"}
+    hosts_before = Path("/etc/hosts").read_text()
+
+    def bed(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(HOSTS), *args], env=env, capture_output=True, text=True, timeout=120)
+
+    failed = bed("up", "2", "--rate", "bogus")
+    assert failed.returncode != 0 and "up failed; what it had built is removed" in failed.stderr, failed.stderr
+    assert bed("status").returncode != 0
+    assert "pcasgd-adv" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert Path("/etc/hosts").read_text() == hosts_before  # the main bed's lines are still there
+    up = bed("up", "2")
+    assert up.returncode == 0, up.stderr
+    assert bed("down").returncode == 0
+    assert Path("/etc/hosts").read_text() == hosts_before
