@@ -164,3 +164,23 @@ def test_a_test_bed_that_fails_to_come_up_is_removed_and_leaves_other_beds_alone
     assert up.returncode == 0, up.stderr
     assert bed("down").returncode == 0
     assert Path("/etc/hosts").read_text() == hosts_before
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--variant", "a b=--mode asgd", "--variant", "a_b=--mode dsgd"], "and 'a b' both name the run folders"),
+        (["--modes", "asgd", "--seeds", "0", "0", "0"], "seed 0 is repeated"),
+        (["--modes", "asgd", "--delays", "fixed:2", "fixed:2"], "delay 'fixed:2' is repeated"),
+        (["--variant", "x=--resum somewhere"], "sets --resume: compare sets those per cell"),
+        (["--variant", "x=--config other.yaml"], "sets --config"),
+        (["--variant", 'x=--theta "0.3'], "No closing quotation"),
+    ],
+)
+def test_compare_refuses_cells_that_would_share_a_folder_and_unchecked_variants(tmp_path, capsys, args, said):
+    """`a b` and `a_b` shared run folders; --seeds 0 0 0 counted as three seeds; a variant's
+    --config or an abbreviated --resum escaped the up-front check; a stray quote was a traceback."""
+    assert cli.main(["compare", *args, "--epochs", "1", "--out", str(tmp_path / "grid")]) == 2
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1, err
+    assert not (tmp_path / "grid").exists()

@@ -51,10 +51,24 @@ class Cell:
 
     @property
     def name(self) -> str:
-        def safe(text: str) -> str:
-            return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
+        return f"{folder_part(self.variant.name)}__{folder_part(self.delay)}__seed{self.seed}"
 
-        return f"{safe(self.variant.name)}__{safe(self.delay)}__seed{self.seed}"
+
+def folder_part(text: str) -> str:
+    """``text`` as part of a run folder's name."""
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
+
+
+def _check_distinct(kind: str, values: Sequence[object], folders: bool = True) -> None:
+    """Two ``values`` that are equal, or (``folders``) that name the same run folder, are refused:
+    their cells would share a folder, each run overwriting the other's."""
+    seen: dict[str, object] = {}
+    for value in values:
+        key = folder_part(str(value)) if folders else str(value)
+        if key in seen:
+            same = "is repeated" if seen[key] == value else f"and {seen[key]!r} both name the run folders {key!r}"
+            raise ConfigError(f"{kind} {value!r} {same}: each cell needs its own")
+        seen[key] = value
 
 
 @dataclass(frozen=True)
@@ -88,15 +102,25 @@ def strip_options(argv: Sequence[str], options: Sequence[str]) -> list[str]:
     return kept
 
 
+#: What compare sets for every cell itself (``--config``: its settings go to every cell, so a
+#: variant names its own settings as flags, which the up-front check then sees).
+PER_CELL = ("--delay", "--seed", "--out", "--overwrite", "--resume", "--config")
+
+
 def parse_variant(text: str) -> Variant:
     """``NAME=FLAGS`` (flags in shell syntax) as a :class:`Variant`."""
     name, equals, flags = text.partition("=")
     if not equals or not name.strip():
         raise ConfigError(f"--variant {text!r}: expected NAME=FLAGS, e.g. 'theta 0.25=--theta 0.25'")
-    split = tuple(shlex.split(flags))
-    reserved = {flag.split("=", 1)[0] for flag in split} & {"--delay", "--seed", "--out", "--overwrite", "--resume"}
+    try:
+        split = tuple(shlex.split(flags))
+    except ValueError as error:  # an unclosed quote
+        raise ConfigError(f"--variant {text!r}: {error}") from None
+    given = {flag.split("=", 1)[0] for flag in split if flag.startswith("--") and len(flag) > 2}
+    # what pcasgd train would take these for, abbreviations included (--resum is --resume)
+    reserved = sorted({option for option in PER_CELL for flag in given if option.startswith(flag)})
     if reserved:
-        raise ConfigError(f"--variant {name!r} sets {', '.join(sorted(reserved))}: compare sets those per cell")
+        raise ConfigError(f"--variant {name!r} sets {', '.join(reserved)}: compare sets those per cell")
     return Variant(name.strip(), split)
 
 
@@ -238,8 +262,9 @@ def compare(
     if not variants or not delays or not seeds:
         raise ConfigError("compare needs at least one mode or variant, one delay and one seed")
     names = [variant.name for variant in variants]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"variant names must differ: {names}")
+    _check_distinct("variant", names)
+    _check_distinct("delay", list(delays))
+    _check_distinct("seed", list(seeds), folders=False)
     make_folder(out)
     results = [
         run_cell(Cell(variant, delay, seed), base_argv, out, backend, agents, train, configure)
