@@ -184,3 +184,18 @@ def test_compare_refuses_cells_that_would_share_a_folder_and_unchecked_variants(
     err = capsys.readouterr().err
     assert said in err and err.count("\n") == 1, err
     assert not (tmp_path / "grid").exists()
+
+
+def test_overwrite_never_replaces_files_pcasgd_did_not_write(tmp_path, capsys):
+    """Any checkpoints/, tensorboard/ or model.pt in --out counted as a run, and --overwrite
+    moved them away (then deleted them at the first record)."""
+    out = tmp_path / "mine"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "model.pt").write_bytes(b"my own model")
+    flags = ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--overwrite", "--out"]
+    assert cli.main([*flags, str(out)]) == 2
+    assert "no pcasgd run wrote them" in capsys.readouterr().err
+    assert (out / "model.pt").read_bytes() == b"my own model" and (out / "checkpoints").is_dir()
+    run = tmp_path / "run"
+    assert cli.main([*flags, str(run)]) == 0
+    assert cli.main([*flags, str(run)]) == 0  # pcasgd's own run is replaced

@@ -27,6 +27,7 @@ from pcasgd.errors import ConfigError
 RUN_FILES = (*METRICS_FILES, EVENTS_FILE, "summary.json", "model.pt", "stopped.log")
 RUN_FOLDERS = ("checkpoints", "tensorboard")
 LOCK = ".pcasgd.lock"
+MARKER = ".pcasgd-run"  # written into every run directory: what --overwrite may replace
 REPLACED = ".replaced"
 
 
@@ -119,7 +120,25 @@ class RunDirectory:
                 f"{self.out} already holds a run ({', '.join(existing)}); pass --overwrite, --resume, "
                 "or choose another --out"
             )
+        if existing and not self._holds_a_run():
+            raise ConfigError(
+                f"{self.out} holds {', '.join(existing)} but no pcasgd run wrote them (no {MARKER}, no pcasgd "
+                "metrics): --overwrite replaces only pcasgd's runs; choose another --out or move them away"
+            )
         self._put_aside(existing, copied=(), renewed=(*RUN_FILES, *RUN_FOLDERS))
+        (self.out / MARKER).write_text("pcasgd\n")
+
+    def _holds_a_run(self) -> bool:
+        """Whether pcasgd wrote what is in ``out``: its marker, or (a run from before the marker)
+        metrics whose first line is a pcasgd record."""
+        if (self.out / MARKER).is_file():
+            return True
+        try:
+            with open(self.out / "metrics.jsonl") as metrics:
+                first = json.loads(metrics.readline())
+        except (OSError, ValueError):
+            return False
+        return isinstance(first, dict) and {"epoch", "test_accuracy", "samples"} <= first.keys()
 
     def _prepare_resumed(self, records: list[dict[str, Any]]) -> None:
         """Keep the metrics of the epochs the checkpoint covers; drop the rest and the final files
