@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 from functools import partial
@@ -442,6 +443,13 @@ def _train(args: argparse.Namespace, train_argv: list[str]) -> int:
     except PcasgdError as error:
         print(f"pcasgd: error{where}: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a bug or an unforeseen failure: end the job now, not at the deadlines
+        if args.backend != "mpi" or args.fault_tolerant:  # under ULFM the others survive a rank's end
+            raise
+        traceback.print_exc()
+        print(f"pcasgd: error{where}: {type(error).__name__}: {error} (above: where); ending the job", file=sys.stderr)
+        _end_the_job(args, 1)
+        return 1
     except KeyboardInterrupt:
         print(f"pcasgd: interrupted{where}; metrics so far are in the run directory", file=sys.stderr)
         return 130

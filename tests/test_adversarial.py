@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,27 @@ def test_overwrite_never_replaces_files_pcasgd_did_not_write(tmp_path, capsys):
     run = tmp_path / "run"
     assert cli.main([*flags, str(run)]) == 0
     assert cli.main([*flags, str(run)]) == 0  # pcasgd's own run is replaced
+
+
+def test_a_bad_cache_in_the_simulator_is_one_error_line(tmp_path, capsys, monkeypatch, fashion_mnist):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("PCASGD_CACHE", str(tmp_path / "file"))
+    flags = ["train", "--dataset", "fashion-mnist", "--model", "mlp", "--epochs", "1", "--out", str(tmp_path / "r")]
+    assert cli.main(flags) == 2
+    err = capsys.readouterr().err
+    assert "the dataset cache" in err and "cannot be used" in err and err.count("\n") == 1, err
+
+
+@needs_mpirun
+def test_a_failure_on_rank_0_while_preparing_the_data_ends_every_rank_at_once(tmp_path, fashion_mnist):
+    """It held the job for the whole --startup-deadline (600 s): only a ConfigError was passed on."""
+    (tmp_path / "file").write_text("x")
+    env = {**mpi_env(), "PCASGD_CACHE": str(tmp_path / "file")}
+    command = ["bash", "launch/mpirun.sh", "-n", "2", "--dataset", "fashion-mnist", "--model", "mlp", "--epochs", "1"]
+    started = time.monotonic()
+    result = subprocess.run(
+        [*command, "--out", str(tmp_path / "r")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0 and time.monotonic() - started < 60
+    errors = [line for line in result.stderr.splitlines() if line.startswith("pcasgd: error")]
+    assert len(errors) == 2 and all("the dataset cache" in line for line in errors), result.stderr[-2000:]

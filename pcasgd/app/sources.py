@@ -74,17 +74,23 @@ def _hash_tree(root: Path) -> str:
 def cached(name: str, key: str, decode: Callable[[], Arrays]) -> Arrays:
     """The arrays for ``(name, key)``: from the cache, or decoded now and cached (memory-mapped reads)."""
     folder = cache_root() / "datasets" / f"{name}-{key[:16]}"
-    if not all((folder / f"{split}.npy").exists() for split in SPLITS):
-        arrays = decode()
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        for split in SPLITS:
-            np.save(staging / f"{split}.npy", arrays[split])
-        try:
-            os.rename(staging, folder)
-        except OSError:  # another process cached it first
-            shutil.rmtree(staging, ignore_errors=True)
-    return {split: np.load(folder / f"{split}.npy", mmap_mode="r") for split in SPLITS}
+    try:
+        if not all((folder / f"{split}.npy").exists() for split in SPLITS):
+            arrays = decode()
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+            for split in SPLITS:
+                np.save(staging / f"{split}.npy", arrays[split])
+            try:
+                os.rename(staging, folder)
+            except OSError:  # another process cached it first
+                shutil.rmtree(staging, ignore_errors=True)
+        return {split: np.load(folder / f"{split}.npy", mmap_mode="r") for split in SPLITS}
+    except (OSError, ValueError) as error:  # not a folder, read-only, a cached file cut short
+        raise ConfigError(
+            f"the dataset cache {folder} cannot be used ({type(error).__name__}: {error}); delete that folder, or "
+            "point PCASGD_CACHE at a writable folder"
+        ) from None
 
 
 # -- MNIST and Fashion-MNIST (IDX) -------------------------------------------------------------
