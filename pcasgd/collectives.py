@@ -130,7 +130,8 @@ def broadcast_parameters(tensors: Broadcastable, root: int = 0, comm=None, *, ro
     with torch.no_grad():
         for dtype, group in by_dtype.items():
             flat = torch.cat([t.detach().reshape(-1).cpu() for t in group])
-            request = world.comm.Ibcast(flat.numpy(), root=root)
+            wire = flat.view(torch.int16) if dtype == torch.bfloat16 else flat  # the same bits: numpy has no bf16
+            request = world.comm.Ibcast(wire.numpy(), root=root)
             world.deadline.wait(request, f"broadcasting the {dtype} tensors from rank {root} (collective)")
             copy_into_parameters(group, flat)
 
@@ -191,13 +192,15 @@ def allreduce(tensor: Tensor | float, name: str | None = None, op: str = "averag
     from mpi4py import MPI
 
     value = tensor if isinstance(tensor, Tensor) else torch.tensor(tensor)
-    send = np.ascontiguousarray(value.detach().cpu().numpy())
+    exact = value.detach().cpu()
+    send = np.ascontiguousarray((exact.float() if exact.dtype == torch.bfloat16 else exact).numpy())
     receive = np.empty_like(send)
     reduce = {"average": MPI.SUM, "sum": MPI.SUM, "min": MPI.MIN, "max": MPI.MAX}[op]
     request = world.comm.Iallreduce(send, receive, op=reduce)
     world.deadline.wait(request, f"the allreduce {name!r} (collective)" if name else "an allreduce (collective)")
-    result = torch.from_numpy(receive).to(value.device)
-    return result / world.comm.Get_size() if op == "average" else result
+    result = torch.from_numpy(receive)
+    result = result / world.comm.Get_size() if op == "average" else result
+    return result.to(device=value.device, dtype=value.dtype)
 
 
 @contextmanager

@@ -3,6 +3,7 @@ answered as the docs promise (the program runs, or one line says why not)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -224,3 +225,19 @@ def test_a_failure_on_rank_0_while_preparing_the_data_ends_every_rank_at_once(tm
     assert result.returncode != 0 and time.monotonic() - started < 60
     errors = [line for line in result.stderr.splitlines() if line.startswith("pcasgd: error")]
     assert len(errors) == 2 and all("the dataset cache" in line for line in errors), result.stderr[-2000:]
+
+
+@needs_mpirun
+def test_bfloat16_travels_every_mpi_path_of_the_api():
+    """ssgd averaged [1, .01, 100, -2]-scaled bf16 gradients into [nan, 0.000294, -0, -0]; the
+    other paths raised `Got unsupported ScalarType BFloat16`."""
+    result = _launch("-n", "2", "tests/mpi_programs/bf16.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(ranks) == 2
+    for case in ranks:
+        assert case["broadcast"] == [1.0] * 6
+        assert case["allreduce"] == [1.5, 4.5]
+        assert case["averaged"] == [2.0] * 6
+        assert case["ssgd"] == pytest.approx([2.0, 0.02, 200.0, -4.0], rel=1e-2)
+        assert case["decentralized_finite"]

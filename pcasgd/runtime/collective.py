@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import replace
 from functools import partial
 
+import torch
 from mpi4py import MPI
 from torch import Tensor
 
@@ -43,14 +44,17 @@ class PendingMean:
         self.size = comm.Get_size()
         self.staging = staging
         # At most two reductions are in flight (odsgd's, and the one just started): two sets of buffers.
-        self.send = staging.to_host(grad, f"allreduce.send.{iteration % 2}")
-        self.receive = staging.host_buffer(f"allreduce.receive.{iteration % 2}", grad.shape, grad.dtype)
+        # MPI has no bfloat16: its bytes summed as another type were garbage. It is summed in float32.
+        self.dtype = grad.dtype
+        wire = grad.float() if grad.dtype == torch.bfloat16 else grad
+        self.send = staging.to_host(wire, f"allreduce.send.{iteration % 2}")
+        self.receive = staging.host_buffer(f"allreduce.receive.{iteration % 2}", wire.shape, wire.dtype)
         self.request = comm.Iallreduce(self.send, self.receive, op=MPI.SUM)
 
     def total(self, deadline: Deadline, iteration: int) -> Tensor:
         """The sum over the ranks: the receive buffer itself, unless staged."""
         deadline.wait(self.request, f"the gradient allreduce of iteration {iteration}")
-        return self.staging.to_device(self.receive)
+        return self.staging.to_device(self.receive).to(self.dtype)
 
     def mean(self, deadline: Deadline, iteration: int) -> Tensor:
         return self.total(deadline, iteration).div_(self.size)
