@@ -100,18 +100,6 @@ ENGINES: dict[tuple[str, str], Callable[[EngineInputs], EngineResult | None]] = 
 }
 
 
-def optimizer_for(family: str) -> type:
-    """The optimizer wrapper (:mod:`pcasgd.optim`) that runs a family's modes in your own loop."""
-    from pcasgd import optim
-
-    wrappers = {"decentralized": optim.DecentralizedOptimizer, "collective": optim.CollectiveOptimizer}
-    if family not in wrappers:
-        raise ConfigError(
-            f"the {family} modes need a server rank and run only as `pcasgd train` (no optimizer wrapper)"
-        )
-    return wrappers[family]
-
-
 def run_engine(backend: str, inputs: EngineInputs) -> EngineResult | None:
     """Run ``inputs.run`` on its family's engine for ``backend``; under MPI, ranks other than the
     one holding the result get None."""

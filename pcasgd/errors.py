@@ -49,3 +49,8 @@ class RingTooShortError(TrainingFailedError):
 class ProcessFailedError(PcasgdError, RuntimeError):
     """A process of the communicator has failed, or a survivor revoked the communicator
     (``--fault-tolerant``: the runtime recovers; without it the run fails)."""
+
+
+class NeighbourFinishedError(Exception):
+    """``dsgd``, asynchronous: a neighbour this rank waits for has ended its run and will publish
+    nothing more. The run is over (a rank finished its iterations), so this rank ends it too."""

@@ -44,7 +44,6 @@ from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.consensus import ConsensusAgent, StepReport
 from pcasgd.collectives import init
 from pcasgd.engine import check_finite
-from pcasgd.engines import optimizer_for
 from pcasgd.errors import ConfigError, UsageError
 from pcasgd.flat import copy_into_parameters, flat_device, parameter_offsets
 from pcasgd.protocol.one_step_delay import ReductionQueue
@@ -60,7 +59,12 @@ def DistributedOptimizer(  # noqa: N802 (Horovod's name, for a class chosen by t
     ``options`` passed on. The parameter-server modes need a server rank: run them with
     ``pcasgd train``."""
     family = AlgorithmConfig(mode=mode).family
-    return optimizer_for(family)(optimizer, model, mode=mode, **options)
+    wrappers = {"decentralized": DecentralizedOptimizer, "collective": CollectiveOptimizer}
+    if family not in wrappers:
+        raise ConfigError(
+            f"the {family} modes need a server rank and run only as `pcasgd train` (no optimizer wrapper)"
+        )
+    return wrappers[family](optimizer, model, mode=mode, **options)
 
 
 def _trained_tensors(

@@ -9,8 +9,8 @@ its window, reads its in-neighbours' snapshots, and applies the same
   stamps. ``dsgd`` alone waits, neighbour by neighbour, for a snapshot stamped ``k``. A
   ``straggler`` term makes a rank sleep ``(f - 1)`` times its previous iteration's duration, so
   its iterations take about ``f`` times as long. The run ends when a
-  rank finishes ``epochs`` epochs of iterations: it raises a shared counter and the others stop
-  at their next iteration, so faster ranks do more iterations than slower ones (a ``dsgd`` rank
+  rank finishes ``epochs`` epochs of iterations: it adds its end-of-run word to every live rank's
+  control window (each rank reads its own, locally) and the others stop at their next iteration, so faster ranks do more iterations than slower ones (a ``dsgd`` rank
   waiting for a neighbour that has stopped stops too, without that iteration's update).
 * **deterministic**: every rank runs ``epochs * iterations_per_epoch`` iterations in lock-step
   (a barrier after each publish) with the injected lags read from each ring, which reproduces the
@@ -44,10 +44,10 @@ from torch import Tensor
 
 from pcasgd.algorithms.consensus import ConsensusAgent, Snapshot
 from pcasgd.engine import EngineResult, EngineRun, EpochStats, add_ages_by_source, check_finite, make_due_records
-from pcasgd.errors import ConfigError, ProcessFailedError
+from pcasgd.errors import ConfigError, NeighbourFinishedError, ProcessFailedError
 from pcasgd.protocol.pacing import StragglerPacing
 from pcasgd.runtime import totals as header_totals
-from pcasgd.runtime.exchange import ExchangeEndpoint, MpiOptions, NeighbourFinishedError
+from pcasgd.runtime.exchange import ExchangeEndpoint, MpiOptions
 from pcasgd.runtime.faults import abandon, is_process_failure, notice_failures
 from pcasgd.runtime.recording import BEFORE_RESIZE, RankState, Recorder
 from pcasgd.runtime.recovery import DecentralizedWorld, Recovery

@@ -28,7 +28,7 @@ from torch import Tensor
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.consensus import Snapshot
 from pcasgd.delays import DelayModel
-from pcasgd.errors import StallError, UsageError
+from pcasgd.errors import NeighbourFinishedError, StallError, UsageError
 from pcasgd.protocol.ages import Latest, StepPeriod
 from pcasgd.protocol.reads import Fetched, Reads, assemble_reads, fetch_reads
 from pcasgd.protocol.ring import ring_slots
@@ -52,11 +52,6 @@ class MpiOptions:
     progress_thread: bool = False  # a helper thread keeps one-sided transfers moving during compute
     staging: HostStaging | None = None  # GPU ranks: host copies of what the windows hold (None: CPU)
     fault_tolerant: bool = False  # ULFM: a dead rank is survived (pcasgd.runtime.faults)
-
-
-class NeighbourFinishedError(Exception):
-    """``dsgd``, asynchronous: a neighbour this rank waits for has ended its run and will publish
-    nothing more. The run is over (a rank finished its iterations), so this rank ends it too."""
 
 
 class NeighbourExchange:

@@ -11,8 +11,8 @@ from mpi4py import MPI
 from pcasgd import delays, topology
 from pcasgd.algorithms import AlgorithmConfig
 from pcasgd.algorithms.consensus import Snapshot
-from pcasgd.errors import StallError
-from pcasgd.runtime.exchange import NeighbourExchange, NeighbourFinishedError
+from pcasgd.errors import NeighbourFinishedError, StallError
+from pcasgd.runtime.exchange import NeighbourExchange
 from pcasgd.transport.clock import RunClock, offset_to_root
 from pcasgd.transport.deadline import Deadline
 from pcasgd.transport.windows import FLAG_FINISHED, SnapshotWindow
