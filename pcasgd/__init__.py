@@ -24,7 +24,8 @@ COLLECTIVES = (
     "rank",
     "size",
 )
-__all__ = [*OPTIMIZERS, *COLLECTIVES]
+HOROVOD_NAMES = ("Adasum", "Average", "Compression", "Sum", "gloo_built", "mpi_built", "nccl_built")
+__all__ = [*OPTIMIZERS, *COLLECTIVES, *HOROVOD_NAMES]
 
 
 def __getattr__(name: str) -> Any:
@@ -36,6 +37,10 @@ def __getattr__(name: str) -> Any:
         from pcasgd import collectives
 
         return getattr(collectives, name)
+    if name in HOROVOD_NAMES:
+        from pcasgd import horovod_names
+
+        return getattr(horovod_names, name)
     if name == "elastic":  # Horovod Elastic's names: pcasgd.elastic.run, pcasgd.elastic.TorchState
         return importlib.import_module("pcasgd.elastic")
     raise AttributeError(f"module 'pcasgd' has no attribute {name!r}")

@@ -114,6 +114,11 @@ ALGORITHM_FLAGS = [
     ("--odsgd-no-overlap", "odsgd_overlap", {"action": "store_false", "help": "odsgd: block on each allreduce"}),
     ("--comm", "comm", {"choices": CHOICES["comm"], "help": "ssgd on MPI: MPI allreduce or Horovod"}),
     (
+        "--compression",
+        "compression",
+        {"choices": CHOICES["compression"], "help": "send snapshots (ssgd/odsgd: gradients) in half precision"},
+    ),
+    (
         "--overlap",
         "overlap",
         {"action": "store_true", "help": "decentralized modes: read the neighbours while the gradient is computed"},

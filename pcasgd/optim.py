@@ -32,6 +32,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -46,6 +47,7 @@ from pcasgd.collectives import init
 from pcasgd.engine import check_finite
 from pcasgd.errors import ConfigError, UsageError
 from pcasgd.flat import copy_into_parameters, flat_device, parameter_offsets
+from pcasgd.horovod_names import horovod_options
 from pcasgd.protocol.one_step_delay import ReductionQueue
 
 NamedTensors = Iterable[tuple[str, Tensor]]
@@ -104,6 +106,15 @@ def _flat(tensors: list[Tensor], out: Tensor | None = None) -> Tensor:
 def _flat_gradient(params: list[Tensor], out: Tensor) -> Tensor:
     """The parameters' gradients written into ``out`` (zeros where the loss did not reach)."""
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params], out=out)
+
+
+def _algorithm_config(mode: str, optimizer: torch.optim.Optimizer, options: dict[str, Any]) -> AlgorithmConfig:
+    """The algorithm's configuration from a wrapper's remaining keywords; an unknown one is named."""
+    known = {field.name for field in fields(AlgorithmConfig)} - {"mode", "lr"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"unknown option {', '.join(unknown)}; the algorithm's options: {', '.join(sorted(known))}")
+    return AlgorithmConfig(mode=mode, lr=_base_lr(optimizer), **options)
 
 
 def _base_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -312,7 +323,8 @@ class DecentralizedOptimizer(_RankOptimizer):
         from pcasgd.transport.staging import HostStaging
 
         options.setdefault("momentum", float(optimizer.param_groups[0].get("momentum", 0.0)))
-        config = AlgorithmConfig(mode=mode, lr=_base_lr(optimizer), **options)
+        options, _ = horovod_options(options, mode)  # a sum is refused there: only ssgd sums
+        config = _algorithm_config(mode, optimizer, options)
         params = _trained_tensors(optimizer, model, named_parameters)
         super().__init__(optimizer, params, config, "decentralized", comm, deadline)
         try:
@@ -551,7 +563,8 @@ class CollectiveOptimizer(_RankOptimizer):
         from pcasgd.transport.progress import MpiProgress
         from pcasgd.transport.staging import HostStaging
 
-        config = AlgorithmConfig(mode=mode, lr=_base_lr(optimizer), **options)
+        options, self.summed = horovod_options(options, mode)  # op=Sum: the summed gradient
+        config = _algorithm_config(mode, optimizer, options)
         params = _trained_tensors(optimizer, model, named_parameters)
         super().__init__(optimizer, params, config, "collective", comm, deadline)
         try:
@@ -599,7 +612,7 @@ class CollectiveOptimizer(_RankOptimizer):
         else:
             send.zero_()
         self.progress.poke()
-        return PendingMean(self.comm, send, self.staging, self.iteration)
+        return PendingMean(self.comm, send, self.staging, self.iteration, self.config.compression)
 
     def _mean(self, reduction: Any, started: int) -> Tensor | None:
         """The mean gradient of a reduction (None when no rank contributed: all have joined)."""
@@ -607,7 +620,9 @@ class CollectiveOptimizer(_RankOptimizer):
             return reduction
         total = reduction.total(self.deadline, started)
         count = float(total[-1])
-        return total[:-1].div(count) if count > 0 else None
+        if count == 0:
+            return None
+        return total[:-1] if self.summed else total[:-1].div(count)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from pcasgd import cli, topology
 from pcasgd.algorithms.config import AlgorithmConfig
@@ -241,3 +243,44 @@ def test_bfloat16_travels_every_mpi_path_of_the_api():
         assert case["averaged"] == [2.0] * 6
         assert case["ssgd"] == pytest.approx([2.0, 0.02, 200.0, -4.0], rel=1e-2)
         assert case["decentralized_finite"]
+        assert case["ssgd_fp16_sum"] == pytest.approx([4.0, 0.04, 400.0, -8.0], rel=1e-3)
+        assert case["window_itemsize"] == 2 and case["fp16_snapshots_finite"]
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"mode": "ssgd", "op": "adasum"}, "op=Adasum: pcasgd has no Adasum reduction"),
+        ({"mode": "pcasgd", "op": "sum"}, "only op=pcasgd.Average, and op=pcasgd.Sum with ssgd"),
+        ({"mode": "ssgd", "compression": "zip"}, "compression='zip': use pcasgd.Compression.none"),
+        ({"mode": "ssgd", "compression": "bf16"}, "MPI sums no bfloat16"),
+        ({"mode": "ssgd", "backward_passes_per_step": 2}, "unknown option backward_passes_per_step"),
+    ],
+)
+def test_horovods_keywords_without_a_meaning_here_are_refused_in_one_line(options, said):
+    """compression= and op= raised `TypeError: AlgorithmConfig.__init__() got an unexpected keyword`."""
+    import pcasgd
+
+    sgd = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        pcasgd.DistributedOptimizer(sgd, **options)
+
+
+def test_horovods_names_exist_and_say_what_they_are():
+    import pcasgd
+
+    assert pcasgd.Compression.fp16.name == "fp16" and pcasgd.Compression.none.name == "none"
+    assert (pcasgd.Average, pcasgd.Sum) == ("average", "sum")
+    assert pcasgd.nccl_built() is False and pcasgd.mpi_built() is True
+
+
+@needs_mpirun
+@pytest.mark.parametrize("mode", ["pcasgd", "ssgd"])
+def test_a_run_with_half_precision_exchange_learns(tmp_path, mode):
+    out = tmp_path / mode
+    flags = ["--mode", mode, "--compression", "fp16", "--dataset", "digits", "--model", "mlp", "--epochs", "10"]
+    result = _launch("-n", "2", *flags, "--out", str(out), timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["algorithm"]["compression"] == "fp16"
+    assert summary["final"]["test_accuracy"] > 0.85  # digits: chance is 0.10

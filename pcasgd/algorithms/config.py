@@ -28,6 +28,7 @@ CHOICES = {
     "sasgd_lr": ("inverse", "average", "constant"),
     "odsgd_local_opt": ("sgd", "dc"),
     "comm": ("mpi", "horovod"),
+    "compression": ("none", "fp16", "bf16"),
 }
 
 
@@ -72,6 +73,9 @@ class AlgorithmConfig:
     # decentralized modes: reads of the neighbours fly while the gradient is computed (ALGORITHMS.md,
     # "Revision 2"); dsgd then mixes exactly x_j^(k-1)
     overlap: bool = False
+    # what the exchange sends: decentralized snapshots, or ssgd's and odsgd's gradients, in half
+    # precision (half the bytes; Horovod's Compression.fp16); the arithmetic stays in full precision
+    compression: str = "none"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -117,6 +121,17 @@ class AlgorithmConfig:
                 else ""
             )
             raise ConfigError(f"--overlap is for the decentralized modes; {self.mode} would ignore it{hint}")
+        if self.compression != "none" and self.family == "server":
+            raise ConfigError(
+                f"--compression is for the decentralized and collective modes; {self.mode} would ignore it"
+            )
+        if self.compression != "none" and self.comm == "horovod":
+            raise ConfigError("--compression is pcasgd's own exchange; with --comm horovod use Horovod's")
+        if self.compression == "bf16" and self.family == "collective":
+            raise ConfigError(
+                "--compression bf16: MPI sums no bfloat16, so the allreduce would send float32 and save nothing; "
+                "use fp16"
+            )
         if self.pv_warmup_epochs < 0:
             raise ConfigError(f"pv_warmup_epochs must be >= 0, got {self.pv_warmup_epochs}")
 

@@ -70,6 +70,8 @@ class RunConfig:
             raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.backend == "sim" and self.algorithm.comm == "horovod":
             raise ConfigError("--comm horovod is for --backend mpi")
+        if self.backend == "sim" and self.algorithm.compression != "none":
+            raise ConfigError("--compression rounds what MPI sends: it is for --backend mpi")
         if self.backend == "sim" and (
             self.deterministic or self.progress_thread or self.shared_windows or self.fault_tolerant
         ):

@@ -40,13 +40,16 @@ class PendingMean:
     :class:`~pcasgd.transport.progress.MpiProgress` (its opt-in thread) moves it during the compute.
     """
 
-    def __init__(self, comm: MPI.Comm, grad: Tensor, staging: HostStaging, iteration: int) -> None:
+    def __init__(
+        self, comm: MPI.Comm, grad: Tensor, staging: HostStaging, iteration: int, compression: str = "none"
+    ) -> None:
         self.size = comm.Get_size()
         self.staging = staging
         # At most two reductions are in flight (odsgd's, and the one just started): two sets of buffers.
         # MPI has no bfloat16: its bytes summed as another type were garbage. It is summed in float32.
+        # ``compression`` fp16: sent and summed in float16 (half the bytes, as Horovod's Compression.fp16).
         self.dtype = grad.dtype
-        wire = grad.float() if grad.dtype == torch.bfloat16 else grad
+        wire = grad.half() if compression == "fp16" else grad.float() if grad.dtype == torch.bfloat16 else grad
         self.send = staging.to_host(wire, f"allreduce.send.{iteration % 2}")
         self.receive = staging.host_buffer(f"allreduce.receive.{iteration % 2}", wire.shape, wire.dtype)
         self.request = comm.Iallreduce(self.send, self.receive, op=MPI.SUM)
@@ -181,9 +184,12 @@ class CollectiveRank:
         self.epoch_stats.add_loss(loss)
         return grad
 
+    def _reduction(self, grad: Tensor, t: int) -> PendingMean:
+        return PendingMean(self.comm, grad, self.staging, t, self.config.compression)
+
     def _ssgd_step(self, t: int) -> None:
         grad = self._gradient(self.shared.params, t)
-        pending = HorovodMean(grad, t) if self.horovod else PendingMean(self.comm, grad, self.staging, t)
+        pending = HorovodMean(grad, t) if self.horovod else self._reduction(grad, t)
         self.shared.apply(pending.mean(self.deadline, t), self._epoch_of(t))
         check_finite(self.shared.params, f"rank {self.rank}", t)
         self._record_staleness(0)
@@ -192,11 +198,11 @@ class CollectiveRank:
         agent, queue = self.agent, self.queue
         grad = self._gradient(agent.local_params, t)
         if queue.warming_up(t):
-            agent.complete(PendingMean(self.comm, grad, self.staging, t).mean(self.deadline, t), self._epoch_of(t))
+            agent.complete(self._reduction(grad, t).mean(self.deadline, t), self._epoch_of(t))
             agent.sync_local()
             self._record_staleness(0)
         else:
-            queue.start(t, PendingMean(self.comm, grad, self.staging, t))
+            queue.start(t, self._reduction(grad, t))
             for started, pending in queue.due(t):
                 agent.complete(pending.mean(self.deadline, started), self._epoch_of(t))
                 self._record_staleness(queue.latency)

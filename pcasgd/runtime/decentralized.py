@@ -8,10 +8,11 @@ its window, reads its in-neighbours' snapshots, and applies the same
   snapshot (``lag`` behind it when a delay spec injects one) and staleness is measured from the
   stamps. ``dsgd`` alone waits, neighbour by neighbour, for a snapshot stamped ``k``. A
   ``straggler`` term makes a rank sleep ``(f - 1)`` times its previous iteration's duration, so
-  its iterations take about ``f`` times as long. The run ends when a
-  rank finishes ``epochs`` epochs of iterations: it adds its end-of-run word to every live rank's
-  control window (each rank reads its own, locally) and the others stop at their next iteration, so faster ranks do more iterations than slower ones (a ``dsgd`` rank
-  waiting for a neighbour that has stopped stops too, without that iteration's update).
+  its iterations take about ``f`` times as long. The run ends when a rank finishes ``epochs``
+  epochs of iterations: it adds its end-of-run word to every live rank's control window (each
+  rank reads its own, locally) and the others stop at their next iteration, so faster ranks do
+  more iterations than slower ones (a ``dsgd`` rank waiting for a neighbour that has stopped
+  stops too, without that iteration's update).
 * **deterministic**: every rank runs ``epochs * iterations_per_epoch`` iterations in lock-step
   (a barrier after each publish) with the injected lags read from each ring, which reproduces the
   simulator's step order and therefore its weights.

@@ -39,7 +39,7 @@ from pcasgd.transport.deadline import Deadline
 from pcasgd.transport.jobs import JobThread, require_thread_multiple
 from pcasgd.transport.progress import MpiProgress
 from pcasgd.transport.staging import HostStaging
-from pcasgd.transport.windows import FLAG_FINISHED, SnapshotWindow
+from pcasgd.transport.windows import FLAG_FINISHED, WIRE_DTYPES, SnapshotWindow
 
 
 @dataclass(frozen=True)
@@ -346,6 +346,7 @@ class ExchangeEndpoint:
                 header_values,
                 config.snapshot_vectors,
                 self._notice_failures if options.fault_tolerant else None,
+                WIRE_DTYPES.get(config.compression),
             )
         offset = 0.0 if options.deterministic else offset_to_root(comm, deadline)
         self.progress = MpiProgress(comm, thread=options.progress_thread)

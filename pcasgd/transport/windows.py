@@ -101,6 +101,10 @@ def _fetch(
             interrupt()
 
 
+#: ``--compression``'s dtypes for the snapshots in the windows.
+WIRE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def _mpi_buffer(tensor: torch.Tensor) -> np.ndarray | torch.Tensor:
     """What MPI reads or writes for ``tensor``: a NumPy view of a CPU tensor (passing the tensor
     itself goes through DLPack, which measured a third slower for a 4 MB Put), else the tensor."""
@@ -125,6 +129,7 @@ class SnapshotWindow:
         values: int = 0,
         vectors: tuple[str, ...] = ("params", "grad"),
         interrupt: Callable[[], None] | None = None,
+        wire: torch.dtype | None = None,
     ) -> None:
         self.comm = comm
         self._interrupt = interrupt  # called while a read waits (--fault-tolerant): see _fetch
@@ -132,7 +137,11 @@ class SnapshotWindow:
         self.rank = comm.Get_rank()
         self.numel = numel
         self.dtype = dtype
-        self.itemsize = torch.empty(0, dtype=dtype).element_size()
+        # ``wire``: the snapshots' dtype in the window (half precision: half the bytes per read);
+        # published vectors are rounded to it, and reads come back as ``dtype``
+        self.wire = dtype if wire is None else wire
+        self._conversions: dict[str, torch.Tensor] = {}  # kept buffers of the roundings
+        self.itemsize = torch.empty(0, dtype=self.wire).element_size()
         self.slots = slots
         if vectors[0] != "params" or not set(vectors) <= {"params", "grad", "displacement"}:
             raise ValueError(f"a snapshot window holds the parameters, then the gradient or displacement: {vectors}")
@@ -166,7 +175,8 @@ class SnapshotWindow:
         if any(getattr(snapshot, name) is None for name in self.vectors):
             raise ValueError(f"a snapshot published in this window carries {', '.join(self.vectors)}")
         payloads = [
-            self.staging.to_host(getattr(snapshot, name).contiguous(), f"publish.{name}") for name in self.vectors
+            self.staging.to_host(self._on_wire(getattr(snapshot, name), name), f"publish.{name}")
+            for name in self.vectors
         ]
         self._meta[:] = (snapshot.stamp, snapshot.published, snapshot.period, snapshot.progress)
         self._header[:3] = (snapshot.stamp, int(self._header[1]) & ~FLAG_PAUSED, snapshot.published)
@@ -233,7 +243,7 @@ class SnapshotWindow:
                 )
             offset = self._slot_offset(stamp)
             buffers = [
-                self.staging.host_buffer(f"read.{source}.{name}", (self.numel,), self.dtype) for name in self.vectors
+                self.staging.host_buffer(f"read.{source}.{name}", (self.numel,), self.wire) for name in self.vectors
             ]
             parts = [(self._read_meta, (offset, 8 * SLOT_META, MPI.BYTE))]
             if base != latest:  # the newest the reader considers is not the owner's: read its time
@@ -259,7 +269,8 @@ class SnapshotWindow:
                 if not (int(base_stamp) == int(self._check_base[0]) == base):
                     return None
                 newest_seen = Latest(base, base_published, base_period)
-            vectors = dict(zip(self.vectors, (self.staging.to_device(b) for b in buffers), strict=True))
+            read_back = [self._off_wire(self.staging.to_device(b), f"{source}.{i}") for i, b in enumerate(buffers)]
+            vectors = dict(zip(self.vectors, read_back, strict=True))
             vectors.setdefault("grad", None)
             snapshot = Snapshot(stamp=stamp, published=published, period=period, progress=int(progress), **vectors)
         return Read(snapshot, latest, int(header[1]), header[HEADER_FIXED:].copy(), newest_seen)
@@ -278,6 +289,24 @@ class SnapshotWindow:
             self.win = None
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _on_wire(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
+        """``tensor`` as the window holds it (rounded into a kept buffer when compressed)."""
+        if self.wire == self.dtype:
+            return tensor.contiguous()
+        return self._kept(f"wire.{name}", self.wire, tensor.device).copy_(tensor.reshape(-1))
+
+    def _off_wire(self, tensor: torch.Tensor, key: str) -> torch.Tensor:
+        """A read vector in ``dtype`` (a kept buffer per source and vector when compressed)."""
+        if self.wire == self.dtype:
+            return tensor
+        return self._kept(f"full.{key}", self.dtype, tensor.device).copy_(tensor)
+
+    def _kept(self, key: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        buffer = self._conversions.get(key)
+        if buffer is None or buffer.device != device:
+            buffer = self._conversions[key] = torch.empty(self.numel, dtype=dtype, device=device)
+        return buffer
 
     def _open(self) -> MPI.Win:
         if self.win is None:

@@ -41,4 +41,23 @@ with pcasgd.DistributedOptimizer(sgd, model, mode="pcasgd", deterministic=True) 
         model(torch.ones(4, 3, dtype=bf16)).pow(2).mean().backward()
         pc.step()
 result["decentralized_finite"] = bool(torch.isfinite(model.weight.float()).all())
+
+# Horovod's compression and ops: fp16 gradients summed, fp16 snapshots in the windows
+weights = torch.nn.Parameter(torch.zeros(4))
+sgd = torch.optim.SGD([weights], lr=1.0)
+options = {"compression": pcasgd.Compression.fp16, "op": pcasgd.Sum}
+with pcasgd.DistributedOptimizer(sgd, mode="ssgd", named_parameters=[("w", weights)], **options) as ssgd:
+    weights.grad = torch.tensor([1.0, 0.01, 100.0, -2.0]) * (1 + 2 * rank)
+    ssgd.step()
+result["ssgd_fp16_sum"] = (-weights.detach()).tolist()
+model = torch.nn.Linear(3, 2)
+pcasgd.broadcast_parameters(model)
+sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+with pcasgd.DistributedOptimizer(sgd, model, compression=pcasgd.Compression.fp16, deterministic=True) as pc:
+    for _ in range(3):
+        sgd.zero_grad()
+        model(torch.ones(4, 3)).pow(2).mean().backward()
+        pc.step()
+    result["window_itemsize"] = pc.window.itemsize
+result["fp16_snapshots_finite"] = bool(torch.isfinite(model.weight).all())
 print(json.dumps(result), flush=True)
