@@ -213,7 +213,7 @@ def test_your_own_training_loop_survives_a_dead_rank_inside_step(tmp_path):
 
 
 def test_horovods_elastic_example_ported_survives_a_rank_killed_mid_epoch(tmp_path, torchvision_mnist):
-    """examples/horovod_pytorch_mnist_elastic.py (Horovod's elastic example, 9 lines changed) on
+    """examples/horovod_pytorch_mnist_elastic.py (Horovod's elastic example, 7 diff lines) on
     4 ranks, one epoch of Fashion-MNIST: rank 2 is killed once a rank is a quarter through its
     shard; the other three finish, and rank 0's own test print is well above chance (10%)."""
     env = {**mpi_env(), JOB_TAG: str(tmp_path), "PYTHONUNBUFFERED": "1"}  # its prints, as they come
