@@ -25,7 +25,7 @@ COLLECTIVES = (
     "size",
 )
 HOROVOD_NAMES = ("Adasum", "Average", "Compression", "Sum", "gloo_built", "mpi_built", "nccl_built")
-__all__ = [*OPTIMIZERS, *COLLECTIVES, *HOROVOD_NAMES]
+__all__ = [*OPTIMIZERS, *COLLECTIVES, *HOROVOD_NAMES, "SyncBatchNorm"]
 
 
 def __getattr__(name: str) -> Any:
@@ -41,6 +41,10 @@ def __getattr__(name: str) -> Any:
         from pcasgd import horovod_names
 
         return getattr(horovod_names, name)
+    if name == "SyncBatchNorm":
+        from pcasgd.sync_batchnorm import SyncBatchNorm
+
+        return SyncBatchNorm
     if name == "elastic":  # Horovod Elastic's names: pcasgd.elastic.run, pcasgd.elastic.TorchState
         return importlib.import_module("pcasgd.elastic")
     raise AttributeError(f"module 'pcasgd' has no attribute {name!r}")

@@ -332,6 +332,11 @@ class DecentralizedOptimizer(_RankOptimizer):
                 raise ConfigError("pcasgd-pv counts its warm-up in epochs: pass iterations_per_epoch")
             if mix_buffers and model is None:
                 raise ConfigError("mix_buffers mixes the model's buffers: pass the model")
+            if model is not None and any(type(m).__name__ == "SyncBatchNorm" for m in model.modules()):
+                raise ConfigError(
+                    "SyncBatchNorm pools the batch statistics of identical models (ssgd, odsgd); decentralized "
+                    "agents hold different models: use nn.BatchNorm with mix_buffers=True to mix their statistics"
+                )
             if fault_tolerant:
                 from pcasgd.runtime.faults import check_enabled
 

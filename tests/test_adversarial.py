@@ -284,3 +284,17 @@ def test_a_run_with_half_precision_exchange_learns(tmp_path, mode):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["algorithm"]["compression"] == "fp16"
     assert summary["final"]["test_accuracy"] > 0.85  # digits: chance is 0.10
+
+
+@needs_mpirun
+def test_sync_batchnorm_on_two_half_batches_equals_batchnorm_on_the_whole_batch():
+    """Horovod's benchmark passes norm_layer=hvd.SyncBatchNorm: it was an AttributeError."""
+    result = _launch("-n", "2", "tests/mpi_programs/sync_batchnorm.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(ranks) == 2
+    for case in ranks:
+        for name in ("output", "running_mean", "running_var", "input_grad"):
+            assert case[name] < 1e-5, case
+        assert case["weight_grad"] < 1e-3 and case["bias_grad"] < 1e-3, case  # sums of 256 terms near 100
+        assert "use nn.BatchNorm with mix_buffers=True" in case["decentralized"], case
