@@ -449,10 +449,15 @@ def _train(args: argparse.Namespace, train_argv: list[str]) -> int:
         print(f"pcasgd: error{where}: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # a bug or an unforeseen failure: end the job now, not at the deadlines
-        if args.backend != "mpi" or args.fault_tolerant:  # under ULFM the others survive a rank's end
+        if args.backend != "mpi":
             raise
         traceback.print_exc()
-        print(f"pcasgd: error{where}: {type(error).__name__}: {error} (above: where); ending the job", file=sys.stderr)
+        # --fault-tolerant: this rank ends (main leaves without MPI_Finalize, which would hang
+        # there) and the others survive it; otherwise the whole job ends now
+        ends = "this rank ends" if args.fault_tolerant else "ending the job"
+        print(f"pcasgd: error{where}: {type(error).__name__}: {error} (above: where); {ends}", file=sys.stderr)
+        if args.fault_tolerant:
+            return 1
         _end_the_job(args, 1)
         return 1
     except KeyboardInterrupt:

@@ -298,3 +298,17 @@ def test_sync_batchnorm_on_two_half_batches_equals_batchnorm_on_the_whole_batch(
             assert case[name] < 1e-5, case
         assert case["weight_grad"] < 1e-3 and case["bias_grad"] < 1e-3, case  # sums of 256 terms near 100
         assert "use nn.BatchNorm with mix_buffers=True" in case["decentralized"], case
+
+
+@needs_mpirun
+@pytest.mark.parametrize("fault_tolerant", [False, True], ids=["plain", "fault-tolerant"])
+def test_an_unforeseen_exception_ends_the_job_at_once(tmp_path, fault_tolerant):
+    """Under --fault-tolerant such a rank ended through MPI_Finalize, which hangs in ULFM's failure
+    detector: the job never ended. Without it the others waited for their deadlines."""
+    flags = ["--dataset", "digits", "--model", "mlp", "--epochs", "1", "--out", str(tmp_path / "r")]
+    flags += ["--fault-tolerant"] if fault_tolerant else []
+    # a hang shows as the timeout (the deadlines it waited for are 60 s and 600 s)
+    result = _launch("-n", "2", "tests/mpi_programs/unforeseen_error.py", *flags, timeout=150)
+    assert result.returncode != 0
+    said = "this rank ends" if fault_tolerant else "ending the job"
+    assert f"ZeroDivisionError: an unforeseen failure (above: where); {said}" in result.stderr, result.stderr[-2000:]
