@@ -139,7 +139,7 @@ def random_regular(n: int, degree: int, seed: int) -> np.ndarray:
     for _ in range(100):
         adjacency = _from_offsets(n, offsets)
         edges = [(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(adjacency)), strict=True)]
-        for _ in range(10 * len(edges)):
+        for _ in range(10 * len(edges) if len(edges) >= 2 else 0):  # one edge (2 agents, k=1): nothing to swap
             a, b = rng.choice(len(edges), size=2, replace=False)
             (u, v), (x, y) = edges[a], edges[b]
             if rng.random() < 0.5:

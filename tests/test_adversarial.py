@@ -15,8 +15,9 @@ import torch
 
 from pcasgd import cli, topology
 from pcasgd.algorithms.config import AlgorithmConfig
+from pcasgd.app.files import write_atomically
 from pcasgd.app.sources import cache_root
-from pcasgd.errors import ConfigError, TopologyError
+from pcasgd.errors import ConfigError, RunFilesError, TopologyError
 from tests.mpi_support import HOSTS, ROOT, mpi_env, needs_mpirun
 
 
@@ -312,3 +313,15 @@ def test_an_unforeseen_exception_ends_the_job_at_once(tmp_path, fault_tolerant):
     assert result.returncode != 0
     said = "this rank ends" if fault_tolerant else "ending the job"
     assert f"ZeroDivisionError: an unforeseen failure (above: where); {said}" in result.stderr, result.stderr[-2000:]
+
+
+def test_a_random_graph_of_one_edge_is_drawn():
+    """`--agents 2 --topology random:1`, a valid 1-regular graph, was a traceback from NumPy."""
+    graph = topology.build("random:1", 2)
+    assert graph.in_neighbours(0) == [1] and graph.in_neighbours(1) == [0]
+
+
+def test_a_file_name_too_long_to_write_is_one_run_files_error(tmp_path):
+    """write_atomically's cleanup raised its own OSError (the temporary's name was too long too)."""
+    with pytest.raises(RunFilesError, match="cannot write"):
+        write_atomically(tmp_path / ("n" * 260), lambda path: path.write_text("x"))

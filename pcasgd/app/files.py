@@ -18,7 +18,8 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         write(temporary)
         os.replace(temporary, path)
     except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a name too long to write is too long to remove
+            temporary.unlink(missing_ok=True)
         raise RunFilesError(f"cannot write {path}: {reason(error, path)}") from None
 
 
