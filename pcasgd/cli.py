@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import NoReturn
 
-from pcasgd import __version__
+from pcasgd import __version__, log
 from pcasgd.algorithms.config import CHOICES, MODES, AlgorithmConfig
 from pcasgd.app.compare import Variant, compare, parse_variant, strip_options
 from pcasgd.app.config_file import config_argv
@@ -382,6 +382,7 @@ def run_directory(train_argv: Sequence[str], agents: int) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    log.to_stderr()
     try:
         args, argv = _parse(argv)
         if args.command == "plot":

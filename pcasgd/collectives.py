@@ -48,12 +48,15 @@ _world: _World | None = None
 def init(deadline: float = 600.0):
     """Initialise MPI (through mpi4py) and return ``MPI.COMM_WORLD``. Collective: call it once,
     on every rank, before the other functions here. ``deadline``: seconds any of their waits may
-    take (a broadcast, an allreduce, the model average)."""
+    take (a broadcast, an allreduce, the model average). pcasgd's messages (a rank's death
+    survived, a warning) go to stderr from then on (:mod:`pcasgd.log`)."""
     global _world
     from mpi4py import MPI
 
+    from pcasgd import log
     from pcasgd.transport.deadline import Deadline
 
+    log.to_stderr()
     if _world is None:
         comm = MPI.COMM_WORLD
         watchdog = Deadline(comm.Get_rank(), deadline)

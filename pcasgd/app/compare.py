@@ -22,10 +22,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pcasgd import log
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.app.files import make_folder
 from pcasgd.engines import ranks_needed
 from pcasgd.errors import ConfigError
+
+LOG = log.get("compare")
 
 EXIT_TRAINING_FAILED = 1  # pcasgd train's exit status for a run that failed while training (e.g. diverged)
 
@@ -163,7 +166,7 @@ def run_cell(
         else:
             code = train(["train", *argv])
         if code == EXIT_TRAINING_FAILED:
-            print(f"pcasgd: compare: cell {cell.name} failed while training; the grid goes on", file=sys.stderr)
+            LOG.warning(f"compare: cell {cell.name} failed while training; the grid goes on")
             return CellResult(cell.variant.name, cell.delay, cell.seed, failed=True)
         if code != 0 or not (folder / "summary.json").is_file():
             raise ConfigError(f"the run {cell.name} did not start (exit {code}); its messages are above")

@@ -4,15 +4,17 @@ rank's own in asynchronous decentralized runs), never one that would cut a run s
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+from pcasgd import log
 from pcasgd.app import checkpoint as checkpoints
 from pcasgd.app.resize import resized_payload, saved_agents
 from pcasgd.app.run_config import RunConfig
 from pcasgd.errors import ConfigError
 from pcasgd.topology import Schedule
+
+LOG = log.get("resume")
 
 
 def _readable_checkpoints(out: Path, rank: int) -> tuple[dict[int, dict[str, Any]], str | None]:
@@ -27,7 +29,7 @@ def _readable_checkpoints(out: Path, rank: int) -> tuple[dict[int, dict[str, Any
             problems.append(str(error))
     if problems and readable:
         newest = max(readable)
-        print(f"pcasgd: warning: {problems[0]}; resuming rank {rank} from epoch {newest} instead", file=sys.stderr)
+        LOG.warning(f"{problems[0]}; resuming rank {rank} from epoch {newest} instead")
     return readable, (problems[0] if problems and not readable else None)
 
 
@@ -91,11 +93,7 @@ def resume_payload(
         if not independent:
             epochs = sorted(set.intersection(*(set(e) for e in held)))
         elif not epochs and any(held):
-            print(
-                f"pcasgd: warning: rank {rank} has no checkpoint in {out}: it starts again from the beginning",
-                file=sys.stderr,
-                flush=True,
-            )
+            LOG.warning(f"rank {rank} has no checkpoint in {out}: it starts again from the beginning")
             fresh = True
     problem, payload = unreadable, None
     if problem is None and not epochs and not fresh:

@@ -28,10 +28,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pcasgd import log
 from pcasgd.app.checkpoint import available_epochs
 from pcasgd.app.metrics import EVENTS_FILE
 from pcasgd.app.run_files import put_back_replaced
 from pcasgd.errors import ConfigError
+
+LOG = log.get("supervise")
 
 RESTARTS_FILE = "restarts.jsonl"
 LAUNCHER = Path(__file__).resolve().parents[2] / "launch" / "mpirun.sh"
@@ -85,7 +88,7 @@ class Supervisor:
             if reason is None:
                 failures += 1
                 if failures > self.max_restarts:
-                    print(f"pcasgd supervise: the job failed {failures} times; giving up", file=sys.stderr)
+                    LOG.warning(f"supervise: the job failed {failures} times; giving up")
                     return status
                 reason, wanted = f"the job exited {status}", self._wait_for_slots()
             put_back_replaced(self.out)  # a resume stopped before its first record left them aside
@@ -97,7 +100,7 @@ class Supervisor:
             ranks = wanted
 
     def _start(self, ranks: int, flags: list[str]) -> subprocess.Popen:
-        print(f"pcasgd supervise: starting {ranks} ranks", file=sys.stderr, flush=True)
+        LOG.info(f"supervise: starting {ranks} ranks")
         return subprocess.Popen([*self.launcher, "-n", str(ranks), *flags], start_new_session=True)
 
     def _watch(self, job: subprocess.Popen, ranks: int, lost_before: int) -> tuple[str | None, int]:
@@ -113,7 +116,7 @@ class Supervisor:
             elif lost and slots > ranks - lost:
                 reason = f"the job lost {lost} rank(s) and the hosts allow {slots}"
             if reason is not None and job.poll() is None:
-                print(f"pcasgd supervise: {reason}: restarting from the newest checkpoints", file=sys.stderr)
+                LOG.info(f"supervise: {reason}: restarting from the newest checkpoints")
                 _stop(job)
                 return reason, slots
         return None, ranks
@@ -181,7 +184,7 @@ def script_slots(script: str) -> Callable[[], int]:
     def discover() -> int:
         done = subprocess.run([script], capture_output=True, text=True, timeout=60)
         if done.returncode != 0:
-            print(f"pcasgd supervise: {script} exited {done.returncode}: {done.stderr.strip()[-300:]}", file=sys.stderr)
+            LOG.warning(f"supervise: {script} exited {done.returncode}: {done.stderr.strip()[-300:]}")
             return 0
         return parse_slots(done.stdout)
 

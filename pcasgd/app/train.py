@@ -12,7 +12,6 @@ import copy
 import json
 import math
 import platform
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pcasgd import __version__, delays, topology
+from pcasgd import __version__, delays, log, topology
 from pcasgd.app import checkpoint as checkpoints
 from pcasgd.app.data import (
     Dataset,
@@ -48,6 +47,8 @@ from pcasgd.flat import flatten_parameters, load_flat_parameters, segment_offset
 from pcasgd.runtime.device import select_device, stage_through_host
 from pcasgd.transport.jobs import JobThread
 from pcasgd.transport.staging import HostStaging
+
+LOG = log.get("train")
 
 if TYPE_CHECKING:
     from pcasgd.transport.deadline import Deadline
@@ -120,10 +121,9 @@ def _warn_of_small_shards(shards: list[np.ndarray], batch_size: int, speak: bool
     small = [agent for agent, shard in enumerate(shards) if len(shard) < batch_size]
     if small and speak:
         sizes = ", ".join(f"agent {agent}: {len(shards[agent])}" for agent in small[:8])
-        print(
-            f"pcasgd: warning: {len(small)} shard(s) hold fewer samples than a batch of {batch_size} ({sizes}"
-            f"{', ...' if len(small) > 8 else ''}); an epoch is as many iterations as the smallest shard has batches",
-            file=sys.stderr,
+        LOG.warning(
+            f"{len(small)} shard(s) hold fewer samples than a batch of {batch_size} ({sizes}"
+            f"{', ...' if len(small) > 8 else ''}); an epoch is as many iterations as the smallest shard has batches"
         )
 
 

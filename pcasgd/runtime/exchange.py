@@ -12,7 +12,6 @@ a :class:`~pcasgd.transport.jobs.JobThread` while it computes.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from concurrent.futures import Future
@@ -25,6 +24,7 @@ import numpy as np
 from mpi4py import MPI
 from torch import Tensor
 
+from pcasgd import log
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.algorithms.consensus import Snapshot
 from pcasgd.delays import DelayModel
@@ -40,6 +40,8 @@ from pcasgd.transport.jobs import JobThread, require_thread_multiple
 from pcasgd.transport.progress import MpiProgress
 from pcasgd.transport.staging import HostStaging
 from pcasgd.transport.windows import FLAG_FINISHED, WIRE_DTYPES, SnapshotWindow
+
+LOG = log.get("exchange")
 
 
 @dataclass(frozen=True)
@@ -279,11 +281,9 @@ class NeighbourExchange:
     def _report_poisoned(self, j: int, stamp: int, k: int) -> None:
         self.poisoned[j] += 1
         if self.poisoned[j] == 1:
-            print(
-                f"pcasgd: warning: rank {self.window.rank}: rank {j}'s snapshot {stamp} holds NaN/Inf at iteration "
-                f"{k}; it is left out of the mix (its weight goes to this rank) until it is finite again",
-                file=sys.stderr,
-                flush=True,
+            LOG.warning(
+                f"rank {self.window.rank}: rank {j}'s snapshot {stamp} holds NaN/Inf at iteration {k}; it is left "
+                "out of the mix (its weight goes to this rank) until it is finite again"
             )
 
 

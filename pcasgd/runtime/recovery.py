@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pcasgd import log
 from pcasgd.errors import TrainingFailedError
+
+LOG = log.get("recovery")
 
 
 @dataclass(frozen=True)
@@ -164,11 +166,7 @@ class Recovery:
         self._waiting.append(event)
         if world[0] == self.identity:
             took = event["recovered_at"] - noticed
-            print(
-                f"pcasgd: rank(s) {lost} {how}; {goes_on} (noticed and recovered in {took:.2f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
+            LOG.warning(f"rank(s) {lost} {how}; {goes_on} (noticed and recovered in {took:.2f} s)")
         return event
 
     def stepped(self) -> None:
