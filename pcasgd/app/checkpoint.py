@@ -53,6 +53,23 @@ def available_epochs(out: Path, rank: int) -> list[int]:
     return sorted(int(match.group(1)) for path in folder.iterdir() if (match := FILE.fullmatch(path.name)))
 
 
+def checkpointed_ranks(out: Path) -> list[int]:
+    """The ranks that hold at least one complete checkpoint in ``out``, in order."""
+    folders = (out / "checkpoints").glob("rank-*")
+    ranks = (int(f.name.removeprefix("rank-")) for f in folders if f.name.removeprefix("rank-").isdigit())
+    return sorted(rank for rank in ranks if available_epochs(out, rank))
+
+
+def newest_readable(out: Path, rank: int) -> dict[str, Any] | None:
+    """This rank's newest checkpoint that loads whole (None: none does)."""
+    for epoch in reversed(available_epochs(out, rank)):
+        try:
+            return load(out, rank, epoch)
+        except ConfigError:
+            continue
+    return None
+
+
 def save(out: Path, rank: int, epoch: int, payload: dict[str, Any]) -> Path:
     folder = rank_folder(out, rank)
     folder.mkdir(parents=True, exist_ok=True)

@@ -24,9 +24,8 @@ from pcasgd.topology import Schedule
 
 def saved_agents(out: Path) -> int | None:
     """The number of agents of the checkpointed run in ``out`` (None: no checkpoint is readable)."""
-    ranks = sorted(int(f.name[5:]) for f in (out / "checkpoints").glob("rank-*") if f.name[5:].isdigit())
-    for rank in ranks:
-        payload = _newest_readable(out, rank)
+    for rank in checkpoints.checkpointed_ranks(out):
+        payload = checkpoints.newest_readable(out, rank)
         if payload is not None:
             return int(payload["config"]["agents"])
     return None
@@ -45,15 +44,6 @@ def agent_sources(alive: list[int], agents: int, schedule: Schedule) -> list[int
     return sources
 
 
-def _newest_readable(out: Path, rank: int) -> dict[str, Any] | None:
-    for epoch in reversed(checkpoints.available_epochs(out, rank)):
-        try:
-            return checkpoints.load(out, rank, epoch)
-        except ConfigError:
-            continue
-    return None
-
-
 def resized_payload(
     rank: int, config: RunConfig, out: Path, saved: int, schedule: Schedule | None, per_epoch: int
 ) -> dict[str, Any]:
@@ -64,7 +54,7 @@ def resized_payload(
             f"the run in {out} has {saved} agents and this one {config.agents}: only the asynchronous "
             f"decentralized modes resume onto another number of ranks (resume this one on {saved})"
         )
-    newest = {old: payload for old in range(saved) if (payload := _newest_readable(out, old)) is not None}
+    newest = {old: payload for old in range(saved) if (payload := checkpoints.newest_readable(out, old)) is not None}
     recorder = max(newest.values(), key=lambda payload: (len(payload["records"]), payload["epoch"]))
     if not recorder["records"]:
         raise ConfigError(f"nothing to resume in {out}: no checkpoint holds a record of the run")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pcasgd import log
-from pcasgd.app.checkpoint import available_epochs
+from pcasgd.app.checkpoint import checkpointed_ranks
 from pcasgd.app.metrics import EVENTS_FILE
 from pcasgd.app.run_files import put_back_replaced
 from pcasgd.errors import ConfigError
@@ -92,7 +92,7 @@ class Supervisor:
                     return status
                 reason, wanted = f"the job exited {status}", self._wait_for_slots()
             put_back_replaced(self.out)  # a resume stopped before its first record left them aside
-            resume = self._has_checkpoints()
+            resume = bool(checkpointed_ranks(self.out))
             # no checkpoint yet: the directory holds only this job's first attempt
             flags = [*_without_start_flags(self.train_flags), "--resume" if resume else "--overwrite"]
             flags += [str(self.out)] if resume else []
@@ -138,10 +138,6 @@ class Supervisor:
         except OSError:
             return 0
         return sum(len(json.loads(line).get("lost", [])) for line in lines if line.strip())
-
-    def _has_checkpoints(self) -> bool:
-        folders = (self.out / "checkpoints").glob("rank-*")
-        return any(f.name[5:].isdigit() and available_epochs(self.out, int(f.name[5:])) for f in folders)
 
     def _log_restart(self, reason: str, ranks: int, wanted: int, resume: bool, seconds: float) -> None:
         record = {"reason": reason, "from_ranks": ranks, "to_ranks": wanted, "resume": resume, "seconds": seconds}
