@@ -56,6 +56,10 @@ METHODS = {
     "pcasgd-overlap": ["--mode", "pcasgd", "--overlap", "--age-fresh", "0.5"],
     "pcasgd-overlap-trajectory": ["--mode", "pcasgd", "--overlap", "--age-fresh", "0.5", "--predictor", "trajectory"],
     "pcasgd-overlap-momentum": ["--mode", "pcasgd", "--overlap", "--age-fresh", "0.5", "--predictor", "momentum"],
+    # snapshots published in half precision (half the bytes on the link)
+    "asgd-fp16": ["--mode", "asgd", "--compression", "fp16"],
+    "pcasgd-fp16": ["--mode", "pcasgd", "--compression", "fp16"],
+    "asgd-overlap-fp16": ["--mode", "asgd", "--overlap", "--compression", "fp16"],
 }
 
 
