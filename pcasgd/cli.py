@@ -30,7 +30,7 @@ from pcasgd.app.run_config import SEED_MAX, RunConfig
 from pcasgd.app.train import run_training, start_mpi_under_deadline
 from pcasgd.delays import ACCEPTED_FORMS
 from pcasgd.delays import parse as parse_delays
-from pcasgd.engines import BACKENDS, agents_in
+from pcasgd.dispatch import BACKENDS, agents_in
 from pcasgd.errors import ConfigError, PcasgdError, RunFilesError, TrainingFailedError
 from pcasgd.runtime.device import DEVICES, HOST_STAGING
 from pcasgd.runtime.launch import failure_detector_settings, launcher_rank

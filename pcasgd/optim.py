@@ -48,7 +48,7 @@ from pcasgd.engine import check_finite
 from pcasgd.errors import ConfigError, UsageError
 from pcasgd.flat import copy_into_parameters, flat_device, parameter_offsets
 from pcasgd.horovod_names import horovod_options
-from pcasgd.protocol.one_step_delay import ReductionQueue
+from pcasgd.protocol.one_step_delay import ReductionQueue, complete_reductions, one_step_delay_step
 
 NamedTensors = Iterable[tuple[str, Tensor]]
 
@@ -646,19 +646,10 @@ class CollectiveOptimizer(_RankOptimizer):
         return loss
 
     def _odsgd_step(self, t: int, reduction: Any) -> None:
-        agent, queue = self.agent, self.queue
         grad = self._send[t % 2][:-1]  # MPI only reads it while the reduction is in flight
-        lr = self.lr
-        if queue.warming_up(t):
-            agent.complete(self._mean(reduction, t))
-            agent.sync_local()
-        else:
-            queue.start(t, reduction)
-            for started, pending in queue.due(t):
-                agent.complete(self._mean(pending, started))
-            agent.local_step(grad, lr=lr)
-        check_finite(agent.global_params, f"rank {self.rank}", t)
-        copy_into_parameters(self.params, agent.local_params)
+        one_step_delay_step([self.agent], [grad], self.queue, t, reduction, self._mean, lr=self.lr)
+        check_finite(self.agent.global_params, f"rank {self.rank}", t)
+        copy_into_parameters(self.params, self.agent.local_params)
 
     def join(self) -> None:
         """This rank has no more batches: it completes its reductions in flight, then adds zeros
@@ -668,8 +659,7 @@ class CollectiveOptimizer(_RankOptimizer):
             return
         self.joined = True
         if self.agent is not None:
-            for started, pending in self.queue.drain():
-                self.agent.complete(self._mean(pending, started))
+            complete_reductions([self.agent], self.queue.drain(), self._mean)
         while True:
             mean = self._mean(self._start_reduction(contributes=False), self.iteration)
             self.iteration += 1

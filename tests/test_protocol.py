@@ -140,7 +140,7 @@ def test_work_ending_at_a_boundary_belongs_before_it():
 
 
 def test_every_backend_and_family_has_one_engine_and_servers_take_one_more_rank():
-    from pcasgd.engines import BACKENDS, ENGINES, FAMILIES, agents_in, ranks_needed
+    from pcasgd.dispatch import BACKENDS, ENGINES, FAMILIES, agents_in, ranks_needed
 
     assert set(ENGINES) == {(backend, family) for backend in BACKENDS for family in FAMILIES}
     assert [ranks_needed(family, 4) for family in FAMILIES] == [4, 5, 4]
@@ -202,6 +202,37 @@ def test_odsgd_reductions_complete_one_step_late_with_overlap_and_at_once_withou
         completed.append(done[0] if done else None)
     assert completed == completes_at
     assert [started for started, _ in queue.drain()] == ([3] if overlap else [])
+
+
+def test_one_odsgd_step_warms_up_then_applies_each_mean_a_step_late_and_steps_locally_from_it():
+    """The one odsgd step every engine calls (simulator, MPI, optimizer API), against the
+    equations by hand: momentum 0, two agents, scalar weights, warm-up 1, one reduction in flight."""
+    from pcasgd.algorithms.collective import OneStepDelayAgent
+    from pcasgd.protocol.one_step_delay import ReductionQueue, complete_reductions, one_step_delay_step
+
+    config = AlgorithmConfig(mode="odsgd", lr=0.1, momentum=0.0, odsgd_warmup=1, odsgd_overlap=True)
+    agents = [OneStepDelayAgent(config, torch.tensor([1.0], dtype=torch.float64)) for _ in range(2)]
+    queue: ReductionQueue[torch.Tensor] = ReductionQueue(config)
+    grads = {0: [1.0, 3.0], 1: [2.0, 4.0], 2: [-1.0, 5.0]}
+    asked = []
+
+    def mean_of(mean, started):
+        asked.append(started)
+        return mean
+
+    lr, local_lr = config.lr_at(0.0), config.local_lr_at(0.0)
+    staleness = []
+    for step, g in grads.items():
+        g = [torch.tensor([x], dtype=torch.float64) for x in g]
+        staleness.append(one_step_delay_step(agents, g, queue, step, (g[0] + g[1]) / 2, mean_of))
+    w1 = 1.0 - lr * 2.0  # warm-up: the mean of step 0 at once
+    w2 = w1 - lr * 3.0  # step 2 completes the mean of step 1
+    assert staleness == [[0], [], [1]] and asked == [0, 1]
+    for agent, g in zip(agents, grads[2], strict=True):
+        assert agent.global_params.item() == pytest.approx(w2)
+        assert agent.local_params.item() == pytest.approx(w2 - local_lr * g)
+    assert complete_reductions(agents, queue.drain(), mean_of) == 1 and asked == [0, 1, 2]
+    assert all(agent.global_params.item() == pytest.approx(w2 - lr * 2.0) for agent in agents)
 
 
 def test_a_resumed_schedule_skips_the_records_made_before_the_checkpoint():

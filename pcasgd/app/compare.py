@@ -25,7 +25,7 @@ from pathlib import Path
 from pcasgd import log
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.app.files import make_folder
-from pcasgd.engines import ranks_needed
+from pcasgd.dispatch import ranks_needed
 from pcasgd.errors import ConfigError
 
 LOG = log.get("compare")

@@ -10,7 +10,7 @@ from typing import Any
 
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.app.data import DATASETS, parse_partition
-from pcasgd.engines import BACKENDS
+from pcasgd.dispatch import BACKENDS
 from pcasgd.errors import ConfigError
 from pcasgd.runtime.device import DEVICES, HOST_STAGING
 

@@ -40,8 +40,8 @@ from pcasgd.app.oracle import BatchOracle, consensus_distance, evaluate
 from pcasgd.app.resume import resume_payload
 from pcasgd.app.run_config import RunConfig
 from pcasgd.app.run_files import RunDirectory
+from pcasgd.dispatch import EngineInputs, ranks_needed, run_engine
 from pcasgd.engine import EngineRun, EpochView
-from pcasgd.engines import EngineInputs, ranks_needed, run_engine
 from pcasgd.errors import ConfigError, PcasgdError
 from pcasgd.flat import flatten_parameters, load_flat_parameters, segment_offsets
 from pcasgd.runtime.device import select_device, stage_through_host

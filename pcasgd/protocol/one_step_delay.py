@@ -10,9 +10,12 @@ flight at the end complete before the final weights are read.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Generic, TypeVar
 
+from torch import Tensor
+
+from pcasgd.algorithms.collective import OneStepDelayAgent
 from pcasgd.algorithms.config import AlgorithmConfig
 
 Reduction = TypeVar("Reduction")
@@ -42,3 +45,52 @@ class ReductionQueue(Generic[Reduction]):
         """Every reduction still in flight (the run is over)."""
         while self.in_flight:
             yield self.in_flight.popleft()
+
+
+def complete_reductions(
+    agents: Sequence[OneStepDelayAgent],
+    reductions: Iterable[tuple[int, Reduction]],
+    mean_of: Callable[[Reduction, int], Tensor],
+    epoch: float = 0.0,
+) -> int:
+    """Apply each reduction's mean gradient (``mean_of(reduction, step that started it)``) to the
+    global weights of every agent that this process holds; how many were completed."""
+    completed = 0
+    for started, reduction in reductions:
+        mean = mean_of(reduction, started)
+        for agent in agents:
+            agent.complete(mean, epoch)
+        completed += 1
+    return completed
+
+
+def one_step_delay_step(
+    agents: Sequence[OneStepDelayAgent],
+    grads: Sequence[Tensor],
+    queue: ReductionQueue[Reduction],
+    step: int,
+    reduction: Reduction,
+    mean_of: Callable[[Reduction, int], Tensor],
+    epoch: float = 0.0,
+    lr: float | None = None,
+) -> list[int]:
+    """One odsgd iteration once its gradients ``grads`` (one per agent, taken at the local weights)
+    are computed and their reduction started: the simulator (every agent in one process), the MPI
+    engine and :class:`pcasgd.CollectiveOptimizer` (one agent each) all step through here.
+
+    A warm-up step completes its own reduction and syncs the local weights (plain ssgd); later
+    steps queue it, complete the ones now due, and take the local step from the last completed
+    global weights. Returns the staleness of each reduction completed (0 in warm-up, else the
+    queue's latency). ``lr``: the rate a torch scheduler set (the optimizer API), else the
+    config's schedule at ``epoch``.
+    """
+    if queue.warming_up(step):
+        complete_reductions(agents, [(step, reduction)], mean_of, epoch)
+        for agent in agents:
+            agent.sync_local()
+        return [0]
+    queue.start(step, reduction)
+    completed = complete_reductions(agents, queue.due(step), mean_of, epoch)
+    for agent, grad in zip(agents, grads, strict=True):
+        agent.local_step(grad, epoch, lr)
+    return [queue.latency] * completed

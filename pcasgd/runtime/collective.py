@@ -25,7 +25,7 @@ from torch import Tensor
 
 from pcasgd.algorithms.collective import GlobalSGD, OneStepDelayAgent
 from pcasgd.engine import EngineResult, EngineRun, EpochStats, check_finite, make_due_records
-from pcasgd.protocol.one_step_delay import ReductionQueue
+from pcasgd.protocol.one_step_delay import ReductionQueue, complete_reductions, one_step_delay_step
 from pcasgd.protocol.pacing import LockStepTime, StragglerPacing
 from pcasgd.runtime.recording import RankState, Recorder
 from pcasgd.transport.deadline import POLL_SECONDS, Deadline
@@ -163,9 +163,9 @@ class CollectiveRank:
             t += 1
             if self.elastic is not None:
                 self.elastic.stepped(t)
-        for started, pending in self.queue.drain():  # odsgd: complete before the final weights
-            self.agent.complete(pending.mean(self.deadline, started), self._epoch_of(t))
-            self._record_staleness(self.queue.latency)
+        if self.agent is not None:  # odsgd: the reductions in flight complete before the final weights
+            for _ in range(complete_reductions([self.agent], self.queue.drain(), self._mean_of, self._epoch_of(t))):
+                self._record_staleness(self.queue.latency)
         self.steps = t
         states = self.recorder.gather(self._state(), "gathering the final weights")
         return None if states is None else self.recorder.result(states, self._reference())
@@ -195,19 +195,16 @@ class CollectiveRank:
         self._record_staleness(0)
 
     def _odsgd_step(self, t: int) -> None:
-        agent, queue = self.agent, self.queue
-        grad = self._gradient(agent.local_params, t)
-        if queue.warming_up(t):
-            agent.complete(self._reduction(grad, t).mean(self.deadline, t), self._epoch_of(t))
-            agent.sync_local()
-            self._record_staleness(0)
-        else:
-            queue.start(t, self._reduction(grad, t))
-            for started, pending in queue.due(t):
-                agent.complete(pending.mean(self.deadline, started), self._epoch_of(t))
-                self._record_staleness(queue.latency)
-            agent.local_step(grad, self._epoch_of(t))
-        check_finite(agent.global_params, f"rank {self.rank}", t)
+        grad = self._gradient(self.agent.local_params, t)
+        staleness = one_step_delay_step(
+            [self.agent], [grad], self.queue, t, self._reduction(grad, t), self._mean_of, self._epoch_of(t)
+        )
+        for value in staleness:
+            self._record_staleness(value)
+        check_finite(self.agent.global_params, f"rank {self.rank}", t)
+
+    def _mean_of(self, pending: PendingMean | CompletedMean, started: int) -> Tensor:
+        return pending.mean(self.deadline, started)
 
     def _record_staleness(self, value: int) -> None:
         self.staleness[value] += 1

@@ -14,8 +14,8 @@ from torch import Tensor
 
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.delays import DelayModel
+from pcasgd.dispatch import EngineInputs, run_engine
 from pcasgd.engine import Checkpoint, EngineResult, EngineRun, EpochHook, GradientOracle
-from pcasgd.engines import EngineInputs, run_engine
 from pcasgd.errors import ConfigError
 from pcasgd.topology import Schedule
 

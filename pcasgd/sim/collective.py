@@ -14,14 +14,13 @@ beyond the slowest rank's pace), never staleness.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
 from pcasgd.algorithms.collective import GlobalSGD, OneStepDelayAgent
 from pcasgd.engine import EngineResult, EngineRun, EpochClock, GradientOracle, check_finite, clock_for
-from pcasgd.protocol.one_step_delay import ReductionQueue
+from pcasgd.protocol.one_step_delay import ReductionQueue, complete_reductions, one_step_delay_step
 from pcasgd.protocol.pacing import LockStepTime
 
 
@@ -73,28 +72,21 @@ def simulate_collective(run: EngineRun, agents: int) -> EngineResult:
     def view() -> tuple[list[Tensor], Tensor, list[int]]:
         return [peer.local_params for peer in peers], peers[0].global_params, [iteration] * agents
 
-    def complete(means: Iterator[tuple[int, Tensor]]) -> None:
-        for _, mean in means:
-            for peer in peers:
-                peer.complete(mean, clock.epoch_at(starts.start(iteration)))
-            check_finite(peers[0].global_params, "the global weights", iteration)
-            clock.record_staleness([queue.latency] * agents)
+    def identity(mean: Tensor, _started: int) -> Tensor:
+        return mean
 
     while starts.start(iteration) < clock.budget:
         clock.advance(starts.start(iteration), view, state=state)
+        epoch = clock.epoch_at(starts.start(iteration))
         mean, grads = _mean_gradient(oracle, clock, [peer.local_params for peer in peers])
-        if queue.warming_up(iteration):
-            for peer in peers:
-                peer.complete(mean, clock.epoch_at(starts.start(iteration)))
-                peer.sync_local()
-            clock.record_staleness([0] * agents)
-        else:
-            queue.start(iteration, mean)
-            complete(queue.due(iteration))
-            for peer, grad in zip(peers, grads, strict=True):
-                peer.local_step(grad, clock.epoch_at(starts.start(iteration)))
+        for staleness in one_step_delay_step(peers, grads, queue, iteration, mean, identity, epoch):
+            clock.record_staleness([staleness] * agents)
+        check_finite(peers[0].global_params, "the global weights", iteration)
         iteration += 1
-    complete(queue.drain())
+    completed = complete_reductions(peers, queue.drain(), identity, clock.epoch_at(starts.start(iteration)))
+    check_finite(peers[0].global_params, "the global weights", iteration)
+    for _ in range(completed):
+        clock.record_staleness([queue.latency] * agents)
     clock.finish(view)
     local, reference, iterations = view()
     return EngineResult(local, reference, iterations, clock.total_staleness, Counter(), clock.budget)
