@@ -315,6 +315,17 @@ def test_an_unforeseen_exception_ends_the_job_at_once(tmp_path, fault_tolerant):
     assert f"ZeroDivisionError: an unforeseen failure (above: where); {said}" in result.stderr, result.stderr[-2000:]
 
 
+@needs_mpirun
+def test_a_rank_killed_during_fault_tolerant_start_up_ends_the_survivors_with_one_line(tmp_path):
+    """The survivors' first collective raised MPI_ERR_PROC_FAILED, printed as a traceback."""
+    flags = ["--dataset", "digits", "--model", "mlp", "--epochs", "1", "--fault-tolerant", "--out", str(tmp_path / "r")]
+    result = _launch("-n", "3", "tests/mpi_programs/dies_at_startup.py", *flags, timeout=150)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "a rank died during start-up" in line]
+    assert sorted(line.split(":")[1] for line in lines) == [" run failed (rank 0)", " run failed (rank 1)"], result.stderr
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
 def test_a_random_graph_of_one_edge_is_drawn():
     """`--agents 2 --topology random:1`, a valid 1-regular graph, was a traceback from NumPy."""
     graph = topology.build("random:1", 2)
