@@ -34,9 +34,8 @@ def command(contender: str, args: argparse.Namespace) -> list[str]:
     flags += ["--num-warmup-batches", str(args.warmup), "--num-batches-per-iter", str(args.batches)]
     flags += ["--num-iters", str(args.iters)]
     if contender == "horovod":
-        horovodrun = Path(sys.executable).parent / "horovodrun"
-        hosts = f"localhost:{args.ranks}"
-        return [str(horovodrun), "--gloo", "-np", str(args.ranks), "-H", hosts, sys.executable, EXAMPLE, *flags, "--horovod"]
+        horovodrun = [str(Path(sys.executable).parent / "horovodrun"), "--gloo", "-np", str(args.ranks)]
+        return [*horovodrun, "-H", f"localhost:{args.ranks}", sys.executable, EXAMPLE, *flags, "--horovod"]
     return ["bash", "launch/mpirun.sh", "-n", str(args.ranks), EXAMPLE, *flags, "--mode", contender]
 
 

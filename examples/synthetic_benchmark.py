@@ -19,8 +19,8 @@ import timeit
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn import functional
 from torchvision import models
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,7 +78,7 @@ if args.cuda:
 
 def train_one_batch() -> None:
     optimizer.zero_grad()
-    F.cross_entropy(model(images), labels).backward()
+    functional.cross_entropy(model(images), labels).backward()
     optimizer.step()
 
 

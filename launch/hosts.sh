@@ -3,6 +3,7 @@
 #
 #   launch/hosts.sh up [N] [--rate RATE]   make hosts node1..nodeN (default 2); RATE shapes what
 #                                           each host sends with tc tbf (e.g. 1gbit)
+#   launch/hosts.sh rate RATE|off          shape every host's link anew (or not at all), hosts up
 #   launch/hosts.sh down                   remove every host this script made
 #   launch/hosts.sh status                 the hosts that are up (exit 1 if none)
 #   launch/hosts.sh hostfile [SLOTS]       an Open MPI hostfile for them (default 2 slots each)
@@ -110,9 +111,23 @@ plug() {
   for peer in $(seq 1 "$(count)"); do
     [ "$peer" = "$k" ] || on_host "$k" ip route add "$(address "$peer")/32" dev bed0 src "$(address "$k")"
   done
-  if [ -n "$rate" ]; then
-    on_host "$k" tc qdisc add dev bed0 root tbf rate "$rate" burst 256kb latency 50ms
-  fi
+  [ -z "$rate" ] || shape "$k" "$rate"
+}
+
+shape() {
+  # what host k sends leaves through a token bucket of RATE (tc's units: 300mbit, 20mbit); off: none
+  local k="$1" rate="$2"
+  on_host "$k" tc qdisc del dev bed0 root 2>/dev/null || true
+  [ "$rate" = off ] || on_host "$k" tc qdisc add dev bed0 root tbf rate "$rate" burst 256kb latency 50ms
+}
+
+set_rate() {
+  [ $# = 1 ] || die "usage: rate RATE|off"
+  [ "$(count)" -gt 0 ] || die "no hosts are up (launch/hosts.sh up N)"
+  for k in $(seq 1 "$(count)"); do
+    shape "$k" "$1" || die "tc refused the rate '$1' on $(name "$k") (a tc rate such as 20mbit, or off)"
+  done
+  echo "launch/hosts.sh: every host's link at $1"
 }
 
 down() {
@@ -272,10 +287,11 @@ run_slurm() {
 }
 
 command="${1:-}"
-[ -n "$command" ] || die "usage: up [N] [--rate RATE] | down | status | hostfile [SLOTS] | env | exec K CMD... | mpirun ARGS... | agent HOST CMD... | horovodrun ARGS... | slurm up | slurm CMD ARGS..."
+[ -n "$command" ] || die "usage: up [N] [--rate RATE] | rate RATE|off | down | status | hostfile [SLOTS] | env | exec K CMD... | mpirun ARGS... | agent HOST CMD... | horovodrun ARGS... | slurm up | slurm CMD ARGS..."
 shift
 case "$command" in
   up) up "$@" ;;
+  rate) set_rate "$@" ;;
   down) down ;;
   status) status ;;
   hostfile) hostfile "$@" ;;

@@ -322,7 +322,8 @@ def test_a_rank_killed_during_fault_tolerant_start_up_ends_the_survivors_with_on
     result = _launch("-n", "3", "tests/mpi_programs/dies_at_startup.py", *flags, timeout=150)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if "a rank died during start-up" in line]
-    assert sorted(line.split(":")[1] for line in lines) == [" run failed (rank 0)", " run failed (rank 1)"], result.stderr
+    said = sorted(line.split(":")[1] for line in lines)
+    assert said == [" run failed (rank 0)", " run failed (rank 1)"], result.stderr
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
 
 

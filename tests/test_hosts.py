@@ -87,6 +87,45 @@ def test_ssgd_through_horovod_across_hosts_equals_ssgd_through_mpi(horovod, tmp_
     assert max(float((weights["mpi"][k] - weights["horovod"][k]).abs().max()) for k in weights["mpi"]) <= 1e-6
 
 
+@pytest.fixture
+def slow_link(hosts):
+    """The test hosts' links shaped to 5 Mbit/s (tc tbf) for one test, unshaped after it; yields
+    the rate in bytes per second."""
+    shape = ["bash", "launch/hosts.sh", "rate"]
+    subprocess.run([*shape, "5mbit"], cwd=ROOT, check=True, capture_output=True, text=True)
+    try:
+        yield 5e6 / 8
+    finally:
+        subprocess.run([*shape, "off"], cwd=ROOT, check=True, capture_output=True, text=True)
+
+
+def test_the_slow_link_benchmark_runs_each_exchange_across_a_shaped_link(slow_link, tmp_path):
+    """benchmarks/time_to_accuracy.py --hosts, CI-sized: one rank per host, links at 5 Mbit/s,
+    digits MLP; the blocking, overlapped and half-precision exchanges all learn, and none
+    steps faster than its reads can cross the link (each step reads the other host's snapshot)."""
+    from pcasgd.algorithms.config import AlgorithmConfig
+    from pcasgd.app.data import load
+    from pcasgd.app.models import build_model
+
+    # method -> its mode, and the bytes of a snapshot's element
+    methods = {"asgd": ("asgd", 4), "asgd-overlap": ("asgd", 4), "pcasgd-overlap": ("pcasgd", 4)}
+    methods["asgd-fp16"] = ("asgd", 2)
+    command = [PYTHON, "benchmarks/time_to_accuracy.py", "--hosts", "--agents", "2", "--stragglers", "1"]
+    command += ["--dataset", "digits", "--model", "mlp", "--lrs", "0.1", "--seeds", "0", "--target", "0.85"]
+    command += ["--epochs", LEARNING_EPOCHS, "--eval-every", "100", "--budget", "30", "--out", str(tmp_path)]
+    command += ["--methods", *methods]
+    result = subprocess.run(command, cwd=ROOT, env=mpi_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    setting = json.loads((tmp_path / "time_to_accuracy.json").read_text())["settings"]["1"]
+    data = load("digits", None)
+    numel = sum(p.numel() for p in build_model("mlp", data.input_shape, data.classes).parameters())
+    for method, (mode, element_bytes) in methods.items():
+        row = setting[method]
+        assert row["finals"][0] >= 0.85, (method, row["finals"])
+        read_bytes = numel * element_bytes * len(AlgorithmConfig(mode=mode).snapshot_vectors)
+        assert row["iteration_rates"][0] * read_bytes <= 1.25 * slow_link, (method, row["iteration_rates"], read_bytes)
+
+
 def test_a_busy_rank_on_the_other_host_does_not_stall_its_readers():
     """osc/rdma over tcp, rank 0 on node1 reading rank 1 on node2 while rank 1 computes 4 s."""
     result = across_hosts(2, PYTHON, "tests/mpi_programs/busy_target_reads.py", "4", slots=1)
