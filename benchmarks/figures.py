@@ -126,7 +126,7 @@ def time_to_accuracy_figure(results: dict, path: Path) -> None:
         axes.set_title(title, fontsize=10, loc="left")
         axes.set_xlabel("wall time (s)")
         axes.set_ylabel("test accuracy (averaged model)")
-        axes.set_ylim(0.6, None)
+        axes.set_ylim(max(0.0, results["target"] - 0.25), None)  # the approach to the target
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
     figure.tight_layout()

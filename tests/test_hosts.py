@@ -180,6 +180,18 @@ def test_a_rank_killed_on_the_other_host_is_survived(tmp_path):
     assert_survived(run, out, lost=[3], ranks=4)
 
 
+def test_rank_0_killed_alone_on_its_host_is_survived_by_the_other_host(tmp_path):
+    """One rank per host: rank 1, on node2, takes the recording over after rank 0 (node1) dies.
+    (With host-mates, osc/rdma's per-host window state dies with a host's lowest rank: docs/mpi.md.)"""
+    from tests.test_faults import FLAGS, assert_survived
+
+    out = tmp_path / "run"
+    launcher = ["env", "PCASGD_HOSTS_SLOTS=1", *hosts_launcher()]
+    run = train_and_kill(2, out, [*FLAGS, "--progress-thread"], kills=[(0, 0.0)], after_epochs=1, launcher=launcher)
+    assert_survived(run, out, lost=[0], ranks=2)
+    assert (out / "model.pt").is_file()
+
+
 def test_the_multi_node_sbatch_script_runs_across_both_hosts(hosts_slurm, tmp_path):
     """launch/slurm/multi-node.sbatch on the hosts' own Slurm (controller on node1, a slurmd on
     each host): two nodes, two tasks each, started by srun through PMIx."""
