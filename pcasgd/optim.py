@@ -49,6 +49,7 @@ from pcasgd.errors import ConfigError, UsageError
 from pcasgd.flat import copy_into_parameters, flat_device, parameter_offsets
 from pcasgd.horovod_names import horovod_options
 from pcasgd.protocol.one_step_delay import ReductionQueue, complete_reductions, one_step_delay_step
+from pcasgd.sync_batchnorm import in_use as sync_batchnorm_in_use
 
 NamedTensors = Iterable[tuple[str, Tensor]]
 
@@ -332,10 +333,11 @@ class DecentralizedOptimizer(_RankOptimizer):
                 raise ConfigError("pcasgd-pv counts its warm-up in epochs: pass iterations_per_epoch")
             if mix_buffers and model is None:
                 raise ConfigError("mix_buffers mixes the model's buffers: pass the model")
-            if model is not None and any(type(m).__name__ == "SyncBatchNorm" for m in model.modules()):
+            if sync_batchnorm_in_use(model, params):
                 raise ConfigError(
                     "SyncBatchNorm pools the batch statistics of identical models (ssgd, odsgd); decentralized "
-                    "agents hold different models: use nn.BatchNorm with mix_buffers=True to mix their statistics"
+                    "agents hold different models: use nn.BatchNorm with mix_buffers=True to mix their statistics, "
+                    "or mode='ssgd' to keep SyncBatchNorm"
                 )
             if fault_tolerant:
                 from pcasgd.runtime.faults import check_enabled

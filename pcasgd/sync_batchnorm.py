@@ -16,6 +16,7 @@ BatchNorm mixes the agents' running statistics instead).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -26,6 +27,10 @@ from pcasgd import collectives
 
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Drop-in for ``nn.BatchNorm1d/2d/3d`` (inputs of shape ``(N, C, ...)``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _LAYERS.add(self)
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() < 2:
@@ -43,6 +48,19 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         return _SyncNormalization.apply(
             input, self.weight, self.bias, self.running_mean, self.running_var, self.eps, momentum
         )
+
+
+#: every SyncBatchNorm alive, so that a wrapper given only the tensors (Horovod's
+#: ``named_parameters=``, no model) can still tell that they belong to one
+_LAYERS: weakref.WeakSet[SyncBatchNorm] = weakref.WeakSet()
+
+
+def in_use(model: nn.Module | None, tensors: list[Tensor]) -> bool:
+    """Whether ``model`` holds a SyncBatchNorm, or the weight or bias of one is among ``tensors``."""
+    if model is not None and any(isinstance(module, SyncBatchNorm) for module in model.modules()):
+        return True
+    ids = {id(tensor) for tensor in tensors}
+    return any(id(p) in ids for layer in list(_LAYERS) for p in (layer.weight, layer.bias) if p is not None)
 
 
 def _channel_sums(*tensors: Tensor) -> Tensor:

@@ -299,6 +299,7 @@ def test_sync_batchnorm_on_two_half_batches_equals_batchnorm_on_the_whole_batch(
             assert case[name] < 1e-5, case
         assert case["weight_grad"] < 1e-3 and case["bias_grad"] < 1e-3, case  # sums of 256 terms near 100
         assert "use nn.BatchNorm with mix_buffers=True" in case["decentralized"], case
+        assert "use nn.BatchNorm with mix_buffers=True" in case["decentralized_named"], case
 
 
 @needs_mpirun

@@ -47,10 +47,15 @@ gaps = {
     "bias_grad": gap(bias_grad, reference.bias.grad),
 }
 # decentralized agents hold different models: the layer is refused, naming what to use
+# (given the model, or only its tensors as Horovod's scripts pass them)
 model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), pcasgd.SyncBatchNorm(3))
-try:
-    pcasgd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, mode="pcasgd")
-    refused = ""
-except ConfigError as error:
-    refused = str(error)
-print(json.dumps({"rank": rank, **gaps, "decentralized": refused}), flush=True)
+refused = {}
+for name, given in (("decentralized", {"model": model}), ("decentralized_named", {})):
+    try:
+        named = {} if given else {"named_parameters": model.named_parameters()}
+        sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+        pcasgd.DistributedOptimizer(sgd, mode="pcasgd", **given, **named)
+        refused[name] = ""
+    except ConfigError as error:
+        refused[name] = str(error)
+print(json.dumps({"rank": rank, **gaps, **refused}), flush=True)
