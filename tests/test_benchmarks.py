@@ -135,3 +135,23 @@ def test_time_to_accuracy_benchmark_tunes_each_method_and_reads_finished_runs_ba
     figure = ["benchmarks/figures.py", "--tta", str(tmp_path / "time_to_accuracy.json"), "--out", str(tmp_path)]
     assert run_benchmark(*figure, timeout=120).returncode == 0
     assert (tmp_path / "time_to_accuracy.png").stat().st_size > 10_000
+
+
+@needs_mpirun
+def test_synthetic_throughput_runs_the_ported_horovod_benchmark_under_pcasgd_and_horovod(tmp_path, horovod):
+    out = tmp_path / "synthetic.json"
+    flags = ["--batch-size", "2", "--warmup", "1", "--batches", "1", "--iters", "2", "--repeats", "1"]
+    flags += ["--out", str(out)]
+    done = run_benchmark("benchmarks/synthetic_throughput.py", *flags, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rates = json.loads(out.read_text())["img_per_second"]
+    assert set(rates) == {"pcasgd", "ssgd", "horovod"} and all(r > 0 for runs in rates.values() for r in runs)
+    assert "| horovod | " in done.stdout and "| 1.00 |" in done.stdout
+
+
+@needs_mpirun
+def test_the_synthetic_example_refuses_adasum_in_one_line():
+    command = ["bash", "launch/mpirun.sh", "-n", "2", "examples/synthetic_benchmark.py", "--use-adasum", "--no-cuda"]
+    done = subprocess.run(command, cwd=ROOT, env=mpi_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "op=Adasum: pcasgd has no Adasum reduction; use op=pcasgd.Average" in done.stderr, done.stderr[-2000:]
