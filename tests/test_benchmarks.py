@@ -155,3 +155,14 @@ def test_the_synthetic_example_refuses_adasum_in_one_line():
     done = subprocess.run(command, cwd=ROOT, env=mpi_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "op=Adasum: pcasgd has no Adasum reduction; use op=pcasgd.Average" in done.stderr, done.stderr[-2000:]
+
+
+@needs_mpirun
+def test_spawn_after_shrink_replaces_a_dead_rank_whose_newcomer_reads_and_is_read():
+    """benchmarks/spawn_after_shrink.py, 3 tries on 3 ranks: each try is counted once, and the
+    recipe (shrink, spawn, merge, a new window read across) holds at least once."""
+    done = run_benchmark("benchmarks/spawn_after_shrink.py", "--tries", "3", "--timeout", "90", timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))
+    assert summary["held"] + summary["failed"] + summary["hung"] == 3 and summary["held"] >= 1, done.stdout
+    assert summary["median_spawn_and_merge_s"] > 0
