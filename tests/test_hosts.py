@@ -187,7 +187,10 @@ def test_rank_0_killed_alone_on_its_host_is_survived_by_the_other_host(tmp_path)
 
     out = tmp_path / "run"
     launcher = ["env", "PCASGD_HOSTS_SLOTS=1", *hosts_launcher()]
-    run = train_and_kill(2, out, [*FLAGS, "--progress-thread"], kills=[(0, 0.0)], after_epochs=1, launcher=launcher)
+    # one agent trains on alone: at lr 0.1 (batch 8) its own weights swung between 0.78 and 0.96
+    # test accuracy from epoch to epoch (no average of agents to smooth them), 0.78 at the end
+    flags = [*FLAGS, "--progress-thread", "--lr", "0.03"]
+    run = train_and_kill(2, out, flags, kills=[(0, 0.0)], after_epochs=1, launcher=launcher)
     assert_survived(run, out, lost=[0], ranks=2)
     assert (out / "model.pt").is_file()
 
