@@ -452,7 +452,10 @@ def _train(args: argparse.Namespace, train_argv: list[str]) -> int:
     except Exception as error:  # a bug or an unforeseen failure: end the job now, not at the deadlines
         if args.backend != "mpi":
             raise
-        if args.fault_tolerant and _died_before_training(error):
+        from pcasgd.runtime.faults import is_process_failure
+
+        # a process failure that reaches here came before the recovery took over: during start-up
+        if args.fault_tolerant and is_process_failure(error):
             print(
                 f"pcasgd: run failed{where}: a rank died during start-up, before --fault-tolerant could survive "
                 f"it (it does once every rank has joined the training); start the job again ({error})",
@@ -549,14 +552,6 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
 # mpirun that is itself signalled stops relaying the ranks' output before they can say why.
 STOP_LOG = "stopped.log"
 _run_directory: list[Path] = []
-
-
-def _died_before_training(error: Exception) -> bool:
-    """A process failure that reached the command: the training steps survive them (recovery),
-    so this one came while the ranks were still starting (agreeing on the run, creating windows)."""
-    from pcasgd.runtime.faults import is_process_failure
-
-    return is_process_failure(error)
 
 
 def _stopped_by_launcher(rank: int, signum: int, fault_tolerant: bool) -> None:
