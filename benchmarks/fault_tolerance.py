@@ -1,13 +1,17 @@
 """What a dead rank costs ``pcasgd --fault-tolerant``, and Horovod Elastic: real jobs, one rank
 killed with SIGKILL at 40 % of the run, against uninterrupted runs of the surviving number of ranks.
 
-    python benchmarks/fault_tolerance.py [--cases 4 0 8 regrow hosts hosts-horovod] [--seeds 0 1 2] [--out runs/faults]
+    python benchmarks/fault_tolerance.py [--cases 4 0 8 regrow rejoin hosts hosts-horovod] [--seeds 0 1 2]
+        [--out runs/faults]
 
 Cases: ``4`` (4 ranks, rank 2 killed; baseline 3 ranks), ``0`` (4 ranks, rank 0 killed: the
 lowest survivor records on; baseline 3), ``8`` (8 ranks, rank 5 killed; baseline 7),
 ``regrow`` (4 ranks under launch/elastic.sh, rank 2 killed at 60 %: the supervisor restarts the
 job on 4 from the newest checkpoints, ``--checkpoint-every 1``; baseline: 4 ranks under the same
-supervisor, uninterrupted; its cell also gives the wall-time ratio), ``hosts`` (4 ranks over
+supervisor, uninterrupted; its cell also gives the wall-time ratio), ``rejoin`` (4 ranks with
+``--rejoin``, rank 2 killed at 60 %: the survivors spawn a replacement that joins the running job;
+baseline: 4 ranks uninterrupted; also the seconds from the kill to the replacement's first step),
+``hosts`` (4 ranks over
 launch/hosts.sh's two hosts, rank 3 on node2 killed;
 baseline 3 ranks over the hosts): ``pcasgd`` under ULFM. ``hosts-horovod``: the baseline
 method's own recovery, ``ssgd --comm horovod`` under elastic ``horovodrun`` over the two hosts
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -69,6 +74,7 @@ CASES = {
     "0": Case(4, 0, 1, [mpirun_path()], PCASGD),
     "8": Case(8, 5, 1, [mpirun_path()], PCASGD),
     "regrow": Case(4, 2, 0, SUPERVISED, PCASGD, regrows=True, kill_at=0.6),
+    "rejoin": Case(4, 2, 0, [mpirun_path()], [*PCASGD, "--rejoin"], kill_at=0.6),
     "hosts": Case(4, 3, 1, HOSTS, PCASGD),
     "hosts-horovod": Case(4, 2, 2, HOSTS_HOROVOD, ["--mode", "ssgd", "--comm", "horovod"], elastic=True),
 }
@@ -114,6 +120,11 @@ def run(case: str, seed: int, killed: bool, args: argparse.Namespace) -> dict:
         result["kill_to_first_step_s"] = None if first_step is None else first_step - done.killed_at[0]
         result["recovery_s"] = event["recovered_at"] - event["noticed_at"]
         result["killed_at_iteration"] = event["iteration"]
+        if "rejoined" in event:  # the replacement says when it stepped, relative to the notice
+            stepped = re.search(r"took its first step at iteration \d+, ([\d.]+) s after", done.stderr)
+            noticed = event["noticed_at"] - done.killed_at[0]
+            result["kill_to_newcomer_step_s"] = None if stepped is None else noticed + float(stepped.group(1))
+            result["spawn_s"] = event["spawn_seconds"]
     print(json.dumps(result), flush=True)
     return result
 
@@ -135,11 +146,11 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(
         "| case | seed | killed run | baseline (the survivors' number of ranks) | difference "
-        "| kill to first step (s) | wall-time ratio |"
+        "| kill to first step (s) | kill to the replacement's first step (s) | wall-time ratio |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for case in args.cases:
-        differences, delays, ratios = [], [], []
+        differences, delays, joins, ratios = [], [], [], []
         for seed in args.seeds:
             killed = next(r for r in results if r["case"] == case and r["seed"] == seed and "recovery_s" in r)
             baseline = next(r for r in results if r["case"] == case and r["seed"] == seed and "recovery_s" not in r)
@@ -149,13 +160,18 @@ def main() -> None:
             delay = killed["kill_to_first_step_s"]
             if delay is not None:
                 delays.append(delay)
+            joined = killed.get("kill_to_newcomer_step_s")
+            if joined is not None:
+                joins.append(joined)
             shown = "restarted" if CASES[case].regrows else "run over" if delay is None else f"{delay:.2f}"
             print(
                 f"| {case} | {seed} | {killed['accuracy']:.4f} | {baseline['accuracy']:.4f} | {difference:+.4f} "
-                f"| {shown} | {ratios[-1]:.2f} |"
+                f"| {shown} | {'-' if joined is None else f'{joined:.2f}'} | {ratios[-1]:.2f} |"
             )
         median_delay = f"{statistics.median(delays):.2f}" if delays else "-"
-        median = f"{statistics.median(differences):+.4f} | {median_delay} | {statistics.median(ratios):.2f}"
+        median_join = f"{statistics.median(joins):.2f}" if joins else "-"
+        ratio = statistics.median(ratios)
+        median = f"{statistics.median(differences):+.4f} | {median_delay} | {median_join} | {ratio:.2f}"
         print(f"| {case} | median | | | {median} |")
 
 

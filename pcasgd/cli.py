@@ -257,10 +257,17 @@ def _add_train_arguments(train: argparse.ArgumentParser, grid: bool = False) -> 
     train.add_argument(
         "--fault-tolerant",
         action="store_true",
-        help="mpi, asynchronous decentralized and parameter-server modes: when a rank other than 0 dies, the "
-        "others shrink the world, rebuild the graph over themselves (a server forgets dead workers) "
-        "and go on (Open MPI's ULFM: launch/mpirun.sh --fault-tolerant); ssgd --comm horovod: Horovod Elastic "
-        "(horovodrun with a host-discovery script)",
+        help="mpi, asynchronous decentralized and parameter-server modes: when a rank dies, the others shrink "
+        "the world, rebuild the graph over themselves (a server forgets dead workers; a dead rank 0's "
+        "recording passes to the lowest survivor) and go on (Open MPI's ULFM: launch/mpirun.sh --fault-tolerant); "
+        "ssgd --comm horovod: Horovod Elastic (horovodrun with a host-discovery script)",
+    )
+    train.add_argument(
+        "--rejoin",
+        action="store_true",
+        help="with --fault-tolerant, asynchronous decentralized modes: the survivors of a death start a "
+        "replacement process (MPI_Comm_spawn) that takes the dead agent's place, healed from a neighbour's "
+        "weights and momentum; the world grows back to its size and training goes on",
     )
     train.add_argument(
         "--progress-thread",
@@ -328,6 +335,7 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
         progress_thread=args.progress_thread,
         shared_windows=args.shared_windows,
         fault_tolerant=args.fault_tolerant,
+        rejoin=args.rejoin,
         device=args.device,
         host_staging=args.host_staging,
         tensorboard=args.tensorboard,
@@ -437,7 +445,8 @@ def _train(args: argparse.Namespace, train_argv: list[str]) -> int:
         line = f"pcasgd {__version__} -> {out}: {json.dumps(asdict(config))}"
         announce = partial(print, line, file=sys.stderr) if rank == 0 else None  # once the run's checks passed
         progress = EpochProgress(config.epochs)
-        summary = run_training(config, out, args.overwrite, progress, args.resume is not None, deadline, announce)
+        resume = args.resume is not None
+        summary = run_training(config, out, args.overwrite, progress, resume, deadline, announce, train_argv)
     except TrainingFailedError as error:
         print(f"pcasgd: run failed{where}: {error}; metrics so far are in the run directory", file=sys.stderr)
         _end_the_job(args, 1)

@@ -367,7 +367,8 @@ def build(spec: str, n: int, weights: str = "auto", seed: int = 0) -> Schedule:
 
 
 def survivors(schedule: Schedule, alive: list[int]) -> Topology:
-    """The graph over the agents in ``alive`` after the others died, numbered in ``alive``'s order.
+    """The graph over the agents in ``alive`` after the others died (or over all of them again,
+    in a new order, once replacements joined), numbered in ``alive``'s order.
 
     It keeps the edges of ``schedule`` between survivors (for a time-varying schedule, the union
     over one period), made undirected so that Metropolis-Hastings weights are doubly stochastic
@@ -387,7 +388,9 @@ def survivors(schedule: Schedule, alive: list[int]) -> Topology:
         adjacency[first[0], second[0]] = adjacency[second[0], first[0]] = True
     weights = metropolis_hastings_weights(adjacency)
     validate(weights, adjacency)
-    name = f"{getattr(schedule, 'name', 'graph')} without {sorted(set(range(schedule.size)) - set(alive))}"
+    missing = sorted(set(range(schedule.size)) - set(alive))
+    name = getattr(schedule, "name", "graph")
+    name = f"{name} without {missing}" if missing else f"{name} over agents {list(alive)}"  # whole again (--rejoin)
     return Topology(name=name, adjacency=adjacency, weights=weights)
 
 

@@ -15,6 +15,7 @@ import torch
 
 from benchmarks.faults import JOB_TAG, rank_pid
 from pcasgd.algorithms.config import AlgorithmConfig
+from pcasgd.app import checkpoint as checkpoints
 from pcasgd.app.run_config import RunConfig
 from pcasgd.elastic import TorchState
 from pcasgd.errors import ConfigError
@@ -91,6 +92,25 @@ def test_fault_tolerant_needs_an_asynchronous_decentralized_mpi_run():
     ):
         with pytest.raises(ConfigError, match=message):
             RunConfig(fault_tolerant=True, **options)
+
+
+def test_rejoin_needs_fault_tolerance_and_an_asynchronous_decentralized_mode():
+    from pcasgd.runtime.rejoin import healers_of
+
+    for options, message in (
+        ({}, "add --fault-tolerant"),
+        ({"fault_tolerant": True, "algorithm": AlgorithmConfig(mode="dcasgd-a")}, "asynchronous decentralized"),
+        ({"fault_tolerant": True, "algorithm": AlgorithmConfig(mode="dsgd")}, "asynchronous decentralized"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            RunConfig(backend="mpi", rejoin=True, **options)
+    # the healer: the lost agent's first surviving in-neighbour (its rank among the survivors)
+    from pcasgd.topology import build
+
+    ring = build("ring", 4)
+    assert healers_of([2], [0, 1, 3], ring) == {2: 1}
+    assert healers_of([0], [1, 2, 3], ring) == {0: 0}
+    assert healers_of([1, 2], [0, 3], ring) == {1: 0, 2: 1}
 
 
 def test_fault_tolerant_refuses_a_launch_without_ulfm(tmp_path):
@@ -297,6 +317,54 @@ def test_the_death_of_rank_0_is_survived_and_the_lowest_survivor_records_on(tmp_
     (event,) = assert_survived(run, out, lost=[0], ranks=4)
     assert event["world"] == [1, 2, 3] and (out / "model.pt").is_file()
     assert "final test accuracy" in run.stdout
+
+
+def assert_replaced(run, out, lost: int, ranks: int) -> dict:
+    """``--rejoin``: the job ended 0 with every record, the death of ``lost`` was followed by its
+    replacement, which was healed, stepped and trained on; returns the event."""
+    assert run.returncode == 0 and (out / "summary.json").is_file(), run.stderr[-3000:]
+    records = _records(out)
+    assert [r["epoch"] for r in records] == list(range(1, EPOCHS + 1))
+    assert_samples_grow(records)
+    summary = json.loads((out / "summary.json").read_text())
+    (event,) = _events(out)
+    survivors = [agent for agent in range(ranks) if agent != lost]
+    assert event["lost"] == [lost] == event["rejoined"] and event["world"] == survivors
+    assert event["world_after_rejoin"] == [*survivors, lost]  # the survivors keep their ranks
+    assert event["noticed_at"] <= event["recovered_at"] <= event["rejoined_at"] <= event["first_step_at"]
+    assert len(summary["iterations"]) == ranks == len(records[-1]["iterations"])  # the world is whole again
+    assert summary["iterations"][-1] > event["iteration"]  # the replacement trained on from its healer's iteration
+    assert summary["final"]["test_accuracy"] > 0.8
+    assert f"rank {lost} (a replacement) took its first step" in run.stderr
+    joined_in = event["iteration"] / summary["iterations_per_epoch"]  # the epoch it joined in
+    assert max(checkpoints.available_epochs(out, lost)) > joined_in  # it checkpoints as the agent it replaces
+    return event
+
+
+def test_a_killed_rank_is_replaced_in_place_and_the_world_grows_back(tmp_path):
+    """--rejoin: rank 2 of 4 killed at 25 %; the survivors spawn a replacement, which takes agent
+    2's place healed from agent 1 (its in-neighbour on the ring), and the four train to the end."""
+    out = tmp_path / "run"
+    run = train_and_kill(4, out, [*FLAGS, "--rejoin"], kills=[(2, 0.0)], after_epochs=2)
+    event = assert_replaced(run, out, lost=2, ranks=4)
+    assert event["topology_after_rejoin"] == "ring over agents [0, 1, 3, 2]"
+    assert "rank(s) [2] replaced by new processes" in run.stderr
+
+
+def test_rank_0_replaced_in_place_hands_on_the_records_and_the_run_resumes_with_all_of_them(tmp_path):
+    """--rejoin with rank 0 killed at 40 %: rank 1 records on, the replacement becomes agent 0
+    (and writes agent 0's checkpoints, without records). Resuming the finished run to epoch 10
+    keeps every record once: the records come from the checkpoint that holds the most (before,
+    rank 0's own: the resume cut metrics.jsonl from 8 records to 3)."""
+    out = tmp_path / "run"
+    run = train_and_kill(4, out, [*FLAGS, "--rejoin"], kills=[(0, 0.0)], after_epochs=3, recorded=True)
+    assert_replaced(run, out, lost=0, ranks=4)
+    flags = [*FLAGS, "--epochs", "10", "--resume", str(out)]
+    resumed = train_and_kill(4, out, flags, kills=[], after_epochs=0)
+    assert resumed.returncode == 0 and (out / "summary.json").is_file(), resumed.stderr[-3000:]
+    records = _records(out)
+    assert [r["epoch"] for r in records] == list(range(1, 11))
+    assert_samples_grow(records)
 
 
 def test_the_death_of_the_parameter_server_ends_the_run_with_a_message_and_keeps_the_metrics(tmp_path):

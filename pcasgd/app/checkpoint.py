@@ -35,6 +35,7 @@ RESUMABLE = (
     "device",
     "checkpoint_every",
     "eval_every",
+    "rejoin",
 )
 # What every checkpoint holds (the application's state besides the engine's).
 FIELDS = ("epoch", "config", "engine", "oracle", "buffers", "torch_rng", "records", "wall_seconds", "samples")

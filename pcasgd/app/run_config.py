@@ -44,6 +44,7 @@ class RunConfig:
     progress_thread: bool = False  # mpi: a helper thread keeps MPI transfers moving during the compute
     shared_windows: bool = False  # mpi, decentralized: MPI.Win.Allocate_shared (all ranks on one node)
     fault_tolerant: bool = False  # mpi: survive dead ranks (ULFM; ssgd --comm horovod: Horovod Elastic)
+    rejoin: bool = False  # with fault_tolerant, decentralized: a replacement for each dead rank joins the run
     device: str = "cpu"  # cpu | cuda (GPU local_rank % count) | auto
     host_staging: str = "auto"  # mpi: copy GPU buffers through pinned host memory (auto: unless CUDA-aware)
     tensorboard: bool = False  # also write the per-epoch scalars as TensorBoard events
@@ -80,6 +81,8 @@ class RunConfig:
             )
         if self.fault_tolerant:
             self._check_fault_tolerant()
+        if self.rejoin:
+            self._check_rejoin()
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}; available: {', '.join(DATASETS)}")
         parse_partition(self.partition)
@@ -102,6 +105,15 @@ class RunConfig:
             raise ConfigError("--fault-tolerant needs the asynchronous mode: lock-step ranks wait for a dead one")
         if self.shared_windows:
             raise ConfigError("--fault-tolerant runs over the tcp transport that ULFM needs: no --shared-windows")
+
+    def _check_rejoin(self) -> None:
+        if not self.fault_tolerant:
+            raise ConfigError("--rejoin replaces the ranks a --fault-tolerant run loses: add --fault-tolerant")
+        if self.algorithm.family != "decentralized" or self.algorithm.synchronous:
+            raise ConfigError(
+                f"--rejoin is built for the asynchronous decentralized modes; {self.algorithm.mode!r} "
+                "goes on without its dead ranks (or restart it at its new size: launch/elastic.sh)"
+            )
 
     def record(self) -> dict[str, Any]:
         """The effective configuration as plain JSON values (what checkpoints compare)."""

@@ -151,6 +151,7 @@ def run_training(
     resume: bool = False,
     deadline: Deadline | None = None,
     on_start: Callable[[], None] | None = None,
+    train_argv: list[str] | None = None,
 ) -> dict[str, Any] | None:
     """Train as ``config`` says, write the run files into ``out``; return the summary (rank 0; others None).
 
@@ -159,14 +160,22 @@ def run_training(
     ``deadline``: under MPI, the watchdog the caller started before MPI (see
     :func:`start_mpi_under_deadline`); one is started here if not given. ``on_start``: called once
     every check has passed and the run directory is ready (a refusal comes before it).
+    ``train_argv``: the ``pcasgd train`` flags, which start a replacement under ``config.rejoin``.
     """
     if config.backend != "mpi":
         return _run(config, out, overwrite, on_epoch, None, None, resume, on_start)
+    replacement = None
+    if config.rejoin:
+        from pcasgd.runtime.rejoin import replacement_command
+
+        if train_argv is None:
+            raise ConfigError("--rejoin starts replacements with the pcasgd train command: run it from the CLI")
+        replacement = replacement_command([*train_argv, "--out", str(out.resolve())])
     own = deadline is None
     if own:
         deadline = start_mpi_under_deadline(config.algorithm.comm, config.deadline, config.startup_deadline)[1]
     try:
-        return _run(config, out, overwrite, on_epoch, _world(config), deadline, resume, on_start)
+        return _run(config, out, overwrite, on_epoch, _world(config), deadline, resume, on_start, replacement)
     finally:
         if own:
             deadline.close()
@@ -207,14 +216,16 @@ class _Prepared:
     payload: dict[str, Any] | None  # the checkpoint resumed from
 
 
-def _prepare(config: RunConfig, out: Path, comm, deadline, resume: bool) -> _Prepared:
+def _prepare(config: RunConfig, out: Path, comm, deadline, resume: bool, newcomer: int | None) -> _Prepared:
     """Every check, cheap ones first; the data, the graph, the model and the checkpoint. A
-    problem is one error on every rank, before anything in ``out`` is touched."""
+    problem is one error on every rank, before anything in ``out`` is touched. ``newcomer``: the
+    agent this process replaces (``--rejoin``): it checks alone, as the others train meanwhile."""
     algorithm = config.algorithm
     delay_model = delays.parse(config.delay, config.seed)
     device = select_device(config.device)  # before any output is prepared: a missing GPU changes nothing
     ranks = ranks_needed(algorithm.family, config.agents)
     delay_model.check_fits(ranks)
+    together = comm if newcomer is None else None  # whom the start-up collectives run with
     if comm is not None:
         from pcasgd.runtime.checks import check_same_everywhere, check_world_size
 
@@ -227,22 +238,23 @@ def _prepare(config: RunConfig, out: Path, comm, deadline, resume: bool) -> _Pre
             from pcasgd.runtime.faults import check_enabled
 
             check_enabled()
+    if together is not None:
         with deadline.guard("agreeing on the run configuration with the other ranks (collective)"):
             check_same_everywhere(
                 comm, "the run configuration", json.dumps(asdict(config), sort_keys=True, default=str)
             )
     torch.manual_seed(config.seed)
     data_dir = Path(config.data_dir) if config.data_dir is not None else None
-    labels = _training_labels_everywhere(comm, deadline, config, data_dir)
+    labels = _training_labels_everywhere(together, deadline, config, data_dir)
     shards = partition(labels, config.agents, config.partition, config.seed, config.train_samples)
-    _warn_of_small_shards(shards, config.batch_size, comm is None or comm.Get_rank() == 0)
+    _warn_of_small_shards(shards, config.batch_size, together is None or together.Get_rank() == 0)
     schedule, spectral_gap = None, None
     if algorithm.family == "decentralized":  # after the cheap checks: a graph of many agents takes a while
         schedule = topology.build(config.topology, config.agents, config.weights, config.seed)
         spectral_gap = schedule.spectral_gap()
         if isinstance(schedule, topology.Topology):
             delay_model.check_fits(ranks, schedule.adjacency)
-    rows = None if comm is None else _own_rows(comm.Get_rank(), algorithm.family, shards)
+    rows = None if comm is None else _own_rows(_identity(comm, newcomer), algorithm.family, shards)
     data = load(config.dataset, data_dir, train_rows=rows)
     if config.test_samples > len(data.test_y):
         raise ConfigError(f"--test-samples {config.test_samples} but the test set has only {len(data.test_y)} samples")
@@ -259,10 +271,12 @@ def _prepare(config: RunConfig, out: Path, comm, deadline, resume: bool) -> _Pre
             slots = ring_slots(algorithm, delay_model, schedule, config.deterministic)
             vectors = len(algorithm.snapshot_vectors)
             check_window_memory(flatten_parameters(model).numel(), 4, delay_model.max_lag, slots, vectors)
-        with deadline.guard("comparing the model with the other ranks (collective)"):
-            check_same_everywhere(comm, "the model's parameter shapes and dtypes", model_signature(model))
+        if together is not None:
+            with deadline.guard("comparing the model with the other ranks (collective)"):
+                check_same_everywhere(comm, "the model's parameter shapes and dtypes", model_signature(model))
     per_epoch = math.ceil(min(len(shard) for shard in shards) / config.batch_size)
-    payload = resume_payload(comm, deadline, config, out, schedule, per_epoch) if resume else None
+    resuming = resume and newcomer is None  # a newcomer is healed from a survivor instead
+    payload = resume_payload(comm, deadline, config, out, schedule, per_epoch) if resuming else None
     return _Prepared(delay_model, device, labels, shards, schedule, spectral_gap, data, model, per_epoch, payload)
 
 
@@ -459,15 +473,28 @@ def _summary(config: RunConfig, prepared: _Prepared, result, records: list[dict[
     }
 
 
+def _identity(comm, newcomer: int | None) -> int:
+    """This rank's agent for good (its rank in the world the run started in): a newcomer's is the
+    agent it replaces."""
+    return comm.Get_rank() if newcomer is None else newcomer
+
+
 def _run(
-    config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline, resume, on_start
+    config: RunConfig, out: Path, overwrite: bool, on_epoch, comm, deadline, resume, on_start, replacement=None
 ) -> dict[str, Any] | None:
     """The body of :func:`run_training`; ``comm`` and ``deadline`` are None in the simulator."""
-    prepared = _prepare(config, out, comm, deadline, resume)
+    newcomer = None
+    if comm is not None and config.rejoin:
+        from pcasgd.runtime.rejoin import newcomer_identity
+
+        newcomer = newcomer_identity(comm)
+    prepared = _prepare(config, out, comm, deadline, resume, newcomer)
     payload = prepared.payload
     resumed_records = payload["records"] if payload is not None else ([] if resume else None)
     # Only now, with the data found, the model built and the checkpoint read, is an earlier run's output touched.
-    if comm is not None:
+    if newcomer is not None:  # a newcomer joins a run whose directory is open: it writes its checkpoints only
+        directory = None
+    elif comm is not None:
         with deadline.guard("preparing the run directory (collective)"):
             directory = _open_run_directory_everywhere(comm, out, overwrite, resumed_records)
     else:
@@ -476,7 +503,7 @@ def _run(
     try:
         if on_start is not None:
             on_start()
-        summary = _train(config, out, prepared, on_epoch, comm, deadline, directory)
+        summary = _train(config, out, prepared, on_epoch, comm, deadline, directory, newcomer, replacement)
         succeeded = summary is not None
         return summary
     finally:
@@ -484,15 +511,18 @@ def _run(
             directory.close(succeeded)
 
 
-def _train(config: RunConfig, out: Path, prepared: _Prepared, on_epoch, comm, deadline, directory) -> dict | None:
+def _train(
+    config: RunConfig, out: Path, prepared: _Prepared, on_epoch, comm, deadline, directory, newcomer, replacement
+) -> dict | None:
     """Run the engine with the recording hooks; rank 0 writes the model and the summary."""
     model, shards = prepared.model, prepared.shards
     oracle = BatchOracle(model, prepared.data, shards, config.batch_size, config.seed, config.algorithm.weight_decay)
     per_epoch = prepared.per_epoch
     rank = 0 if comm is None else comm.Get_rank()
+    identity = rank if comm is None else _identity(comm, newcomer)
     asynchronous = comm is not None and not config.deterministic and config.algorithm.family == "decentralized"
     recording = _Recording(
-        config, out, prepared, oracle, directory, on_epoch, rank, background=asynchronous and rank == 0
+        config, out, prepared, oracle, directory, on_epoch, identity, background=asynchronous and rank == 0
     )
     payload = prepared.payload
     run = EngineRun(
@@ -515,7 +545,12 @@ def _train(config: RunConfig, out: Path, prepared: _Prepared, on_epoch, comm, de
 
         staging = HostStaging(prepared.device, stage_through_host(prepared.device, config.host_staging))
         inputs.mpi = MpiOptions(
-            config.deterministic, config.shared_windows, config.progress_thread, staging, config.fault_tolerant
+            config.deterministic,
+            config.shared_windows,
+            config.progress_thread,
+            staging,
+            config.fault_tolerant,
+            None if replacement is None else tuple(replacement),
         )
     try:
         result = run_engine(config.backend, inputs)

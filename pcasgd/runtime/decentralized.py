@@ -34,6 +34,8 @@ If rank 0, which records the run, dies, the lowest survivor records on in the sa
 
 from __future__ import annotations
 
+import os
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -43,6 +45,7 @@ from typing import TYPE_CHECKING
 from mpi4py import MPI
 from torch import Tensor
 
+from pcasgd import log
 from pcasgd.algorithms.consensus import ConsensusAgent, Snapshot
 from pcasgd.engine import EngineResult, EngineRun, EpochStats, add_ages_by_source, check_finite, make_due_records
 from pcasgd.errors import ConfigError, NeighbourFinishedError, ProcessFailedError
@@ -50,14 +53,16 @@ from pcasgd.protocol.pacing import StragglerPacing
 from pcasgd.runtime import totals as header_totals
 from pcasgd.runtime.exchange import ExchangeEndpoint, MpiOptions
 from pcasgd.runtime.faults import abandon, is_process_failure, notice_failures
-from pcasgd.runtime.recording import BEFORE_RESIZE, RankState, Recorder
-from pcasgd.runtime.recovery import DecentralizedWorld, Recovery
-from pcasgd.topology import Schedule
+from pcasgd.runtime.recording import BEFORE_REJOIN, BEFORE_RESIZE, RankState, Recorder
+from pcasgd.runtime.recovery import DecentralizedWorld, ProcessIdentity, Recovery
+from pcasgd.topology import Schedule, survivors
 from pcasgd.transport.deadline import Deadline
 from pcasgd.transport.windows import FLAG_FINISHED, ControlWindow
 
 if TYPE_CHECKING:
     import numpy as np
+
+LOG = log.get("decentralized")
 
 
 def _moved(snapshot: Snapshot, move: Callable[[Tensor], Tensor], published: float) -> Snapshot:
@@ -93,17 +98,24 @@ class DecentralizedRank:
             raise ConfigError("--fault-tolerant needs the asynchronous mode: lock-step ranks wait for the dead one")
         # This agent's name for good: its rank in the world it started in (its data shard, its
         # straggler term, its name in the metrics); ``ids`` names the agent of each current rank.
-        self.agent_id = self.rank
-        report = run.world_change if self.rank == 0 else None
-        self.recovery = Recovery.on(comm, report, deadline, options.fault_tolerant)
+        # A process started to replace a lost rank (--rejoin) takes the lost agent's name.
+        joining = self._joining(comm, options)
+        self.agent_id = self.rank if joining is None else joining.identities[self.rank]
+        if joining is None:
+            report = run.world_change if self.rank == 0 else None
+            self.recovery = Recovery.on(comm, report, deadline, options.fault_tolerant)
+        else:
+            self.recovery = Recovery(self.agent_id, self.size, None)
         self.run = run
+        self.first_schedule = schedule  # the graph over every agent: a grown world is rebuilt from it
         self.schedule = schedule
         self.options = options
         self.config = run.config
         self.agent = ConsensusAgent(run.config, run.initial_params, segments)
         self.deadline = deadline
         self.recorder = Recorder(comm, run, deadline)
-        self._open_world(comm)
+        if joining is None:
+            self._open_world(comm)
         self.epoch_stats = EpochStats()
         self.overall = EpochStats()
         self.staleness: Counter[int] = Counter()
@@ -118,10 +130,23 @@ class DecentralizedRank:
         self.records = run.records()
         self._due: list[tuple[float, bool]] = []  # records due and not yet made (a failure may interrupt one)
         self._passed: list[float] = []  # the records this rank has passed (made, if it recorded them)
+        if joining is not None:
+            self._grow(comm, joining, time.time())
+            return
         if run.resume is not None:
             self._restore(run.resume)
         # Every rank, resumed or not: neighbours read restored snapshots only after this.
         deadline.wait(comm.Ibarrier(), "the barrier after setting up the windows (collective)")
+
+    @staticmethod
+    def _joining(comm: MPI.Comm, options: MpiOptions):
+        """What this process joins, if it was started to replace a lost rank of ``comm`` (--rejoin)."""
+        if options.replacement is None:
+            return None
+        from pcasgd.runtime.rejoin import joined
+
+        found = joined()
+        return found[1] if found is not None and found[0] == comm else None
 
     def _open_world(self, comm: MPI.Comm) -> None:
         """This rank's windows, progress helper and exchange on ``comm`` (collective)."""
@@ -252,6 +277,78 @@ class DecentralizedRank:
         self.recovery.lose(ids, self.k, noticed, self.schedule.name, "died", goes_on, recording_may_die=True)
         if recorder_died and self.rank == 0:
             self._take_over_recording(lost[0])
+        if self.options.replacement is not None:
+            self._replace(lost, noticed)
+
+    # -- the world grows back (--rejoin) --------------------------------------------------------
+
+    def _replace(self, lost: list[int], noticed: float) -> None:
+        """Start a replacement for each agent of ``lost`` and grow the world with them (the
+        survivors' side; runtime/rejoin.py). If MPI cannot start them, the run goes on without."""
+        from pcasgd.runtime.rejoin import spawn_replacements
+
+        since = time.time()
+        command = list(self.options.replacement)
+        try:
+            with self.deadline.guard(f"starting replacements for ranks {lost} (MPI_Comm_spawn, collective)"):
+                merged, join = spawn_replacements(self.comm, command, self.ids, lost, self.first_schedule, noticed)
+        except MPI.Exception as error:
+            if is_process_failure(error, self.comm):
+                raise
+            if self.rank == 0:
+                LOG.warning(f"no replacement for ranks {lost} could start ({error}); {self.size} ranks go on")
+            return
+        self._grow(merged, join, since)
+
+    def _grow(self, merged: MPI.Comm, join, since: float) -> None:
+        """The world grows back (--rejoin): collective over ``merged``, the survivors (first, in their
+        order) and the newcomers that replace the agents of ``join.newcomers``. Each newcomer is
+        healed from its survivor (weights, momentum, iteration); every rank then makes its windows
+        anew over the whole world, addressed by agent as in the first world (the survivors'
+        windows span the dead), and the graph is the first one over the agents in their new order.
+        The survivors republish the snapshots their window held, so no read finds a gap."""
+        from pcasgd.runtime.rejoin import receive_heal, send_heal
+
+        deadline, newcomer = self.deadline, self.agent_id in join.healers
+        what = "gathering the grown world's processes (collective: a newcomer loads its data and model first)"
+        with deadline.guard(what):
+            processes = merged.allgather((self.agent_id, ProcessIdentity.of(os.getpid())))
+        if newcomer:
+            with deadline.guard(f"receiving agent {self.agent_id}'s state from its healer"):
+                device = self.run.initial_params.device
+                self.agent, self.k, progress = receive_heal(merged, join.healers[self.agent_id], device)
+            self.agent.start_over_at(self.k)
+            self.records.skip_to(progress)  # the records up to here were made before it came
+            ring, first_stamp = [], None
+        else:
+            for agent, healer in join.healers.items():
+                if healer == merged.Get_rank():
+                    with deadline.guard(f"healing agent {agent}'s replacement"):
+                        send_heal(merged, join.identities.index(agent), self.agent, self.k, self.exchange.progress)
+            ring, progress = self._own_ring(self.k), self.exchange.progress
+            period, first_stamp = self.exchange.period, self.exchange.first_stamp
+            self.progress.close()
+            self.exchange.close()
+            abandon(self.window, self.control)
+        with deadline.guard("splitting the grown world by agent (collective)"):
+            by_agent = merged.Split(0, self.agent_id)
+        self.schedule = survivors(self.first_schedule, join.identities)
+        self._open_world(by_agent)  # windows addressed by agent, as the first world's
+        self.exchange.enter(merged, self.schedule, join.identities)
+        self.exchange.progress, self.exchange.first_stamp = progress, first_stamp
+        if not newcomer:
+            self.exchange.period = period
+            self._republish(ring)
+        self.comm, self.rank, self.size = merged, merged.Get_rank(), merged.Get_size()
+        self.recorder.comm = merged
+        for agent in join.newcomers:  # the lost process's samples stay counted; its replacement counts its own
+            lost = self.recorder.lost_samples.pop(agent, 0)
+            self.recorder.lost_samples[BEFORE_REJOIN] = self.recorder.lost_samples.get(BEFORE_REJOIN, 0) + lost
+            self._last_totals[agent] = None
+        self.recovery.grew(
+            join.identities, join.newcomers, self.schedule.name, processes, since, join.noticed_at, self.k
+        )
+        deadline.wait(merged.Ibarrier(), "the barrier after growing the world (collective)")
 
     def _take_over_recording(self, dead: int) -> None:
         """The recording rank (``dead``) died and this rank is the lowest survivor: it records the
@@ -328,13 +425,6 @@ class DecentralizedRank:
     def _checkpoint_state(self, k: int, epoch: int) -> dict:
         """Everything this rank needs to go on from iteration ``k``, its window's ring included;
         the records up to ``epoch`` are made."""
-        oldest = max(0, k - self.window.slots + 1)
-        ring = []
-        now = self.exchange.clock.now(k)
-        for stamp in range(oldest, k):
-            with self.deadline.guard(f"reading this rank's own snapshot {stamp} for a checkpoint"):
-                snapshot = self.window.read(self.window.rank, newest=stamp).snapshot
-            ring.append(_moved(snapshot, lambda v: v.cpu().clone(), snapshot.published - now))
         return {
             "iteration": k,
             "agent": self.agent,
@@ -345,10 +435,30 @@ class DecentralizedRank:
             "lost_samples": self.recorder.lost_samples,
             "period": self.exchange.period,
             "progress": self.exchange.progress,
-            "ring": ring,
+            "ring": self._own_ring(k),
             "recorded": epoch * self.run.iterations_per_epoch,
             "ids": self.ids,
         }
+
+    def _own_ring(self, k: int) -> list[Snapshot]:
+        """This rank's snapshots before ``k`` that its window holds, as CPU copies with their publish
+        times relative to now (for :meth:`_republish`, in this run or a resumed one)."""
+        ring = []
+        now = self.exchange.clock.now(k)
+        for stamp in range(max(0, k - self.window.slots + 1), k):
+            with self.deadline.guard(f"reading this rank's own snapshot {stamp}"):
+                snapshot = self.window.read(self.window.rank, newest=stamp).snapshot
+            ring.append(_moved(snapshot, lambda v: v.cpu().clone(), snapshot.published - now))
+        return ring
+
+    def _republish(self, ring: list[Snapshot]) -> None:
+        """Publish the snapshots of :meth:`_own_ring` into this rank's window again."""
+        device = self.run.initial_params.device
+        now = self.exchange.clock.now(self.k)
+        for kept in ring:
+            snapshot = _moved(kept, lambda v: v.to(device), kept.published + now)
+            with self.deadline.guard(f"republishing snapshot {snapshot.stamp}"):
+                self.window.publish(snapshot, self._totals(snapshot.stamp + 1))
 
     def _restore(self, state: dict) -> None:
         self.k = state["iteration"]
@@ -365,12 +475,7 @@ class DecentralizedRank:
         self.exchange.period, self.exchange.progress = state["period"], state["progress"]
         # a restored ring holds k - 1, which overlapped reads may name; a resized state has none
         self.exchange.first_stamp = 0 if state["ring"] else None
-        device = self.run.initial_params.device
-        now = self.exchange.clock.now(self.k)
-        for kept in state["ring"]:
-            snapshot = _moved(kept, lambda v: v.to(device), kept.published + now)
-            with self.deadline.guard(f"republishing snapshot {snapshot.stamp} from the checkpoint"):
-                self.window.publish(snapshot, self._totals(snapshot.stamp + 1))
+        self._republish(state["ring"])
 
     def _remote_states(self, k: int, why: str) -> list[RankState]:
         """Asynchronous mode: every rank's newest snapshot and totals, read without stopping it."""

@@ -54,6 +54,7 @@ class MpiOptions:
     progress_thread: bool = False  # a helper thread keeps one-sided transfers moving during compute
     staging: HostStaging | None = None  # GPU ranks: host copies of what the windows hold (None: CPU)
     fault_tolerant: bool = False  # ULFM: a dead rank is survived (pcasgd.runtime.faults)
+    replacement: tuple[str, ...] | None = None  # --rejoin: the command that starts a replacement (rejoin.py)
 
 
 class NeighbourExchange:

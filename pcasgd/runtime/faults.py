@@ -125,8 +125,11 @@ def leave_without_finalize(status: int) -> None:
     recovery it would free what the recovery abandoned, collectively with the dead ranks, and
     hang (checked with osc/rdma); and with ULFM's failure detector on it hung in every run,
     deaths or not (measured on Open MPI 5.0.11: a 3-epoch run held mpirun for its whole 60 s)."""
+    from pcasgd.runtime.rejoin import end_in_the_spawned_job
+
     sys.stdout.flush()
     sys.stderr.flush()
+    end_in_the_spawned_job()
     os._exit(status)
 
 

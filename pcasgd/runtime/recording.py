@@ -30,6 +30,8 @@ class RankState:
 
 #: The key of :attr:`Recorder.lost_samples` for the samples trained on before a resize (no agent's number).
 BEFORE_RESIZE = -1
+#: The key of :attr:`Recorder.lost_samples` for what dead processes since replaced (--rejoin) trained on.
+BEFORE_REJOIN = -2
 
 
 class Recorder:

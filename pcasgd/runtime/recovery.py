@@ -18,7 +18,9 @@
   and that step completes both (the time from each death to training again is what the event
   measures). A recovery after which this rank takes no step (another rank had finished the run
   meanwhile) is reported at the end with ``first_step_at`` null;
-* the **line** that says what happened, printed once, by rank 0 of the new world.
+* the **line** that says what happened, printed once, by rank 0 of the new world;
+* the world **growing back** (``--rejoin``): :meth:`Recovery.grew` adds the replacements to the
+  world and to the event of the death they replace.
 
 What each runtime rebuilds on the new world (graph, windows, server's worker list, Horovod's
 rings) is the runtime's own: it calls the seam and then rebuilds.
@@ -169,6 +171,42 @@ class Recovery:
             LOG.warning(f"rank(s) {lost} {how}; {goes_on} (noticed and recovered in {took:.2f} s)")
         return event
 
+    def grew(
+        self,
+        world: list[int],
+        newcomers: list[int],
+        topology: str,
+        processes: list[tuple[int, Any]],
+        since: float,
+        noticed: float,
+        iteration: int,
+    ) -> None:
+        """Replacements for ``newcomers`` joined (``--rejoin``, runtime/rejoin.py): the world is
+        ``world`` (agents, in rank order) over ``topology`` from now on; ``processes``: each rank's
+        (agent, process), gathered on the grown world; ``since``: when the survivors began to
+        spawn; ``noticed``: when the death the newcomers replace was noticed; ``iteration``: where
+        this rank goes on. That death's event
+        says so; a newcomer's own log starts with an event of its joining, which it reports as a
+        line at its first step."""
+        for identity, process in processes:
+            self._processes.extend([None] * (identity + 1 - len(self._processes)))
+            self._processes[identity] = process
+        self.ids = list(world)
+        now = time.time()
+        grown = {"rejoined": list(newcomers), "world_after_rejoin": list(world), "rejoined_at": now}
+        grown.update(topology_after_rejoin=topology, spawn_seconds=now - since)
+        if self.identity in newcomers:
+            event = {"lost": [], "world": list(world), "iteration": iteration, "noticed_at": noticed, **grown}
+            self.events.append(event)
+            self._waiting.append(event)
+            return
+        self.events[-1].update(grown)
+        if world[0] == self.identity:
+            LOG.warning(
+                f"rank(s) {newcomers} replaced by new processes: {len(world)} ranks go on over '{topology}' "
+                f"(spawned, joined and healed in {now - since:.2f} s)"
+            )
+
     def stepped(self) -> None:
         """A step was taken: stamp and report the recoveries that waited for one."""
         if not self._waiting:
@@ -176,6 +214,11 @@ class Recovery:
         now = time.time()
         for event in self._waiting:
             event["first_step_at"] = now
+            if self.identity in event.get("rejoined", []) and not event["lost"]:  # this process joined
+                LOG.info(
+                    f"rank {self.identity} (a replacement) took its first step at iteration {event['iteration']}, "
+                    f"{now - event['noticed_at']:.2f} s after the death it replaces was noticed"
+                )
             if self.report is not None:
                 self.report(dict(event))
         self._waiting = []

@@ -76,7 +76,8 @@ class HorovodComm:
 
 
 def open_world(comm: str = "mpi") -> Any:
-    """``MPI.COMM_WORLD``, or the Horovod world for ``comm == "horovod"``."""
+    """``MPI.COMM_WORLD``, or the Horovod world for ``comm == "horovod"``, or for a process started
+    to replace a lost rank (``--rejoin``) the world it joined."""
     if comm == "horovod":
         return HorovodComm()
     try:
@@ -86,6 +87,10 @@ def open_world(comm: str = "mpi") -> Any:
             f"--backend mpi needs mpi4py and an MPI library ({error}); pip install 'pcasgd[mpi]'"
         ) from None
     from pcasgd.runtime.checks import check_not_singletons
+    from pcasgd.runtime.rejoin import joined
 
+    newcomer = joined()  # a replacement for a lost rank trains in the world it merged into
+    if newcomer is not None:
+        return newcomer[0]
     check_not_singletons(MPI.COMM_WORLD)
     return MPI.COMM_WORLD
