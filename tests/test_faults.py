@@ -8,12 +8,14 @@ import os
 import re
 import signal
 import subprocess
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from benchmarks.faults import JOB_TAG, rank_pid
+from benchmarks.faults import JOB_TAG, epochs_done, rank_pid
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.app import checkpoint as checkpoints
 from pcasgd.app.run_config import RunConfig
@@ -365,6 +367,53 @@ def test_rank_0_replaced_in_place_hands_on_the_records_and_the_run_resumes_with_
     records = _records(out)
     assert [r["epoch"] for r in records] == list(range(1, 11))
     assert_samples_grow(records)
+
+
+def _replacement_pid(out) -> int | None:
+    """The pid of a replacement process training into ``out``: spawned, it is alone in its own MPI job."""
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"pcasgd.cli" in command and str(out).encode() in command and b"OMPI_COMM_WORLD_SIZE=1" in environ:
+            return int(entry.name)
+    return None
+
+
+def test_a_replacement_killed_in_turn_is_replaced_again_and_the_launcher_exits_0(tmp_path):
+    """--rejoin, a second death: rank 2 killed at epoch 3, then its replacement killed once it has
+    stepped. Another replacement joins; mpirun exits 137 (the replacement's job is not under
+    ULFM's flag) and launch/mpirun.sh, seeing this launch's summary.json, exits 0."""
+    out, epochs = tmp_path / "run", 100
+    flags = [*FLAGS, "--epochs", str(epochs), "--rejoin", "--fault-tolerant", "--out", str(out)]
+    logs = [open(tmp_path / name, "w") for name in ("stdout", "stderr")]  # noqa: SIM115 - closed below
+    command = ["bash", "launch/mpirun.sh", "-n", "4", *flags]
+    job = subprocess.Popen(command, cwd=ROOT, env=mpi_env(), stdout=logs[0], stderr=logs[1])
+    try:
+        while epochs_done(out, recorded=True) < 3:
+            assert job.poll() is None, (tmp_path / "stderr").read_text()[-3000:]
+            time.sleep(0.2)
+        os.kill(rank_pid(out, 2), signal.SIGKILL)
+        while "took its first step" not in (tmp_path / "stderr").read_text():
+            assert job.poll() is None, (tmp_path / "stderr").read_text()[-3000:]
+            time.sleep(0.2)
+        os.kill(_replacement_pid(out), signal.SIGKILL)
+        job.wait(timeout=300)
+    finally:
+        job.kill()
+        for log in logs:
+            log.close()
+    stderr = (tmp_path / "stderr").read_text()
+    assert job.returncode == 0, stderr[-3000:]
+    assert "mpirun exited 137 (a replacement process died) but the run finished" in stderr
+    records = _records(out)
+    assert [r["epoch"] for r in records] == list(range(1, epochs + 1))
+    assert_samples_grow(records)
+    events = _events(out)
+    assert [event["lost"] for event in events] == [[2], [2]] == [event["rejoined"] for event in events]
+    assert len(json.loads((out / "summary.json").read_text())["iterations"]) == 4
 
 
 def test_the_death_of_the_parameter_server_ends_the_run_with_a_message_and_keeps_the_metrics(tmp_path):

@@ -170,7 +170,7 @@ def run_training(
 
         if train_argv is None:
             raise ConfigError("--rejoin starts replacements with the pcasgd train command: run it from the CLI")
-        replacement = replacement_command([*train_argv, "--out", str(out.resolve())])
+        replacement = replacement_command(train_argv)  # started in this directory: the same run directory
     own = deadline is None
     if own:
         deadline = start_mpi_under_deadline(config.algorithm.comm, config.deadline, config.startup_deadline)[1]
