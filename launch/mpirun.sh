@@ -56,6 +56,15 @@ for flag in "$@"; do
     rejoin=1
   fi
 done
+if [ "$own" = 1 ] && [ ${#ft[@]} -gt 0 ]; then
+  # Your own program under ULFM: arm Open MPI's failure detector, as pcasgd train does from its
+  # --deadline, for the optimizer's default deadline (60 s: a rank silent for 30 s, a stopped one
+  # too, is declared dead and survived). Your own settings of these variables win.
+  while IFS='=' read -r name value; do
+    if [ -z "${!name:-}" ]; then export "$name=$value"; fi
+  done < <("$venv/bin/python" -c 'from pcasgd.runtime.launch import failure_detector_settings as s
+for item in s().items(): print("=".join(item))')
+fi
 if [ "$own" = 1 ]; then
   exec "$mpirun" "${ft[@]}" -n "$ranks" "${program[@]}" "$@"
 fi

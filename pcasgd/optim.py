@@ -49,6 +49,7 @@ from pcasgd.errors import ConfigError, UsageError
 from pcasgd.flat import copy_into_parameters, flat_device, parameter_offsets
 from pcasgd.horovod_names import horovod_options
 from pcasgd.protocol.one_step_delay import ReductionQueue, complete_reductions, one_step_delay_step
+from pcasgd.runtime.launch import DEFAULT_DEADLINE
 from pcasgd.sync_batchnorm import in_use as sync_batchnorm_in_use
 
 NamedTensors = Iterable[tuple[str, Tensor]]
@@ -307,7 +308,7 @@ class DecentralizedOptimizer(_RankOptimizer):
         weights: str = "auto",
         delay: str = "none",
         deterministic: bool = False,
-        deadline: float = 60.0,
+        deadline: float = DEFAULT_DEADLINE,
         iterations_per_epoch: int | None = None,
         seed: int = 0,
         comm=None,
@@ -372,6 +373,13 @@ class DecentralizedOptimizer(_RankOptimizer):
         self.world = DecentralizedWorld(self.comm, schedule, endpoint.exchange, endpoint.progress, self.agent)
         self.fault_tolerant, self.progress_thread = fault_tolerant, progress_thread
         self._reset_callbacks: list[Callable[[], None]] = []
+        if fault_tolerant:
+            # The process will end without MPI_Finalize: it hangs in ULFM's failure detector (which
+            # launch/mpirun.sh --fault-tolerant arms), and after a recovery on the abandoned windows.
+            # Registered now, so that it runs after a close() registered later (pcasgd.elastic's).
+            from pcasgd.runtime.faults import end_without_finalize_at_exit
+
+            end_without_finalize_at_exit()
         trained = sum(p.numel() for p in params)
         self._grad = torch.zeros_like(flat)  # buffers' part stays zero
         self._trained_grad = self._grad[:trained]
@@ -492,10 +500,14 @@ class DecentralizedOptimizer(_RankOptimizer):
                 k += 1
         self.exchange.publish(k, self.agent.params, self._grad, displacement=still)
         self.window.set_flags(FLAG_FINISHED)
-        everyone = self.comm.Ibarrier()
-        while not everyone.Test():  # as long as the ranks still stepping make progress
-            self.exchange.watch_neighbours(self.iteration)
-            time.sleep(POLL_SECONDS)
+
+        def everyone_joined() -> None:  # in the world as it is: a death meanwhile is survived, then waited again
+            everyone = self.comm.Ibarrier()
+            while not everyone.Test():  # as long as the ranks still stepping make progress
+                self.exchange.watch_neighbours(self.iteration)
+                time.sleep(POLL_SECONDS)
+
+        self._surviving(everyone_joined, everyone_joined)
 
     def _state_keys(self) -> tuple[str, ...]:
         return (*super()._state_keys(), "agent")
@@ -515,11 +527,10 @@ class DecentralizedOptimizer(_RankOptimizer):
         self.world.progress.close()
         self.exchange.close()
         if self.recovery.events:  # freeing is collective over the dead ranks too, and would hang
-            from pcasgd.runtime.faults import abandon, end_without_finalize_at_exit
+            from pcasgd.runtime.faults import abandon
 
             abandon(self.window.win)
             self.window.win = None
-            end_without_finalize_at_exit()
             return
         with self.deadline.guard("freeing the windows (collective)"):
             self.window.close()
@@ -559,7 +570,7 @@ class CollectiveOptimizer(_RankOptimizer):
         optimizer: torch.optim.Optimizer,
         model: nn.Module | None = None,
         mode: str = "ssgd",
-        deadline: float = 60.0,
+        deadline: float = DEFAULT_DEADLINE,
         comm=None,
         progress_thread: bool = False,
         host_staging: str = "auto",

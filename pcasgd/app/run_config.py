@@ -13,6 +13,7 @@ from pcasgd.app.data import DATASETS, parse_partition
 from pcasgd.dispatch import BACKENDS
 from pcasgd.errors import ConfigError
 from pcasgd.runtime.device import DEVICES, HOST_STAGING
+from pcasgd.runtime.launch import DEFAULT_DEADLINE
 
 SEED_MAX = 2**32 - 1  # numpy's and torch's generators both take it
 
@@ -38,7 +39,7 @@ class RunConfig:
     batch_size: int = 32
     seed: int = 0
     deterministic: bool = False  # mpi: lock-step iterations, reproduces the simulator
-    deadline: float = 60.0  # mpi: seconds any wait may take before the run fails
+    deadline: float = DEFAULT_DEADLINE  # mpi: seconds any wait may take before the run fails
     # mpi: seconds the start may take (MPI start-up, rank 0 finding, decoding or downloading the data)
     startup_deadline: float = 600.0
     progress_thread: bool = False  # mpi: a helper thread keeps MPI transfers moving during the compute

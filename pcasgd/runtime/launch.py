@@ -60,7 +60,12 @@ FAULT_TOLERANT_MCA = {
 }
 
 
-def failure_detector_settings(deadline: float) -> dict[str, str]:
+#: Seconds any wait may take before a run or an optimizer fails, unless told otherwise
+#: (``--deadline``, ``DistributedOptimizer(deadline=...)``).
+DEFAULT_DEADLINE = 60.0
+
+
+def failure_detector_settings(deadline: float = DEFAULT_DEADLINE) -> dict[str, str]:
     """Open MPI's ULFM failure detector, as environment variables for a rank to set before MPI
     starts: each process's detector thread sends heartbeats, and one silent for half of
     ``deadline`` seconds (stopped with SIGSTOP, frozen) is declared dead, which the survivors
