@@ -277,7 +277,7 @@ class DecentralizedRank:
         self.recovery.lose(ids, self.k, noticed, self.schedule.name, "died", goes_on, recording_may_die=True)
         if recorder_died and self.rank == 0:
             self._take_over_recording(lost[0])
-        if self.options.replacement is not None:
+        if self.options.replacement is not None and lost:  # none lost: a newcomer died before it joined
             self._replace(lost, noticed)
 
     # -- the world grows back (--rejoin) --------------------------------------------------------
