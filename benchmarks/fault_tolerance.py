@@ -1,7 +1,7 @@
 """What a dead rank costs ``pcasgd --fault-tolerant``, and Horovod Elastic: real jobs, one rank
 killed with SIGKILL at 40 % of the run, against uninterrupted runs of the surviving number of ranks.
 
-    python benchmarks/fault_tolerance.py [--cases 4 0 8 regrow rejoin hosts hosts-horovod] [--seeds 0 1 2]
+    python benchmarks/fault_tolerance.py [--cases 4 0 8 regrow rejoin api hosts hosts-horovod] [--seeds 0 1 2]
         [--out runs/faults]
 
 Cases: ``4`` (4 ranks, rank 2 killed; baseline 3 ranks), ``0`` (4 ranks, rank 0 killed: the
@@ -11,7 +11,10 @@ job on 4 from the newest checkpoints, ``--checkpoint-every 1``; baseline: 4 rank
 supervisor, uninterrupted; its cell also gives the wall-time ratio), ``rejoin`` (4 ranks with
 ``--rejoin``, rank 2 killed at 60 %: the survivors spawn a replacement that joins the running job;
 baseline: 4 ranks uninterrupted; also the seconds from the kill to the replacement's first step),
-``hosts`` (4 ranks over
+``api`` (your own loop: Horovod's elastic example as ported,
+examples/horovod_pytorch_mnist_elastic.py, one epoch of Fashion-MNIST with its own network on 4
+ranks, rank 2 killed a quarter into its shard; baseline 3 ranks; the accuracy is the example's
+own test print), ``hosts`` (4 ranks over
 launch/hosts.sh's two hosts, rank 3 on node2 killed;
 baseline 3 ranks over the hosts): ``pcasgd`` under ULFM. ``hosts-horovod``: the baseline
 method's own recovery, ``ssgd --comm horovod`` under elastic ``horovodrun`` over the two hosts
@@ -40,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.faults import train_and_kill  # noqa: E402
+from benchmarks.faults import run_elastic_example, torchvision_mnist, train_and_kill  # noqa: E402
 from pcasgd.runtime.launch import mpirun_path, open_mpi_env  # noqa: E402
 
 HOSTS_SCRIPT = str(ROOT / "launch" / "hosts.sh")
@@ -62,6 +65,7 @@ class Case:
     elastic: bool = False  # horovodrun in elastic mode: its own flags instead of mpirun's
     regrows: bool = False  # under launch/elastic.sh, which restarts the job on as many ranks
     kill_at: float = 0.4  # of the run's epochs
+    example: bool = False  # your own loop (Horovod's elastic example, ported) instead of pcasgd train
 
     def launch_flags(self, ranks: int) -> list[str] | None:
         if self.regrows:
@@ -75,6 +79,7 @@ CASES = {
     "8": Case(8, 5, 1, [mpirun_path()], PCASGD),
     "regrow": Case(4, 2, 0, SUPERVISED, PCASGD, regrows=True, kill_at=0.6),
     "rejoin": Case(4, 2, 0, [mpirun_path()], [*PCASGD, "--rejoin"], kill_at=0.6),
+    "api": Case(4, 2, 1, [], [], example=True),
     "hosts": Case(4, 3, 1, HOSTS, PCASGD),
     "hosts-horovod": Case(4, 2, 2, HOSTS_HOROVOD, ["--mode", "ssgd", "--comm", "horovod"], elastic=True),
 }
@@ -85,6 +90,8 @@ def run(case: str, seed: int, killed: bool, args: argparse.Namespace) -> dict:
     ranks = chosen.ranks if killed else chosen.ranks - chosen.lost
     out = args.out / f"{case}-{'killed' if killed else 'baseline'}-seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
+    if chosen.example:
+        return run_example(chosen, case, seed, ranks, killed, out, args)
     flags = [*chosen.mode, "--dataset", "fashion-mnist", "--model", "lenet5", "--epochs", str(args.epochs)]
     flags += ["--seed", str(seed), "--checkpoint-every", "1" if chosen.regrows else "0"]
     kill_after = round(chosen.kill_at * args.epochs)
@@ -129,6 +136,23 @@ def run(case: str, seed: int, killed: bool, args: argparse.Namespace) -> dict:
     return result
 
 
+def run_example(chosen: Case, case: str, seed: int, ranks: int, killed: bool, out: Path, args) -> dict:
+    """One run of Horovod's elastic example as ported (the ``api`` case)."""
+    data = torchvision_mnist(args.out / "mnist")
+    started = time.monotonic()
+    victim = chosen.victim if killed else None
+    done = run_elastic_example(ranks, data, seed, victim, open_mpi_env(str(ROOT)), args.timeout, out)
+    wall = time.monotonic() - started
+    if done.returncode != 0 or done.accuracy is None:
+        raise RuntimeError(f"{case} seed {seed}: exit {done.returncode}\n{done.stderr[-3000:]}")
+    result = {"case": case, "seed": seed, "ranks": ranks, "accuracy": done.accuracy / 100, "wall_s": wall}
+    if killed:  # the optimizer says when it noticed and recovered; its first step is not reported
+        recovered = re.search(r"noticed and recovered in ([\d.]+) s", done.stderr)
+        result.update(kill_to_first_step_s=None, recovery_s=None if recovered is None else float(recovered.group(1)))
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
@@ -163,7 +187,10 @@ def main() -> None:
             joined = killed.get("kill_to_newcomer_step_s")
             if joined is not None:
                 joins.append(joined)
-            shown = "restarted" if CASES[case].regrows else "run over" if delay is None else f"{delay:.2f}"
+            if CASES[case].regrows or CASES[case].example:
+                shown = "restarted" if CASES[case].regrows else "-"  # the example's first step is not reported
+            else:
+                shown = "run over" if delay is None else f"{delay:.2f}"
             print(
                 f"| {case} | {seed} | {killed['accuracy']:.4f} | {baseline['accuracy']:.4f} | {difference:+.4f} "
                 f"| {shown} | {'-' if joined is None else f'{joined:.2f}'} | {ratios[-1]:.2f} |"

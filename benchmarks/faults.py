@@ -5,7 +5,9 @@ benchmarks/fault_tolerance.py do to a job."""
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -141,3 +143,54 @@ def train_and_kill(
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
     return KilledRun(job.returncode, stdout, stderr, killed_at)
+
+
+#: Debian's Fashion-MNIST (.ci/datasets.sh), which Horovod's MNIST examples read in MNIST's layout.
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+ELASTIC_EXAMPLE = ROOT / "examples" / "horovod_pytorch_mnist_elastic.py"
+
+
+def torchvision_mnist(folder: Path) -> Path:
+    """``folder`` laid out so that torchvision's ``datasets.MNIST`` finds Fashion-MNIST there (the
+    same IDX files as MNIST's): Horovod's examples then download nothing."""
+    raw = folder / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for packed in FASHION_MNIST.parent.glob("*-ubyte.gz"):
+        (raw / packed.name.removesuffix(".gz")).write_bytes(gzip.decompress(packed.read_bytes()))
+    return folder
+
+
+@dataclass
+class ExampleRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    killed_at: float | None  # time.time() of the SIGKILL (None: nothing killed)
+    accuracy: float | None  # the example's own test print, percent (None: not printed)
+
+
+def run_elastic_example(
+    ranks: int, data: Path, seed: int, victim: int | None, env: dict[str, str], timeout: float, tag: Path
+) -> ExampleRun:
+    """Horovod's elastic example as ported (examples/horovod_pytorch_mnist_elastic.py), one epoch on
+    ``ranks`` ranks under ``launch/mpirun.sh --fault-tolerant``; rank ``victim`` (None: none) is
+    SIGKILLed once a rank is a quarter through its shard. ``tag`` names the job's processes
+    (:data:`JOB_TAG`). Raises :class:`subprocess.TimeoutExpired` (the job killed) past ``timeout``."""
+    command = ["bash", "launch/mpirun.sh", "-n", str(ranks), str(ELASTIC_EXAMPLE), "--epochs", "1"]
+    command += ["--data-dir", str(data), "--log-interval", "20", "--seed", str(seed), "--fault-tolerant"]
+    env = {**env, JOB_TAG: str(tag), "PYTHONUNBUFFERED": "1"}  # its prints, as they come
+    job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines, killed_at = [], None
+    try:
+        for line in job.stdout:
+            lines.append(line)
+            if victim is not None and re.search(r"\((2[5-9]|[3-9]\d)%\)", line):
+                killed_at = time.time()
+                os.kill(rank_pid(tag, victim), signal.SIGKILL)
+                break
+        stdout, stderr = job.communicate(timeout=timeout)
+    finally:
+        job.kill()
+    stdout = "".join(lines) + stdout
+    found = re.search(r"Test set: Average loss: [\d.]+, Accuracy: ([\d.]+)%", stdout)
+    return ExampleRun(job.returncode, stdout, stderr, killed_at, None if found is None else float(found.group(1)))

@@ -7,7 +7,6 @@ Under CI a missing component fails the tests that need it; elsewhere they skip w
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
 import subprocess
@@ -15,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import faults
 from tests.mpi_support import HOSTS, PYTHON
 
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+FASHION_MNIST = faults.FASHION_MNIST
 
 
 def missing(what: str) -> None:
@@ -44,13 +44,9 @@ def fashion_mnist():
 
 @pytest.fixture
 def torchvision_mnist(fashion_mnist, tmp_path) -> Path:
-    """A folder where torchvision's ``datasets.MNIST`` finds Fashion-MNIST (the same IDX files,
-    laid out as MNIST's), so Horovod's examples download nothing."""
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for packed in FASHION_MNIST.parent.glob("*-ubyte.gz"):
-        (raw / packed.name.removesuffix(".gz")).write_bytes(gzip.decompress(packed.read_bytes()))
-    return tmp_path
+    """A folder where torchvision's ``datasets.MNIST`` finds Fashion-MNIST, so Horovod's examples
+    download nothing."""
+    return faults.torchvision_mnist(tmp_path)
 
 
 @pytest.fixture(scope="session")

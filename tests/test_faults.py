@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import time
@@ -15,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from benchmarks.faults import JOB_TAG, epochs_done, rank_pid
+from benchmarks.faults import JOB_TAG, epochs_done, rank_pid, run_elastic_example
 from pcasgd.algorithms.config import AlgorithmConfig
 from pcasgd.app import checkpoint as checkpoints
 from pcasgd.app.run_config import RunConfig
@@ -242,24 +241,10 @@ def test_horovods_elastic_example_ported_survives_a_rank_killed_mid_epoch(tmp_pa
     """examples/horovod_pytorch_mnist_elastic.py (Horovod's elastic example, 7 diff lines) on
     4 ranks, one epoch of Fashion-MNIST: rank 2 is killed once a rank is a quarter through its
     shard; the other three finish, and rank 0's own test print is well above chance (10%)."""
-    env = {**mpi_env(), JOB_TAG: str(tmp_path), "PYTHONUNBUFFERED": "1"}  # its prints, as they come
-    command = ["bash", "launch/mpirun.sh", "-n", "4", "examples/horovod_pytorch_mnist_elastic.py", "--epochs", "1"]
-    command += ["--data-dir", str(torchvision_mnist), "--log-interval", "20", "--fault-tolerant"]
-    job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines = []
-    try:
-        for line in job.stdout:
-            lines.append(line)
-            if re.search(r"\((2[5-9]|[3-9]\d)%\)", line):
-                os.kill(rank_pid(tmp_path, 2), signal.SIGKILL)
-                break
-        stdout, stderr = job.communicate(timeout=400)
-    finally:
-        job.kill()
-    assert job.returncode == 0, stderr[-3000:]
-    assert "rank(s) [2] died; 3 ranks go on from step" in stderr
-    accuracy = float(re.search(r"Test set: Average loss: [\d.]+, Accuracy: ([\d.]+)%", stdout).group(1))
-    assert accuracy > 40.0, stdout[-2000:]
+    run = run_elastic_example(4, torchvision_mnist, 42, 2, mpi_env(), 400, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "rank(s) [2] died; 3 ranks go on from step" in run.stderr
+    assert run.accuracy is not None and run.accuracy > 40.0, run.stdout[-2000:]
 
 
 def test_elastic_state_needs_a_fault_tolerant_optimizer():
