@@ -119,18 +119,21 @@ def _with_the_recorders_records(comm, deadline, payload: dict[str, Any] | None, 
 
     In an asynchronous decentralized run the recording may have passed on (rank 0 died under
     ``--fault-tolerant`` and the lowest survivor recorded on; with ``--rejoin`` a newcomer then
-    checkpoints as agent 0 without records): the records, their wall time and samples go on from
-    the checkpoint that holds the most of them, and rank 0 records only after its last one."""
+    checkpoints as agent 0 without records): the records, their wall time and samples, and the
+    samples the recorder counted for lost agents, go on from the checkpoint that holds the most
+    records, and rank 0 records only after its last one."""
     held = -1 if payload is None else len(payload["records"])
     with deadline.guard("finding the checkpoint with the run's records (collective)"):
         counts = comm.allgather(held)
         owner = counts.index(max(counts))
-        keys = ("records", "wall_seconds", "samples")
-        mine = {key: payload[key] for key in keys} if comm.Get_rank() == owner and payload is not None else None
+        mine = None
+        if comm.Get_rank() == owner and payload is not None:
+            mine = {key: payload[key] for key in ("records", "wall_seconds", "samples")}
+            mine["lost_samples"] = payload["engine"].get("lost_samples", {})
         recorded = comm.bcast(mine, root=owner)
     if comm.Get_rank() != 0 or payload is None or recorded is None or owner == 0:
         return payload
-    engine = dict(payload["engine"])
+    engine = {**payload["engine"], "lost_samples": recorded.pop("lost_samples")}
     if recorded["records"]:  # no record is made twice
         engine["recorded"] = max(engine["recorded"], recorded["records"][-1]["epoch"] * per_epoch)
     return {**payload, **recorded, "engine": engine}
