@@ -50,6 +50,7 @@ from pcasgd.algorithms.consensus import ConsensusAgent, Snapshot
 from pcasgd.engine import EngineResult, EngineRun, EpochStats, add_ages_by_source, check_finite, make_due_records
 from pcasgd.errors import ConfigError, NeighbourFinishedError, ProcessFailedError
 from pcasgd.protocol.pacing import StragglerPacing
+from pcasgd.runtime import rejoin
 from pcasgd.runtime import totals as header_totals
 from pcasgd.runtime.exchange import ExchangeEndpoint, MpiOptions
 from pcasgd.runtime.faults import abandon, is_process_failure, notice_failures
@@ -99,7 +100,7 @@ class DecentralizedRank:
         # This agent's name for good: its rank in the world it started in (its data shard, its
         # straggler term, its name in the metrics); ``ids`` names the agent of each current rank.
         # A process started to replace a lost rank (--rejoin) takes the lost agent's name.
-        joining = self._joining(comm, options)
+        joining = None if options.replacement is None else rejoin.joining(comm)
         self.agent_id = self.rank if joining is None else joining.identities[self.rank]
         if joining is None:
             report = run.world_change if self.rank == 0 else None
@@ -137,16 +138,6 @@ class DecentralizedRank:
             self._restore(run.resume)
         # Every rank, resumed or not: neighbours read restored snapshots only after this.
         deadline.wait(comm.Ibarrier(), "the barrier after setting up the windows (collective)")
-
-    @staticmethod
-    def _joining(comm: MPI.Comm, options: MpiOptions):
-        """What this process joins, if it was started to replace a lost rank of ``comm`` (--rejoin)."""
-        if options.replacement is None:
-            return None
-        from pcasgd.runtime.rejoin import joined
-
-        found = joined()
-        return found[1] if found is not None and found[0] == comm else None
 
     def _open_world(self, comm: MPI.Comm) -> None:
         """This rank's windows, progress helper and exchange on ``comm`` (collective)."""
@@ -285,20 +276,18 @@ class DecentralizedRank:
     def _replace(self, lost: list[int], noticed: float) -> None:
         """Start a replacement for each agent of ``lost`` and grow the world with them (the
         survivors' side; runtime/rejoin.py). If MPI cannot start them, the run goes on without."""
-        from pcasgd.runtime.rejoin import spawn_replacements
-
         since = time.time()
         command = list(self.options.replacement)
         try:
             with self.deadline.guard(f"starting replacements for ranks {lost} (MPI_Comm_spawn, collective)"):
-                merged, join = spawn_replacements(self.comm, command, self.ids, lost, self.first_schedule, noticed)
+                spawned = rejoin.spawn_replacements(self.comm, command, self.ids, lost, self.first_schedule, noticed)
         except MPI.Exception as error:
             if is_process_failure(error, self.comm):
                 raise
             if self.rank == 0:
                 LOG.warning(f"no replacement for ranks {lost} could start ({error}); {self.size} ranks go on")
             return
-        self._grow(merged, join, since)
+        self._grow(*spawned, since)
 
     def _grow(self, merged: MPI.Comm, join, since: float) -> None:
         """The world grows back (--rejoin): collective over ``merged``, the survivors (first, in their
@@ -307,8 +296,6 @@ class DecentralizedRank:
         anew over the whole world, addressed by agent as in the first world (the survivors'
         windows span the dead), and the graph is the first one over the agents in their new order.
         The survivors republish the snapshots their window held, so no read finds a gap."""
-        from pcasgd.runtime.rejoin import receive_heal, send_heal
-
         deadline, newcomer = self.deadline, self.agent_id in join.healers
         what = "gathering the grown world's processes (collective: a newcomer loads its data and model first)"
         with deadline.guard(what):
@@ -316,7 +303,7 @@ class DecentralizedRank:
         if newcomer:
             with deadline.guard(f"receiving agent {self.agent_id}'s state from its healer"):
                 device = self.run.initial_params.device
-                self.agent, self.k, progress = receive_heal(merged, join.healers[self.agent_id], device)
+                self.agent, self.k, progress = rejoin.receive_heal(merged, join.healers[self.agent_id], device)
             self.agent.start_over_at(self.k)
             self.records.skip_to(progress)  # the records up to here were made before it came
             ring, first_stamp = [], None
@@ -324,7 +311,8 @@ class DecentralizedRank:
             for agent, healer in join.healers.items():
                 if healer == merged.Get_rank():
                     with deadline.guard(f"healing agent {agent}'s replacement"):
-                        send_heal(merged, join.identities.index(agent), self.agent, self.k, self.exchange.progress)
+                        newcomer_rank = join.identities.index(agent)
+                        rejoin.send_heal(merged, newcomer_rank, self.agent, self.k, self.exchange.progress)
             ring, progress = self._own_ring(self.k), self.exchange.progress
             period, first_stamp = self.exchange.period, self.exchange.first_stamp
             self.progress.close()

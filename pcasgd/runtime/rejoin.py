@@ -100,13 +100,16 @@ def joined() -> tuple[MPI.Comm, JoinInfo] | None:
     return _joined[0]
 
 
+def joining(comm: Any) -> JoinInfo | None:
+    """What this process joined, when ``comm`` is the world it was started to join (--rejoin)."""
+    found = joined() if isinstance(comm, MPI.Comm) else None
+    return found[1] if found is not None and found[0] == comm else None
+
+
 def newcomer_identity(comm: Any) -> int | None:
     """The agent this process replaces when ``comm`` is the world it joined, else None."""
-    found = joined() if comm is not None and isinstance(comm, MPI.Comm) else None
-    if found is None or found[0] != comm:
-        return None
-    merged, join = found
-    return join.identities[merged.Get_rank()]
+    join = joining(comm)
+    return None if join is None else join.identities[comm.Get_rank()]
 
 
 def send_heal(comm: MPI.Comm, dest: int, agent: Any, iteration: int, progress: int) -> None:
