@@ -15,7 +15,12 @@ fi
 device="${HOROVOD_DEVICE:-$(command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)}"
 torch_version="$("$python" -c 'import torch; print(torch.__version__.split("+")[0])')"
 mpi_version="$("$python" -c 'from mpi4py import MPI; print(MPI.Get_library_version().split(",")[0].replace(" ", "-"))')"
-cache="${PCASGD_WHEEL_CACHE:-$HOME/.cache/pcasgd/wheels}/horovod-0.28.1-torch$torch_version-$mpi_version-$device"
+# The wheel's libraries find libmpi and torch's libraries through absolute paths into the venv it
+# was built in (mpicc's and torch's run paths), so a wheel serves only the venv at that path: the
+# cache key names it. (A wheel built for a clone since deleted failed CI with "libmpi.so.40: cannot
+# open shared object file".)
+venv_key="$(cd "$venv" && pwd -P | sha256sum | cut -c1-12)"
+cache="${PCASGD_WHEEL_CACHE:-$HOME/.cache/pcasgd/wheels}/horovod-0.28.1-torch$torch_version-$mpi_version-$device-venv$venv_key"
 mkdir -p "$cache"
 if ! ls "$cache"/horovod-*.whl >/dev/null 2>&1; then
   echo "pcasgd: building Horovod 0.28.1 for torch $torch_version, $mpi_version, $device (5-10 minutes)..." >&2
