@@ -142,8 +142,16 @@ def test_ctrl_c_of_a_launch_from_a_shell_ends_the_job_on_every_host(tmp_path):
     out = tmp_path / "run"
     command = [*hosts_launcher(), "-n", "4", PYTHON, "-m", "pcasgd.cli", "train", "--backend", "mpi"]
     command += ["--epochs", "400", "--out", str(out)]
+    # A terminal's shell starts its job with SIGINT at its default. A test run started in the
+    # background (`nohup ... &`) ignores SIGINT, every child inherits that, and bash cannot trap a
+    # signal ignored at its start: the job then ran to its end (both fresh-clone runs of 2026-12-06).
+    as_from_a_terminal = [
+        PYTHON,
+        "-c",
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])",
+    ]
     job = subprocess.Popen(
-        command,
+        [*as_from_a_terminal, *command],
         start_new_session=True,
         env=mpi_env(),
         cwd=ROOT,

@@ -86,7 +86,9 @@ def test_asynchronous_run_with_a_straggler(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     iterations = summary["iterations"]
-    assert iterations[2] < min(iterations[:2] + iterations[3:]), iterations
+    # Compared with its peers that only train: rank 0 also evaluates and records each epoch, which on
+    # 2 loaded cores cost it more than a 3x slowdown once (iterations [60, 235, 79, 360]).
+    assert iterations[2] < min(iterations[1], iterations[3]), iterations
     assert summary["staleness"]["max"] > 0
     # Acceptance (ALGORITHMS.md "Revision"): the straggler's snapshots are young in its own steps,
     # whatever their stamp staleness; the bound holds with a wide margin under load (measured: < 1).
