@@ -1,8 +1,8 @@
 """What a dead rank costs ``pcasgd --fault-tolerant``, and Horovod Elastic: real jobs, one rank
 killed with SIGKILL at 40 % of the run, against uninterrupted runs of the surviving number of ranks.
 
-    python benchmarks/fault_tolerance.py [--cases 4 0 8 regrow rejoin api hosts hosts-horovod] [--seeds 0 1 2]
-        [--out runs/faults]
+    python benchmarks/fault_tolerance.py [--cases 4 0 8 regrow rejoin api hosts hosts-horovod 4-horovod
+        api-horovod] [--seeds 0 1 2] [--out runs/faults]
 
 Cases: ``4`` (4 ranks, rank 2 killed; baseline 3 ranks), ``0`` (4 ranks, rank 0 killed: the
 lowest survivor records on; baseline 3), ``8`` (8 ranks, rank 5 killed; baseline 7),
@@ -19,12 +19,17 @@ launch/hosts.sh's two hosts, rank 3 on node2 killed;
 baseline 3 ranks over the hosts): ``pcasgd`` under ULFM. ``hosts-horovod``: the baseline
 method's own recovery, ``ssgd --comm horovod`` under elastic ``horovodrun`` over the two hosts
 (``launch/hosts.sh horovodrun``), rank 2 killed, which removes its host's two workers; baseline
-2 ranks (on one host, as the survivors are). Every run has the same flags (Fashion-MNIST
+2 ranks (on one host, as the survivors are). ``4-horovod`` and ``api-horovod``: Horovod Elastic
+on the ``4`` and ``api`` cells, one worker per host (``launch/hosts.sh up 4`` first), so that the
+kill removes one worker: ``ssgd --comm horovod``, and Horovod's own elastic example (the port's
+changes undone) under ``horovodrun``; baselines 3 workers. Every run has the same flags (Fashion-MNIST
 LeNet-5, ``--epochs``, ``--fault-tolerant``), so transport and settings are alike; the kill comes
 when the run's record of epoch ``2/5 * epochs`` appears. Reported per case and seed: both final
 accuracies, their difference, and the seconds from the kill to the survivors' first step on the
 new world (rank 0's clock; the same machine's; "run over" when the run ended, a rank having
-reached its last epoch, before rank 0 stepped again). Prints a table and writes
+reached its last epoch, before rank 0 stepped again; for the examples, which report no step,
+from the kill to the first progress line past those printed before it: the survivors' next
+``--log-interval`` of 20 steps, the same for both). Prints a table and writes
 ``OUT/results.json``; runs already in ``OUT`` are rerun (a kill cannot be read back).
 """
 
@@ -50,6 +55,9 @@ HOSTS_SCRIPT = str(ROOT / "launch" / "hosts.sh")
 HOSTS = ["env", f"PCASGD_MPIRUN={mpirun_path()}", "bash", HOSTS_SCRIPT, "mpirun"]
 HOROVODRUN = Path(sys.executable).parent / "horovodrun"
 HOSTS_HOROVOD = ["env", f"PCASGD_HOROVODRUN={HOROVODRUN}", "bash", HOSTS_SCRIPT, "horovodrun"]
+# One worker per host: Horovod Elastic removes a dead worker's whole host, so this loses one worker.
+HOROVOD_PER_HOST = ["env", "PCASGD_HOSTS_SLOTS=1", *HOSTS_HOROVOD]
+SSGD_HOROVOD = ["--mode", "ssgd", "--comm", "horovod"]
 PCASGD = ["--mode", "pcasgd"]
 DISCOVER_4 = ["--hosts-script", str(ROOT / "benchmarks" / "four_slots.sh"), "--poll", "0.5", "--"]
 SUPERVISED = ["bash", str(ROOT / "launch" / "elastic.sh"), *DISCOVER_4]
@@ -81,7 +89,9 @@ CASES = {
     "rejoin": Case(4, 2, 0, [mpirun_path()], [*PCASGD, "--rejoin"], kill_at=0.6),
     "api": Case(4, 2, 1, [], [], example=True),
     "hosts": Case(4, 3, 1, HOSTS, PCASGD),
-    "hosts-horovod": Case(4, 2, 2, HOSTS_HOROVOD, ["--mode", "ssgd", "--comm", "horovod"], elastic=True),
+    "hosts-horovod": Case(4, 2, 2, HOSTS_HOROVOD, SSGD_HOROVOD, elastic=True),
+    "4-horovod": Case(4, 2, 1, HOROVOD_PER_HOST, SSGD_HOROVOD, elastic=True),
+    "api-horovod": Case(4, 2, 1, HOROVOD_PER_HOST, [], elastic=True, example=True),
 }
 
 
@@ -137,18 +147,25 @@ def run(case: str, seed: int, killed: bool, args: argparse.Namespace) -> dict:
 
 
 def run_example(chosen: Case, case: str, seed: int, ranks: int, killed: bool, out: Path, args) -> dict:
-    """One run of Horovod's elastic example as ported (the ``api`` case)."""
+    """One run of Horovod's elastic example: as ported (``api``), or Horovod's own under Horovod
+    Elastic (``api-horovod``)."""
     data = torchvision_mnist(args.out / "mnist")
     started = time.monotonic()
     victim = chosen.victim if killed else None
-    done = run_elastic_example(ranks, data, seed, victim, open_mpi_env(str(ROOT)), args.timeout, out)
+    horovod = chosen.launcher if chosen.elastic else None
+    done = run_elastic_example(ranks, data, seed, victim, open_mpi_env(str(ROOT)), args.timeout, out, horovod)
     wall = time.monotonic() - started
     if done.returncode != 0 or done.accuracy is None:
         raise RuntimeError(f"{case} seed {seed}: exit {done.returncode}\n{done.stderr[-3000:]}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stdout.log").write_text(done.stdout)
+    (out / "stderr.log").write_text(done.stderr)
     result = {"case": case, "seed": seed, "ranks": ranks, "accuracy": done.accuracy / 100, "wall_s": wall}
-    if killed:  # the optimizer says when it noticed and recovered; its first step is not reported
+    if killed:  # pcasgd says when it noticed and recovered (Horovod does not); both print progress
         recovered = re.search(r"noticed and recovered in ([\d.]+) s", done.stderr)
-        result.update(kill_to_first_step_s=None, recovery_s=None if recovered is None else float(recovered.group(1)))
+        progressed = None if done.progressed_at is None else done.progressed_at - done.killed_at
+        result["kill_to_first_step_s"] = progressed
+        result["recovery_s"] = None if recovered is None else float(recovered.group(1))
     print(json.dumps(result), flush=True)
     return result
 
@@ -187,10 +204,9 @@ def main() -> None:
             joined = killed.get("kill_to_newcomer_step_s")
             if joined is not None:
                 joins.append(joined)
-            if CASES[case].regrows or CASES[case].example:
-                shown = "restarted" if CASES[case].regrows else "-"  # the example's first step is not reported
-            else:
-                shown = "run over" if delay is None else f"{delay:.2f}"
+            shown = "run over" if delay is None else f"{delay:.2f}"
+            if CASES[case].regrows:
+                shown = "restarted"
             print(
                 f"| {case} | {seed} | {killed['accuracy']:.4f} | {baseline['accuracy']:.4f} | {difference:+.4f} "
                 f"| {shown} | {'-' if joined is None else f'{joined:.2f}'} | {ratios[-1]:.2f} |"

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +161,37 @@ def torchvision_mnist(folder: Path) -> Path:
     return folder
 
 
+#: What the port changed in Horovod's example (docs/api.md), as (port, Horovod's) text pairs.
+PORT_CHANGES = [
+    ("import pcasgd as hvd  # pcasgd answers to Horovod's names\n", "import horovod.torch as hvd\n"),
+    (
+        "parser.add_argument('--fault-tolerant', action='store_true', default=False,\n"
+        "                    help='survive a dead rank (launch/mpirun.sh then starts ULFM)')\n",
+        "",
+    ),
+    (
+        "op=hvd.Adasum if args.use_adasum else hvd.Average,\n"
+        "                                     fault_tolerant=args.fault_tolerant)",
+        "op=hvd.Adasum if args.use_adasum else hvd.Average)",
+    ),
+]
+
+
+def horovods_elastic_example(folder: Path) -> Path:
+    """Horovod's own elastic example (``examples/elastic/pytorch/pytorch_mnist_elastic.py``), written
+    into ``folder`` by undoing the port's changes (:data:`PORT_CHANGES`): the baseline runs the
+    very script the port runs, under Horovod."""
+    text = ELASTIC_EXAMPLE.read_text()
+    for port, horovods in PORT_CHANGES:
+        if text.count(port) != 1:
+            raise RuntimeError(f"{ELASTIC_EXAMPLE} no longer holds the ported line(s) {port!r}: update PORT_CHANGES")
+        text = text.replace(port, horovods)
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "pytorch_mnist_elastic.py"
+    script.write_text(text)
+    return script
+
+
 @dataclass
 class ExampleRun:
     returncode: int
@@ -167,30 +199,66 @@ class ExampleRun:
     stderr: str
     killed_at: float | None  # time.time() of the SIGKILL (None: nothing killed)
     accuracy: float | None  # the example's own test print, percent (None: not printed)
+    # time.time() of the first progress line past every one printed before the kill: the survivors
+    # training again, one log interval on (None: nothing killed, or no such line)
+    progressed_at: float | None
+
+
+#: The example's progress line: "Train Epoch: 1 [1280/15000 (34%)]".
+PROGRESS = re.compile(r"Train Epoch: \d+ \[\d+/\d+ \((\d+)%\)\]")
 
 
 def run_elastic_example(
-    ranks: int, data: Path, seed: int, victim: int | None, env: dict[str, str], timeout: float, tag: Path
+    ranks: int,
+    data: Path,
+    seed: int,
+    victim: int | None,
+    env: dict[str, str],
+    timeout: float,
+    tag: Path,
+    horovod: list[str] | None = None,
 ) -> ExampleRun:
     """Horovod's elastic example as ported (examples/horovod_pytorch_mnist_elastic.py), one epoch on
     ``ranks`` ranks under ``launch/mpirun.sh --fault-tolerant``; rank ``victim`` (None: none) is
     SIGKILLed once a rank is a quarter through its shard. ``tag`` names the job's processes
-    (:data:`JOB_TAG`). Raises :class:`subprocess.TimeoutExpired` (the job killed) past ``timeout``."""
-    command = ["bash", "launch/mpirun.sh", "-n", str(ranks), str(ELASTIC_EXAMPLE), "--epochs", "1"]
-    command += ["--data-dir", str(data), "--log-interval", "20", "--seed", str(seed), "--fault-tolerant"]
+    (:data:`JOB_TAG`). ``horovod``: a horovodrun command line in elastic mode (launch/hosts.sh
+    horovodrun) that runs Horovod's own example instead (:func:`horovods_elastic_example`) under
+    Horovod Elastic. Raises :class:`subprocess.TimeoutExpired` (the job killed) past ``timeout``."""
+    flags = ["--epochs", "1", "--data-dir", str(data), "--log-interval", "20", "--seed", str(seed)]
+    if horovod is None:
+        command = ["bash", "launch/mpirun.sh", "-n", str(ranks), str(ELASTIC_EXAMPLE), *flags, "--fault-tolerant"]
+    else:
+        script = horovods_elastic_example(tag / "horovod")
+        command = [*horovod, "-np", str(ranks), "--min-np", "1", sys.executable, str(script), *flags]
     env = {**env, JOB_TAG: str(tag), "PYTHONUNBUFFERED": "1"}  # its prints, as they come
     job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines, killed_at = [], None
+    errors: list[str] = []
+    draining = threading.Thread(target=lambda: errors.extend(job.stderr), daemon=True)
+    draining.start()
+    lines, killed_at, progressed_at, furthest = [], None, None, -1
+    deadline = threading.Timer(timeout, job.kill)
+    deadline.start()
     try:
         for line in job.stdout:
             lines.append(line)
-            if victim is not None and re.search(r"\((2[5-9]|[3-9]\d)%\)", line):
-                killed_at = time.time()
-                os.kill(rank_pid(tag, victim), signal.SIGKILL)
-                break
-        stdout, stderr = job.communicate(timeout=timeout)
+            progress = PROGRESS.search(line)
+            percent = -1 if progress is None else int(progress.group(1))
+            if killed_at is None:
+                furthest = max(furthest, percent)
+                if victim is not None and furthest >= 25:
+                    killed_at = time.time()
+                    os.kill(rank_pid(tag, victim), signal.SIGKILL)
+            elif progressed_at is None and percent > furthest:
+                progressed_at = time.time()
+        job.wait()
+        draining.join()
     finally:
+        timed_out = not deadline.is_alive()
+        deadline.cancel()
         job.kill()
-    stdout = "".join(lines) + stdout
+    if timed_out:
+        raise subprocess.TimeoutExpired(command, timeout)
+    stdout, stderr = "".join(lines), "".join(errors)
     found = re.search(r"Test set: Average loss: [\d.]+, Accuracy: ([\d.]+)%", stdout)
-    return ExampleRun(job.returncode, stdout, stderr, killed_at, None if found is None else float(found.group(1)))
+    accuracy = None if found is None else float(found.group(1))
+    return ExampleRun(job.returncode, stdout, stderr, killed_at, accuracy, progressed_at)

@@ -244,6 +244,7 @@ def test_horovods_elastic_example_ported_survives_a_rank_killed_mid_epoch(tmp_pa
     run = run_elastic_example(4, torchvision_mnist, 42, 2, mpi_env(), 400, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "rank(s) [2] died; 3 ranks go on from step" in run.stderr
+    assert run.progressed_at is not None, run.stdout[-2000:]  # a progress line past the kill's
     assert run.accuracy is not None and run.accuracy > 40.0, run.stdout[-2000:]
 
 
