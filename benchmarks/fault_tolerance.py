@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.faults import run_elastic_example, torchvision_mnist, train_and_kill  # noqa: E402
-from pcasgd.runtime.launch import mpirun_path, open_mpi_env  # noqa: E402
+from pcasgd.runtime.launch import mpirun_path, open_mpi_env, remove_stale_session_dirs  # noqa: E402
 
 HOSTS_SCRIPT = str(ROOT / "launch" / "hosts.sh")
 HOSTS = ["env", f"PCASGD_MPIRUN={mpirun_path()}", "bash", HOSTS_SCRIPT, "mpirun"]
@@ -100,6 +100,7 @@ def run(case: str, seed: int, killed: bool, args: argparse.Namespace) -> dict:
     ranks = chosen.ranks if killed else chosen.ranks - chosen.lost
     out = args.out / f"{case}-{'killed' if killed else 'baseline'}-seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
+    remove_stale_session_dirs()  # killed jobs leave them, and they fail a later mpirun
     if chosen.example:
         return run_example(chosen, case, seed, ranks, killed, out, args)
     flags = [*chosen.mode, "--dataset", "fashion-mnist", "--model", "lenet5", "--epochs", str(args.epochs)]

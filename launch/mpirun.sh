@@ -65,6 +65,9 @@ if [ "$own" = 1 ] && [ ${#ft[@]} -gt 0 ]; then
   done < <("$venv/bin/python" -c 'from pcasgd.runtime.launch import failure_detector_settings as s
 for item in s().items(): print("=".join(item))')
 fi
+# A session directory a killed mpirun left behind fails the next mpirun given its pid
+# (pcasgd.runtime.launch.remove_stale_session_dirs): remove those first.
+"$venv/bin/python" -c 'from pcasgd.runtime.launch import remove_stale_session_dirs as r; r()'
 if [ "$own" = 1 ]; then
   exec "$mpirun" "${ft[@]}" -n "$ranks" "${program[@]}" "$@"
 fi

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from pcasgd.app import checkpoint as checkpoints
-from pcasgd.runtime.launch import FAULT_TOLERANT_MCA, OSC_UCX_ENV
+from pcasgd.runtime.launch import FAULT_TOLERANT_MCA, OSC_UCX_ENV, STALE_SESSION_AGE, remove_stale_session_dirs
 from tests.mpi_support import (
     LEARNING_EPOCHS,
     MPIRUN,
@@ -541,3 +542,58 @@ def test_torch_schedulers_drive_the_optimizer_and_the_predictor_uses_the_schedul
     assert case["scheduled_diff"] <= 1e-12, case  # StepLR's rate reached the local step and the predictor
     assert case["constant_diff"] > 1e-6, case  # a rate frozen at construction would end elsewhere
     assert case["one_cycle_finite"], case
+
+
+def _mpirun_with_pid(pid: int, env: dict[str, str]) -> subprocess.CompletedProcess | None:
+    """``mpirun -n 1 true`` given the pid ``pid`` (Linux hands out ``ns_last_pid + 1`` next; another
+    process forking first takes it, so this tries again), or None where this user cannot set it."""
+    if os.geteuid() != 0:
+        return None
+    for _ in range(200):
+        try:
+            Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+        except OSError:  # a read-only /proc/sys (some containers)
+            return None
+        job = subprocess.Popen(
+            [MPIRUN, "-n", "1", "true"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        stdout, stderr = job.communicate(timeout=120)
+        if job.pid == pid:
+            return subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr)
+    raise AssertionError(f"no mpirun was given pid {pid} in 200 tries")
+
+
+def _kill_session(session: int) -> None:
+    """SIGKILL every process of session ``session`` (mpirun puts its ranks in process groups of
+    their own, in its session)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == session:  # after the name: state, ppid, pgrp, session
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+
+
+def test_a_session_directory_left_by_a_killed_mpirun_is_removed_before_it_fails_a_launch(tmp_path, monkeypatch):
+    """A killed mpirun leaves $TMPDIR/ompi.<pid>; the next mpirun given that pid fails to start
+    (3 of the last 7 fresh-clone suites). remove_stale_session_dirs removes it once its process is
+    gone and it is older than a minute."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    env = {**mpi_env(), "TMPDIR": str(tmp_path)}
+    killed = subprocess.Popen([MPIRUN, "-n", "1", "sleep", "120"], env=env, start_new_session=True)
+    session = tmp_path / f"ompi.{killed.pid}"
+    deadline = time.monotonic() + 120
+    while not list(session.glob("pmix.*.tool.*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _kill_session(killed.pid)  # mpirun and its rank, which holds the pid while it lives (its session)
+    killed.wait()
+    assert list(session.glob("pmix.*.tool.*")), "mpirun made no session directory"
+    leftover = shutil.copytree(session, tmp_path / "leftover")
+    assert remove_stale_session_dirs() == []  # too young: an mpirun may have just started with that pid
+    assert remove_stale_session_dirs(now=time.time() + STALE_SESSION_AGE + 1) == [session]
+    assert not session.exists()
+    started = _mpirun_with_pid(killed.pid, env)
+    if started is not None:
+        assert started.returncode == 0, started.stderr[-2000:]
+        leftover.rename(session)  # what the removal prevents (the failing mpirun then removes it)
+        failed = _mpirun_with_pid(killed.pid, env)
+        assert failed.returncode != 0 and "listener thread failed to start" in failed.stderr, failed

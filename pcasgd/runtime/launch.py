@@ -1,4 +1,5 @@
-"""Starting local MPI jobs from Python (tests, benchmarks): the environment launch/mpirun.sh sets."""
+"""Starting local MPI jobs from Python (tests, benchmarks): the environment launch/mpirun.sh sets,
+and the removal of what killed mpiruns left behind."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # Where launchers put a process's rank before MPI starts (Open MPI, PMIx, MPICH/Hydra, Slurm, Horovod).
@@ -79,6 +81,46 @@ def failure_detector_settings(deadline: float = DEFAULT_DEADLINE) -> dict[str, s
         "OMPI_MCA_mpi_ft_detector_timeout": f"{timeout:g}",
         "OMPI_MCA_mpi_ft_detector_period": f"{min(3.0, timeout / 4):g}",  # Open MPI wants timeout > 3 periods
     }
+
+
+#: How old a session directory of a process that is gone must be to be removed (a younger one may
+#: belong to an mpirun that has just started with a reused pid).
+STALE_SESSION_AGE = 60.0
+
+
+def remove_stale_session_dirs(now: float | None = None) -> list[Path]:
+    """Remove the session directories (``$TMPDIR/ompi.<pid>``) that killed mpiruns left behind.
+
+    Open MPI 5's mpirun keys its session directory, and the PMIx rendezvous files in it, by its
+    pid, and a later mpirun that is given the same pid finds them and fails at start with "The
+    PMIx server's listener thread failed to start" (exit 213). Pids come round again within a long
+    test suite (``pid_max`` 32768 here): reproduced by giving a new mpirun the pid of a leftover
+    directory. Removed: this user's ``ompi.<pid>`` directories whose process is gone and which are
+    older than :data:`STALE_SESSION_AGE`. Returns them."""
+    now = time.time() if now is None else now
+    removed = []
+    for folder in Path(os.environ.get("TMPDIR") or "/tmp").glob("ompi.*"):
+        pid = folder.name.removeprefix("ompi.")
+        try:
+            if not pid.isdigit() or folder.stat().st_uid != os.geteuid() or _running(int(pid)):
+                continue
+            if now - folder.stat().st_mtime < STALE_SESSION_AGE:
+                continue
+        except OSError:  # removed meanwhile
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def mpirun_path() -> str | None:
