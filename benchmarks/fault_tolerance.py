@@ -205,9 +205,7 @@ def main() -> None:
             joined = killed.get("kill_to_newcomer_step_s")
             if joined is not None:
                 joins.append(joined)
-            shown = "run over" if delay is None else f"{delay:.2f}"
-            if CASES[case].regrows:
-                shown = "restarted"
+            shown = "restarted" if CASES[case].regrows else "run over" if delay is None else f"{delay:.2f}"
             print(
                 f"| {case} | {seed} | {killed['accuracy']:.4f} | {baseline['accuracy']:.4f} | {difference:+.4f} "
                 f"| {shown} | {'-' if joined is None else f'{joined:.2f}'} | {ratios[-1]:.2f} |"

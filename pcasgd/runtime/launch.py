@@ -102,11 +102,11 @@ def remove_stale_session_dirs(now: float | None = None) -> list[Path]:
     for folder in Path(os.environ.get("TMPDIR") or "/tmp").glob("ompi.*"):
         pid = folder.name.removeprefix("ompi.")
         try:
-            if not pid.isdigit() or folder.stat().st_uid != os.geteuid() or _running(int(pid)):
-                continue
-            if now - folder.stat().st_mtime < STALE_SESSION_AGE:
-                continue
+            found = folder.stat()
         except OSError:  # removed meanwhile
+            continue
+        young = now - found.st_mtime < STALE_SESSION_AGE
+        if not pid.isdigit() or found.st_uid != os.geteuid() or young or _running(int(pid)):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
@@ -115,11 +115,11 @@ def remove_stale_session_dirs(now: float | None = None) -> list[Path]:
 
 def _running(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: another user's process, running
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
-        return True
+    except PermissionError:
+        pass
     return True
 
 
